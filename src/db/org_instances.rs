@@ -1,0 +1,157 @@
+//! Reading and compare-and-swapping rows of the control plane's table.
+//!
+//! Ids travel as text and are cast to the id column's own type inside the
+//! SQL, so keyset order and index use are those of the real column (uuid,
+//! text, bigint alike). Every write is a compare-and-swap on the
+//! ciphertexts read: a row the control plane changed in the meantime is
+//! never overwritten.
+
+use sqlx::{PgConnection, PgPool, Row};
+
+use super::Table;
+
+/// A tenant row's ciphertexts as stored.
+#[derive(Debug, Clone)]
+pub struct StoredRow {
+    pub id: String,
+    pub db: Option<Vec<u8>>,
+    pub redis: Option<Vec<u8>>,
+}
+
+/// Which rows a claim or scan may return.
+#[derive(Debug, Clone, Default)]
+pub struct RowFilter {
+    /// Only rows with these ids (`--org`).
+    pub ids: Option<Vec<String>>,
+}
+
+fn select_sql(table: &Table, after: bool, filter: &RowFilter, lock: bool) -> String {
+    let mut sql = format!(
+        "SELECT {id}::text AS id, {db} AS db, {redis} AS redis FROM {t} WHERE true",
+        id = table.id,
+        db = table.db,
+        redis = table.redis,
+        t = table.name
+    );
+    if after {
+        sql.push_str(&format!(" AND {} > $1::text::{}", table.id, table.id_type));
+    }
+    if filter.ids.is_some() {
+        sql.push_str(&format!(" AND {} = ANY($2::text[]::{}[])", table.id, table.id_type));
+    }
+    sql.push_str(&format!(" ORDER BY {} LIMIT $3", table.id));
+    if lock {
+        sql.push_str(" FOR UPDATE SKIP LOCKED");
+    }
+    sql
+}
+
+fn decode_rows(rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<StoredRow>, sqlx::Error> {
+    rows.into_iter()
+        .map(|r| {
+            Ok(StoredRow {
+                id: r.try_get("id")?,
+                db: r.try_get("db")?,
+                redis: r.try_get("redis")?,
+            })
+        })
+        .collect()
+}
+
+/// Locks and returns up to `limit` rows after `after` in key order,
+/// skipping rows another worker or process holds (`FOR UPDATE SKIP LOCKED`).
+pub async fn claim_batch(
+    conn: &mut PgConnection,
+    table: &Table,
+    after: Option<&str>,
+    filter: &RowFilter,
+    limit: i64,
+) -> Result<Vec<StoredRow>, sqlx::Error> {
+    let sql = select_sql(table, after.is_some(), filter, true);
+    let rows = sqlx::query(&sql)
+        .bind(after)
+        .bind(filter.ids.as_ref())
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+    decode_rows(rows)
+}
+
+/// Reads up to `limit` rows after `after` in key order, without locking:
+/// for plan, verify and the final pass.
+pub async fn scan_page(
+    pool: &PgPool,
+    table: &Table,
+    after: Option<&str>,
+    filter: &RowFilter,
+    limit: i64,
+) -> Result<Vec<StoredRow>, sqlx::Error> {
+    let sql = select_sql(table, after.is_some(), filter, false);
+    let rows = sqlx::query(&sql)
+        .bind(after)
+        .bind(filter.ids.as_ref())
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    decode_rows(rows)
+}
+
+/// One row's compare-and-swap: expected ciphertexts and their replacements.
+#[derive(Debug, Clone)]
+pub struct Swap {
+    pub id: String,
+    pub old_db: Option<Vec<u8>>,
+    pub old_redis: Option<Vec<u8>>,
+    pub new_db: Option<Vec<u8>>,
+    pub new_redis: Option<Vec<u8>>,
+}
+
+/// Applies a batch of swaps in one statement; returns the ids that were
+/// written. A row whose ciphertexts no longer match is left as it is.
+pub async fn swap_batch(
+    conn: &mut PgConnection,
+    table: &Table,
+    swaps: &[Swap],
+) -> Result<Vec<String>, sqlx::Error> {
+    if swaps.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "UPDATE {t} AS t SET {db} = u.new_db, {redis} = u.new_redis
+           FROM UNNEST($1::text[], $2::bytea[], $3::bytea[], $4::bytea[], $5::bytea[])
+                AS u(id, old_db, old_redis, new_db, new_redis)
+          WHERE t.{id} = u.id::{ty}
+            AND t.{db} IS NOT DISTINCT FROM u.old_db
+            AND t.{redis} IS NOT DISTINCT FROM u.old_redis
+         RETURNING t.{id}::text",
+        t = table.name,
+        db = table.db,
+        redis = table.redis,
+        id = table.id,
+        ty = table.id_type
+    );
+    let ids: Vec<&str> = swaps.iter().map(|s| s.id.as_str()).collect();
+    let col = |f: fn(&Swap) -> &Option<Vec<u8>>| -> Vec<Option<&[u8]>> {
+        swaps.iter().map(|s| f(s).as_deref()).collect()
+    };
+    sqlx::query_scalar(&sql)
+        .bind(ids)
+        .bind(col(|s| &s.old_db))
+        .bind(col(|s| &s.old_redis))
+        .bind(col(|s| &s.new_db))
+        .bind(col(|s| &s.new_redis))
+        .fetch_all(conn)
+        .await
+}
+
+/// Counts the table's rows (an exact count: plans and progress bars need it).
+pub async fn count_rows(pool: &PgPool, table: &Table, filter: &RowFilter) -> Result<i64, sqlx::Error> {
+    let mut sql = format!("SELECT count(*) FROM {}", table.name);
+    if filter.ids.is_some() {
+        sql.push_str(&format!(" WHERE {} = ANY($1::text[]::{}[])", table.id, table.id_type));
+    }
+    sqlx::query_scalar(&sql)
+        .bind(filter.ids.as_ref())
+        .fetch_one(pool)
+        .await
+}
