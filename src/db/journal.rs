@@ -196,7 +196,11 @@ pub async fn queue_items(
 }
 
 /// Ids of tenants already queued in a run (any state), among `ids`.
-pub async fn queued_among(pool: &PgPool, run_id: i64, ids: &[String]) -> Result<Vec<String>, sqlx::Error> {
+pub async fn queued_among(
+    pool: &PgPool,
+    run_id: i64,
+    ids: &[String],
+) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar("SELECT org_id FROM rekey.items WHERE run_id = $1 AND org_id = ANY($2)")
         .bind(run_id)
         .bind(ids)
@@ -226,12 +230,11 @@ pub async fn run_counts(pool: &PgPool, run_id: i64) -> Result<RunCounts, SetupEr
     .bind(run_id)
     .fetch_one(pool)
     .await?;
-    let states: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT state, count(*) FROM rekey.items WHERE run_id = $1 GROUP BY state",
-    )
-    .bind(run_id)
-    .fetch_all(pool)
-    .await?;
+    let states: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, count(*) FROM rekey.items WHERE run_id = $1 GROUP BY state")
+            .bind(run_id)
+            .fetch_all(pool)
+            .await?;
     let steps: Vec<(String, i64)> = sqlx::query_as(
         "SELECT step, count(*) FROM rekey.items WHERE run_id = $1 AND state = 'pending'
           GROUP BY step ORDER BY step",
@@ -259,7 +262,11 @@ pub struct FailedItem {
     pub last_error: Option<String>,
 }
 
-pub async fn failed_items(pool: &PgPool, run_id: i64, limit: i64) -> Result<Vec<FailedItem>, SetupError> {
+pub async fn failed_items(
+    pool: &PgPool,
+    run_id: i64,
+    limit: i64,
+) -> Result<Vec<FailedItem>, SetupError> {
     Ok(sqlx::query_as::<_, FailedItem>(
         "SELECT org_id, step, attempts, last_error FROM rekey.items
           WHERE run_id = $1 AND state = 'failed' ORDER BY org_id LIMIT $2",

@@ -37,7 +37,10 @@ fn select_sql(table: &Table, after: bool, filter: &RowFilter, lock: bool) -> Str
         sql.push_str(&format!(" AND {} > $1::text::{}", table.id, table.id_type));
     }
     if filter.ids.is_some() {
-        sql.push_str(&format!(" AND {} = ANY($2::text[]::{}[])", table.id, table.id_type));
+        sql.push_str(&format!(
+            " AND {} = ANY($2::text[]::{}[])",
+            table.id, table.id_type
+        ));
     }
     sql.push_str(&format!(" ORDER BY {} LIMIT $3", table.id));
     if lock {
@@ -145,10 +148,17 @@ pub async fn swap_batch(
 }
 
 /// Counts the table's rows (an exact count: plans and progress bars need it).
-pub async fn count_rows(pool: &PgPool, table: &Table, filter: &RowFilter) -> Result<i64, sqlx::Error> {
+pub async fn count_rows(
+    pool: &PgPool,
+    table: &Table,
+    filter: &RowFilter,
+) -> Result<i64, sqlx::Error> {
     let mut sql = format!("SELECT count(*) FROM {}", table.name);
     if filter.ids.is_some() {
-        sql.push_str(&format!(" WHERE {} = ANY($1::text[]::{}[])", table.id, table.id_type));
+        sql.push_str(&format!(
+            " WHERE {} = ANY($1::text[]::{}[])",
+            table.id, table.id_type
+        ));
     }
     sqlx::query_scalar(&sql)
         .bind(filter.ids.as_ref())

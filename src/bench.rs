@@ -1,0 +1,328 @@
+//! `rekey fleet-bench`: capacity planning. Makes a scratch database, seeds
+//! a fleet with `COPY`, runs the real engine at several worker counts,
+//! verifies, measures a naive one-row-per-transaction loop on a sample in
+//! the same run (the peer baseline), and drops the database. Prints rows/s,
+//! batch latency percentiles and projected wall times for fleet sizes.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use sqlx::{Connection, PgPool};
+
+use crate::cli::Global;
+use crate::db::{self, org_instances::RowFilter};
+use crate::envelope::{Cipher, Keyring, Mode};
+use crate::error::{Outcome, SetupError};
+use crate::keys::Key;
+use crate::report;
+use crate::rotate::events::NullSink;
+use crate::rotate::run::{self, RunContext, RunOptions};
+use crate::rotate::scan::scan;
+
+/// The reference schema the scratch database gets.
+const SCHEMA: &str = include_str!("../scripts/schema.sql");
+
+/// Fleet sizes the projection covers.
+pub const PROJECTED_FLEETS: [u64; 4] = [1_000, 10_000, 100_000, 1_000_000];
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Tenants in the scratch fleet.
+    #[arg(long, default_value_t = 100_000)]
+    pub rows: u64,
+    /// Rows per in-place batch.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: i64,
+    /// Worker counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    pub workers: Vec<usize>,
+    /// Rows in the naive one-row-per-transaction baseline sample.
+    #[arg(long, default_value_t = 3000)]
+    pub naive_sample: u64,
+    /// Maintenance database used to create and drop the scratch database
+    /// (default: --database-url, else postgres://localhost/postgres).
+    #[arg(long)]
+    pub admin_url: Option<String>,
+    /// Write an SVG chart of projected outage against fleet size.
+    #[arg(long)]
+    pub chart: Option<PathBuf>,
+    /// Keep the scratch database (for inspection) instead of dropping it.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// One worker count's measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct InPlaceFigure {
+    pub workers: usize,
+    pub rows: u64,
+    pub secs: f64,
+    pub rows_per_sec: f64,
+    pub batch_p50_ms: f64,
+    pub batch_p99_ms: f64,
+    pub verified: bool,
+}
+
+/// Everything fleet-bench measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub rows: u64,
+    pub batch_size: i64,
+    pub seed_secs: f64,
+    pub in_place: Vec<InPlaceFigure>,
+    /// The best in-place figure's rows/s.
+    pub rows_per_sec: f64,
+    pub naive_sample: u64,
+    pub naive_rows_per_sec: f64,
+    pub speedup_over_naive: f64,
+    /// Projected in-place wall seconds per fleet size.
+    pub projection: Vec<(u64, f64)>,
+    pub naive_projection: Vec<(u64, f64)>,
+}
+
+/// The top-level entry point for `rekey fleet-bench`.
+pub async fn fleet_bench(global: &Global, args: &BenchArgs) -> Result<Outcome, SetupError> {
+    let admin_url = args
+        .admin_url
+        .clone()
+        .or_else(|| global.database_url.clone())
+        .unwrap_or_else(|| "postgres://localhost/postgres".into());
+    let scratch = format!(
+        "rekey_bench_{}_{}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    let mut admin =
+        sqlx::PgConnection::connect(&admin_url)
+            .await
+            .map_err(|e| SetupError::Database {
+                url: db::redact_url(&admin_url),
+                message: db::short_db_error(&e),
+            })?;
+    sqlx::query(&format!("CREATE DATABASE {scratch}"))
+        .execute(&mut admin)
+        .await?;
+    let scratch_url = replace_database(&admin_url, &scratch)?;
+    eprintln!("fleet-bench: scratch database {scratch}");
+    let result = measure(&scratch_url, args).await;
+    if !args.keep {
+        let drop = sqlx::query(&format!("DROP DATABASE IF EXISTS {scratch} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
+        if let Err(e) = drop {
+            eprintln!(
+                "warning: could not drop scratch database {scratch}: {}",
+                db::short_db_error(&e)
+            );
+        }
+    }
+    let bench = result?;
+    if let Some(path) = &args.chart {
+        crate::chart::write_chart(path, &bench)?;
+        eprintln!("fleet-bench: chart written to {}", path.display());
+    }
+    if global.json {
+        report::print_json(&bench);
+    } else {
+        report::print(&text(&bench));
+    }
+    Ok(if bench.in_place.iter().all(|f| f.verified) {
+        Outcome::Done
+    } else {
+        Outcome::Incomplete
+    })
+}
+
+fn replace_database(url: &str, database: &str) -> Result<String, SetupError> {
+    let mut parsed =
+        url::Url::parse(url).map_err(|_| SetupError::Usage("the admin URL is not a URL".into()))?;
+    parsed.set_path(&format!("/{database}"));
+    Ok(parsed.to_string())
+}
+
+async fn measure(url: &str, args: &BenchArgs) -> Result<BenchReport, SetupError> {
+    let max_workers = args.workers.iter().copied().max().unwrap_or(1);
+    let pool = db::connect(url, max_workers as u32 + 4).await?;
+    sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+    db::migrate(&pool).await?;
+    let table = db::resolve_table(&pool, &db::TableSpec::default()).await?;
+    let mut key = Key::generate().map_err(|_| SetupError::Refused("no OS randomness".into()))?;
+    let seed_started = Instant::now();
+    let spec = db::seed::SeedSpec {
+        rows: args.rows,
+        undecryptable_share: 0.0,
+        kms_share: 0.0,
+        null_redis_share: 0.0,
+        seed: 7,
+    };
+    db::seed::seed(&pool, &table, &key, &db::seed::tenants(&spec)).await?;
+    sqlx::query(&format!("VACUUM ANALYZE {}", table.name))
+        .execute(&pool)
+        .await?;
+    let seed_secs = seed_started.elapsed().as_secs_f64();
+    eprintln!("fleet-bench: seeded {} rows in {seed_secs:.1} s", args.rows);
+
+    // Each measurement rotates the whole fleet from the previous key to a
+    // fresh one, so every worker count rewrites every row.
+    let mut figures = Vec::new();
+    for &workers in &args.workers {
+        let new = Key::generate().map_err(|_| SetupError::Refused("no OS randomness".into()))?;
+        let keyring = Arc::new(Keyring::new(&new, Some(&key)));
+        let ctx = RunContext {
+            pool: pool.clone(),
+            table: table.clone(),
+            keyring: Arc::clone(&keyring),
+            sink: Arc::new(NullSink),
+            reprovisioner: None,
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let opts = RunOptions {
+            mode: Mode::Reencrypt,
+            workers,
+            batch_size: args.batch_size,
+            orgs: Vec::new(),
+            limit: None,
+            confirm_reprovision: None,
+        };
+        let r = run::run(&ctx, &opts).await?;
+        let check = scan(&pool, &table, &keyring, Mode::Auto, &RowFilter::default()).await?;
+        let verified = check.fields.current + check.fields.empty == 2 * args.rows;
+        eprintln!(
+            "fleet-bench: {workers} workers: {:.0} rows/s, batch p50 {:.1} ms p99 {:.1} ms, verified {verified}",
+            r.rows_per_sec, r.batch_p50_ms, r.batch_p99_ms
+        );
+        figures.push(InPlaceFigure {
+            workers,
+            rows: r.rows_walked,
+            secs: r.in_place_secs,
+            rows_per_sec: r.rows_per_sec,
+            batch_p50_ms: r.batch_p50_ms,
+            batch_p99_ms: r.batch_p99_ms,
+            verified,
+        });
+        sqlx::query(&format!("VACUUM {}", table.name))
+            .execute(&pool)
+            .await?;
+        key = new;
+    }
+    let naive_rows_per_sec = naive_loop(&pool, &table, &key, args.naive_sample).await?;
+    let best = figures.iter().map(|f| f.rows_per_sec).fold(0.0, f64::max);
+    Ok(BenchReport {
+        rows: args.rows,
+        batch_size: args.batch_size,
+        seed_secs,
+        in_place: figures,
+        rows_per_sec: best,
+        naive_sample: args.naive_sample,
+        naive_rows_per_sec,
+        speedup_over_naive: if naive_rows_per_sec > 0.0 {
+            best / naive_rows_per_sec
+        } else {
+            0.0
+        },
+        projection: PROJECTED_FLEETS
+            .iter()
+            .map(|&n| (n, n as f64 / best.max(1e-9)))
+            .collect(),
+        naive_projection: PROJECTED_FLEETS
+            .iter()
+            .map(|&n| (n, n as f64 / naive_rows_per_sec.max(1e-9)))
+            .collect(),
+    })
+}
+
+/// The peer baseline: what an ORM's `find_each` + `save` does, one SELECT
+/// and one UPDATE per row, each row its own transaction.
+async fn naive_loop(
+    pool: &PgPool,
+    table: &db::Table,
+    key: &Key,
+    sample: u64,
+) -> Result<f64, SetupError> {
+    let old = Cipher::new(key);
+    let new =
+        Cipher::new(&Key::generate().map_err(|_| SetupError::Refused("no OS randomness".into()))?);
+    let ids: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT {id}::text FROM {t} ORDER BY {id} LIMIT $1",
+        id = table.id,
+        t = table.name
+    ))
+    .bind(sample as i64)
+    .fetch_all(pool)
+    .await?;
+    let select = format!(
+        "SELECT {db}, {redis} FROM {t} WHERE {id} = $1::text::{ty}",
+        db = table.db,
+        redis = table.redis,
+        t = table.name,
+        id = table.id,
+        ty = table.id_type
+    );
+    let update = format!(
+        "UPDATE {t} SET {db} = $2, {redis} = $3 WHERE {id} = $1::text::{ty}",
+        db = table.db,
+        redis = table.redis,
+        t = table.name,
+        id = table.id,
+        ty = table.id_type
+    );
+    let mut conn = pool.acquire().await?;
+    let started = Instant::now();
+    for id in &ids {
+        let mut tx = conn.begin().await?;
+        let (db_ct, redis_ct): (Option<Vec<u8>>, Option<Vec<u8>>) =
+            sqlx::query_as(&select).bind(id).fetch_one(&mut *tx).await?;
+        let reseal = |ct: Option<Vec<u8>>| ct.and_then(|c| old.open(&c)).map(|pt| new.seal(&pt));
+        sqlx::query(&update)
+            .bind(id)
+            .bind(reseal(db_ct))
+            .bind(reseal(redis_ct))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    }
+    Ok(ids.len() as f64 / started.elapsed().as_secs_f64().max(1e-9))
+}
+
+fn text(b: &BenchReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "fleet-bench: {} rows, batch size {}",
+        b.rows, b.batch_size
+    );
+    let _ = writeln!(
+        out,
+        "  {:>8} {:>12} {:>10} {:>10} {:>9}",
+        "workers", "rows/s", "p50 ms", "p99 ms", "verified"
+    );
+    for f in &b.in_place {
+        let _ = writeln!(
+            out,
+            "  {:>8} {:>12.0} {:>10.1} {:>10.1} {:>9}",
+            f.workers, f.rows_per_sec, f.batch_p50_ms, f.batch_p99_ms, f.verified
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  naive loop (1 SELECT + 1 UPDATE per row, 1 tx each) on {} rows: {:.0} rows/s; engine is {:.1}x faster",
+        b.naive_sample, b.naive_rows_per_sec, b.speedup_over_naive
+    );
+    let _ = writeln!(
+        out,
+        "  projected wall time (= outage) for the in-place path:"
+    );
+    let _ = writeln!(
+        out,
+        "  {:>10} {:>14} {:>14}",
+        "tenants", "engine", "naive loop"
+    );
+    for ((n, secs), (_, naive)) in b.projection.iter().zip(&b.naive_projection) {
+        let _ = writeln!(out, "  {:>10} {:>13.1}s {:>13.1}s", n, secs, naive);
+    }
+    out
+}

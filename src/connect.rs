@@ -1,0 +1,211 @@
+//! `rekey verify --connect`: proof that the secrets still work, not only
+//! that they decrypt. Every tenant's database URL (PostgreSQL) and Redis
+//! URL is opened under the new key and connected to, with a timeout and
+//! bounded concurrency; each tenant is classified as reachable,
+//! authentication failure or network failure. URLs stay in memory only,
+//! zeroized after use; reports name tenants, never URLs.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt};
+use serde::Serialize;
+use sqlx::{Connection, PgPool};
+use zeroize::Zeroizing;
+
+use crate::cli::VerifyArgs;
+use crate::db::org_instances::{scan_page, RowFilter};
+use crate::db::Table;
+use crate::envelope::{FieldClass, Keyring};
+use crate::error::SetupError;
+
+/// What connecting with one secret gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reach {
+    Reachable,
+    AuthFailure,
+    NetworkFailure,
+    /// The field did not open under the new key (or is not a URL).
+    NotOpenable,
+    /// The field is empty: nothing to check.
+    Absent,
+}
+
+/// One tenant's verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantReach {
+    pub org_id: String,
+    pub database: Reach,
+    pub redis: Reach,
+}
+
+impl TenantReach {
+    /// The tenant's overall class: the worse of its two secrets.
+    pub fn overall(&self) -> Reach {
+        let rank = |r: Reach| match r {
+            Reach::Absent | Reach::Reachable => 0,
+            Reach::NetworkFailure => 1,
+            Reach::AuthFailure => 2,
+            Reach::NotOpenable => 3,
+        };
+        if rank(self.database) >= rank(self.redis) {
+            if self.database == Reach::Absent {
+                self.redis
+            } else {
+                self.database
+            }
+        } else {
+            self.redis
+        }
+    }
+}
+
+/// The fleet's verdicts.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectReport {
+    pub tenants: u64,
+    pub reachable: u64,
+    pub auth_failure: u64,
+    pub network_failure: u64,
+    pub not_openable: u64,
+    /// Tenants that are not reachable (at most 50).
+    pub failing: Vec<TenantReach>,
+}
+
+impl ConnectReport {
+    pub fn all_reachable(&self) -> bool {
+        self.reachable == self.tenants
+    }
+
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "connect: {} tenants: {} reachable, {} authentication failure, {} network failure, {} not openable",
+            self.tenants, self.reachable, self.auth_failure, self.network_failure, self.not_openable
+        );
+        for t in &self.failing {
+            let _ = writeln!(
+                out,
+                "  {}  database {:?}, redis {:?}",
+                t.org_id, t.database, t.redis
+            );
+        }
+        out
+    }
+}
+
+/// Connects to every tenant's database and Redis.
+pub async fn check_fleet(
+    pool: &PgPool,
+    table: &Table,
+    keyring: &Arc<Keyring>,
+    args: &VerifyArgs,
+) -> Result<ConnectReport, SetupError> {
+    let timeout = Duration::from_secs(args.connect_timeout.max(1));
+    let mut verdicts = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let rows = scan_page(pool, table, after.as_deref(), &RowFilter::default(), 1000).await?;
+        let Some(last) = rows.last() else { break };
+        after = Some(last.id.clone());
+        let page: Vec<TenantReach> = stream::iter(rows)
+            .map(|row| {
+                let keyring = Arc::clone(keyring);
+                async move {
+                    let db = open_url(&keyring, row.db.as_deref());
+                    let redis = open_url(&keyring, row.redis.as_deref());
+                    TenantReach {
+                        org_id: row.id,
+                        database: check_postgres(db, timeout).await,
+                        redis: check_redis(redis, timeout).await,
+                    }
+                }
+            })
+            .buffer_unordered(args.connect_concurrency.max(1))
+            .collect()
+            .await;
+        verdicts.extend(page);
+    }
+    verdicts.sort_by(|a, b| a.org_id.cmp(&b.org_id));
+    let count = |r: Reach| verdicts.iter().filter(|t| t.overall() == r).count() as u64;
+    Ok(ConnectReport {
+        tenants: verdicts.len() as u64,
+        reachable: count(Reach::Reachable) + count(Reach::Absent),
+        auth_failure: count(Reach::AuthFailure),
+        network_failure: count(Reach::NetworkFailure),
+        not_openable: count(Reach::NotOpenable),
+        failing: verdicts
+            .iter()
+            .filter(|t| !matches!(t.overall(), Reach::Reachable | Reach::Absent))
+            .take(50)
+            .cloned()
+            .collect(),
+    })
+}
+
+/// The field's URL if it opens under the new key; `Err` says why not.
+fn open_url(keyring: &Keyring, field: Option<&[u8]>) -> Result<Option<Zeroizing<String>>, Reach> {
+    let classified = keyring.classify(field);
+    match (classified.class, classified.plaintext) {
+        (FieldClass::Empty, _) => Ok(None),
+        (FieldClass::Current, Some(pt)) => match String::from_utf8(pt.to_vec()) {
+            Ok(url) => Ok(Some(Zeroizing::new(url))),
+            Err(_) => Err(Reach::NotOpenable),
+        },
+        _ => Err(Reach::NotOpenable),
+    }
+}
+
+async fn check_postgres(url: Result<Option<Zeroizing<String>>, Reach>, timeout: Duration) -> Reach {
+    let url = match url {
+        Ok(Some(url)) => url,
+        Ok(None) => return Reach::Absent,
+        Err(r) => return r,
+    };
+    match tokio::time::timeout(timeout, sqlx::PgConnection::connect(&url)).await {
+        Err(_) => Reach::NetworkFailure,
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            Reach::Reachable
+        }
+        Ok(Err(sqlx::Error::Database(db)))
+            if matches!(db.code().as_deref(), Some("28P01") | Some("28000")) =>
+        {
+            Reach::AuthFailure
+        }
+        Ok(Err(sqlx::Error::Database(_))) => Reach::AuthFailure,
+        Ok(Err(_)) => Reach::NetworkFailure,
+    }
+}
+
+async fn check_redis(url: Result<Option<Zeroizing<String>>, Reach>, timeout: Duration) -> Reach {
+    let url = match url {
+        Ok(Some(url)) => url,
+        Ok(None) => return Reach::Absent,
+        Err(r) => return r,
+    };
+    let Ok(client) = redis::Client::open(url.as_str()) else {
+        return Reach::NotOpenable;
+    };
+    let attempt = async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Err(_) => Reach::NetworkFailure,
+        Ok(Ok(_)) => Reach::Reachable,
+        Ok(Err(e)) if is_redis_auth_error(&e) => Reach::AuthFailure,
+        Ok(Err(_)) => Reach::NetworkFailure,
+    }
+}
+
+fn is_redis_auth_error(e: &redis::RedisError) -> bool {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed {
+        return true;
+    }
+    let code = e.code().unwrap_or_default();
+    code == "WRONGPASS" || code == "NOAUTH" || code == "NOPERM"
+}

@@ -1,0 +1,265 @@
+//! Rendering engine events: progress bars on a terminal, plain periodic
+//! lines otherwise, JSON lines with `--json`. Renderers only draw what the
+//! engine emits; they never decide anything.
+
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::rotate::events::{Event, EventSink, TenantOutcome};
+
+/// How progress should be shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    Bars,
+    Plain,
+    Json,
+}
+
+impl Style {
+    /// Bars when stderr is a terminal, plain lines otherwise, JSON on request.
+    pub fn detect(json: bool) -> Style {
+        use std::io::IsTerminal;
+        if json {
+            Style::Json
+        } else if std::io::stderr().is_terminal() {
+            Style::Bars
+        } else {
+            Style::Plain
+        }
+    }
+
+    pub fn sink(self) -> Box<dyn EventSink> {
+        match self {
+            Style::Bars => Box::new(Bars::new()),
+            Style::Plain => Box::new(Plain::new(Duration::from_secs(2))),
+            Style::Json => Box::new(JsonLines),
+        }
+    }
+}
+
+/// Running totals a renderer keeps from the events it saw.
+#[derive(Debug, Default, Clone)]
+struct Totals {
+    run_id: i64,
+    total_rows: u64,
+    to_reprovision: u64,
+    rows: u64,
+    reencrypted: u64,
+    skipped: u64,
+    queued: u64,
+    left: u64,
+    tenants_done: u64,
+    tenants_failed: u64,
+}
+
+impl Totals {
+    fn absorb(&mut self, event: &Event) {
+        match event {
+            Event::RunStarted {
+                run_id,
+                total_rows,
+                to_reprovision,
+                ..
+            } => {
+                self.run_id = *run_id;
+                self.total_rows = *total_rows;
+                self.to_reprovision = *to_reprovision;
+            }
+            Event::Batch(b) => {
+                self.rows += b.rows;
+                self.reencrypted += b.reencrypted;
+                self.skipped += b.skipped;
+                self.queued += b.queued;
+                self.left += b.left;
+            }
+            Event::Tenant { outcome, .. } => match outcome {
+                TenantOutcome::Done => self.tenants_done += 1,
+                TenantOutcome::GivenUp => self.tenants_failed += 1,
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    fn actions_line(&self) -> String {
+        format!(
+            "reencrypted {}, skipped {}, queued {}, left {}; tenants re-provisioned {}/{} (failed {})",
+            self.reencrypted,
+            self.skipped,
+            self.queued,
+            self.left,
+            self.tenants_done,
+            self.to_reprovision.max(self.queued),
+            self.tenants_failed
+        )
+    }
+}
+
+/// JSON event lines on stdout.
+pub struct JsonLines;
+
+impl EventSink for JsonLines {
+    fn emit(&self, event: &Event) {
+        if let Ok(line) = serde_json::to_string(event) {
+            // A closed pipe ends output quietly rather than failing the run.
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+        }
+    }
+}
+
+/// Plain lines on stderr, at most one per `every`, plus one per milestone.
+pub struct Plain {
+    every: Duration,
+    state: Mutex<(Totals, Instant, Instant)>,
+}
+
+impl Plain {
+    pub fn new(every: Duration) -> Plain {
+        let now = Instant::now();
+        Plain {
+            every,
+            state: Mutex::new((Totals::default(), now, now)),
+        }
+    }
+}
+
+impl EventSink for Plain {
+    fn emit(&self, event: &Event) {
+        let Ok(mut guard) = self.state.lock() else {
+            return;
+        };
+        let (totals, started, last) = &mut *guard;
+        totals.absorb(event);
+        let milestone = !matches!(event, Event::Batch(_) | Event::Tenant { .. });
+        if let Event::Warning { message } = event {
+            eprintln!("warning: {message}");
+            return;
+        }
+        if let Event::Tenant {
+            org_id,
+            step,
+            outcome: TenantOutcome::GivenUp,
+            error,
+        } = event
+        {
+            eprintln!(
+                "tenant {org_id}: given up at step {step}: {}",
+                error.as_deref().unwrap_or("-")
+            );
+        }
+        if !milestone && last.elapsed() < self.every {
+            return;
+        }
+        *last = Instant::now();
+        let secs = started.elapsed().as_secs_f64().max(1e-3);
+        let rate = totals.rows as f64 / secs;
+        let eta = if rate > 0.0 && totals.total_rows > totals.rows {
+            format!(
+                ", ETA {:.0}s",
+                (totals.total_rows - totals.rows) as f64 / rate
+            )
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "run {}: {}/{} rows, {:.0} rows/s{eta}; {}",
+            totals.run_id,
+            totals.rows,
+            totals.total_rows,
+            rate,
+            totals.actions_line()
+        );
+    }
+}
+
+/// indicatif bars on stderr: rows walked, and tenants re-provisioned.
+pub struct Bars {
+    rows: ProgressBar,
+    tenants: ProgressBar,
+    totals: Mutex<Totals>,
+}
+
+impl Bars {
+    pub fn new() -> Bars {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8));
+        let rows = multi.add(ProgressBar::new(0));
+        rows.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>9} [{bar:30}] {pos}/{len} rows {per_sec} ETA {eta}\n{wide_msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        rows.set_prefix("in place");
+        let tenants = multi.add(ProgressBar::new(0));
+        tenants.set_style(
+            ProgressStyle::with_template("{prefix:>9} [{bar:30}] {pos}/{len} tenants {wide_msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        tenants.set_prefix("reprov");
+        Bars {
+            rows,
+            tenants,
+            totals: Mutex::new(Totals::default()),
+        }
+    }
+}
+
+impl Default for Bars {
+    fn default() -> Bars {
+        Bars::new()
+    }
+}
+
+impl EventSink for Bars {
+    fn emit(&self, event: &Event) {
+        let Ok(mut totals) = self.totals.lock() else {
+            return;
+        };
+        totals.absorb(event);
+        match event {
+            Event::RunStarted {
+                total_rows,
+                to_reprovision,
+                ..
+            } => {
+                self.rows.set_length(*total_rows);
+                self.tenants.set_length(*to_reprovision);
+            }
+            Event::Batch(b) => {
+                self.rows.inc(b.rows);
+                self.tenants
+                    .set_length(totals.to_reprovision.max(totals.queued));
+            }
+            Event::PassStarted { pass, rows } if *pass > 1 => {
+                self.rows.set_length(self.rows.length().unwrap_or(0) + rows);
+            }
+            Event::Tenant {
+                org_id,
+                step,
+                outcome,
+                ..
+            } => {
+                if matches!(outcome, TenantOutcome::Done | TenantOutcome::GivenUp) {
+                    self.tenants.inc(1);
+                }
+                self.tenants.set_message(format!("{org_id}: {step}"));
+            }
+            Event::Warning { message } => self.rows.println(format!("warning: {message}")),
+            _ => {}
+        }
+        self.rows.set_message(totals.actions_line());
+    }
+}
+
+impl Drop for Bars {
+    fn drop(&mut self) {
+        self.rows.finish();
+        self.tenants.finish();
+    }
+}
