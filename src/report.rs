@@ -135,7 +135,11 @@ pub fn run_text(r: &RunReport) -> String {
     );
     if !r.left.is_empty() {
         let shown = r.left.len().min(20);
-        let _ = writeln!(out, "  rows left (first {shown} of {}; all of them with --json):", r.left_total);
+        let _ = writeln!(
+            out,
+            "  rows left (first {shown} of {}; all of them with --json):",
+            r.left_total
+        );
         for l in r.left.iter().take(shown) {
             let _ = writeln!(out, "    {}  {}", l.org_id, l.reason);
         }

@@ -182,8 +182,8 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, Setup
 }
 
 /// Checks, before anything is written, that the run can do what it is
-/// asked: cloud credentials if tenants need re-provisioning, and the
-/// wrong-old-key gate. Returns the pre-scan when one was needed.
+/// asked: the wrong-old-key gate first (a wrong key is the likelier story),
+/// then cloud credentials if tenants need re-provisioning. Returns the pre-scan when one was needed.
 async fn preflight(
     ctx: &RunContext,
     opts: &RunOptions,
@@ -196,19 +196,6 @@ async fn preflight(
     let to_reprovision = prescan.reprovision_ids.len() as u64;
     if to_reprovision == 0 {
         return Ok(Some(prescan));
-    }
-    if ctx.reprovisioner.is_none() {
-        return Err(SetupError::Refused(format!(
-            "{to_reprovision} tenants need re-provisioning, which needs NEON_API_KEY, FLY_API_TOKEN and \
-             TENANT_REDIS_URL; set them, or run with --mode reencrypt to rotate only what the old key opens"
-        )));
-    }
-    if ctx.table.provision.is_none() {
-        return Err(SetupError::Refused(format!(
-            "{to_reprovision} tenants need re-provisioning, but table {} lacks the slug/Neon/Fly columns \
-             (name them with --slug-column, --neon-project-column, ...)",
-            ctx.table.display
-        )));
     }
     if opts.mode == Mode::Auto && ctx.keyring.old_key_id().is_some() {
         let already = match journal::open_run(&ctx.pool).await? {
@@ -226,6 +213,19 @@ async fn preflight(
                 opened + to_reprovision
             )));
         }
+    }
+    if ctx.reprovisioner.is_none() {
+        return Err(SetupError::Refused(format!(
+            "{to_reprovision} tenants need re-provisioning, which needs NEON_API_KEY, FLY_API_TOKEN and \
+             TENANT_REDIS_URL; set them, or run with --mode reencrypt to rotate only what the old key opens"
+        )));
+    }
+    if ctx.table.provision.is_none() {
+        return Err(SetupError::Refused(format!(
+            "{to_reprovision} tenants need re-provisioning, but table {} lacks the slug/Neon/Fly columns \
+             (name them with --slug-column, --neon-project-column, ...)",
+            ctx.table.display
+        )));
     }
     Ok(Some(prescan))
 }
