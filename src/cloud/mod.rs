@@ -8,6 +8,7 @@
 
 pub mod fake;
 pub mod http;
+pub mod neon;
 pub mod secret;
 
 pub use http::{Api, CloudError, CounterSnapshot, Created, HttpOptions};
