@@ -7,6 +7,7 @@
 //! in `rotate`, not here.
 
 pub mod fake;
+pub mod fly;
 pub mod http;
 pub mod neon;
 pub mod secret;
