@@ -49,7 +49,7 @@ impl Default for FlyOptions {
 
 /// A machine's config, kept as JSON so fields this tool does not know
 /// survive a copy. Zeroized on drop; `Debug` prints key names only.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(transparent)]
 pub struct MachineConfig(SecretJson);
 
@@ -86,8 +86,9 @@ impl MachineConfig {
 }
 
 /// A Fly machine. Fields the tool does not read are dropped, except in
-/// `config`, which is kept whole.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `config`, which is kept whole. Not `Serialize`, since `config` holds
+/// `DATABASE_URL`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Machine {
     pub id: String,
     #[serde(default)]

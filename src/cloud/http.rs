@@ -199,7 +199,7 @@ pub enum CloudError {
         path: String,
         message: String,
     },
-    #[error("{api} {method} {path}: gave up after {attempts} attempt(s) in {elapsed:?}; last error: {last}")]
+    #[error("{api} {method} {path}: gave up after {attempts} attempt(s) in {elapsed:.1?}; last: {}", .last.detail())]
     GaveUp {
         api: Api,
         method: Method,
@@ -267,6 +267,23 @@ impl CloudError {
             CloudError::Network { connect, .. } => !connect,
             CloudError::GaveUp { last, .. } => last.is_ambiguous(),
             _ => false,
+        }
+    }
+
+    /// What went wrong, without the "API METHOD PATH:" prefix that
+    /// [`CloudError::GaveUp`] already shows.
+    fn detail(&self) -> String {
+        match self {
+            CloudError::Status {
+                status,
+                message,
+                request_id,
+                ..
+            } => format!("HTTP {status}: {message}{}", request_id_note(request_id)),
+            CloudError::Timeout { after, .. } => format!("no answer within {after:?}"),
+            CloudError::Network { message, .. } => message.clone(),
+            CloudError::Decode { message, .. } => format!("unexpected response body: {message}"),
+            other => other.to_string(),
         }
     }
 

@@ -12,7 +12,7 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -56,7 +56,8 @@ impl<'de> Deserialize<'de> for Secret {
 }
 
 /// A JSON document that may hold secrets: every string in it is zeroized
-/// on drop, and `Debug` shows only the top-level keys.
+/// on drop, and `Debug` shows only the top-level keys. Deliberately not
+/// `Serialize`: writing it anywhere takes an explicit [`SecretJson::expose`].
 #[derive(Clone, PartialEq, Default)]
 pub struct SecretJson(Value);
 
@@ -107,12 +108,6 @@ impl fmt::Debug for SecretJson {
 impl<'de> Deserialize<'de> for SecretJson {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<SecretJson, D::Error> {
         Value::deserialize(deserializer).map(SecretJson)
-    }
-}
-
-impl Serialize for SecretJson {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(serializer)
     }
 }
 
