@@ -11,6 +11,7 @@
 pub mod bench;
 pub mod chart;
 pub mod cli;
+pub mod cloud;
 pub mod commands;
 pub mod connect;
 pub mod db;

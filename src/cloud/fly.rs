@@ -1,0 +1,538 @@
+//! The Fly Machines API client: get, list, create, wait, stop and destroy
+//! machines, create apps (docs/cloud-apis.md §2), over the shared policy in
+//! `http.rs`, plus the one place that turns an old machine's config into
+//! its replacement's.
+//!
+//! Fly has no idempotency key on machine create, so every machine this tool
+//! creates carries a unique `rekey_item` tag in `config.metadata`. Before a
+//! create, and after any answer that leaves it unclear whether the create
+//! landed, the machines with that tag are listed and an existing one is
+//! adopted instead of making a second. Machine configs hold `DATABASE_URL`
+//! in plain text, so they live in [`MachineConfig`], which is zeroized on
+//! drop and prints only its key names. Neon is in `neon.rs`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use tokio::time::Instant;
+
+use super::http::{
+    Api, ApiClient, ApiRequest, CloudError, CounterSnapshot, Counters, Created, HttpOptions,
+};
+use super::secret::{Secret, SecretJson};
+
+/// The `config.metadata` key whose value identifies the work item a machine
+/// was created for; what makes machine creation idempotent.
+pub const ITEM_TAG: &str = "rekey_item";
+
+/// Fly's `/wait` holds a request at most this long (§2.7).
+const MAX_WAIT_SECS: u64 = 60;
+
+/// Options of a [`FlyClient`].
+#[derive(Debug, Clone)]
+pub struct FlyOptions {
+    pub http: HttpOptions,
+    /// Pause before listing machines after an ambiguous create: the list
+    /// reads an eventually consistent store (§2.9).
+    pub lookup_settle: Duration,
+}
+
+impl Default for FlyOptions {
+    fn default() -> FlyOptions {
+        FlyOptions {
+            http: HttpOptions::fly_defaults(),
+            lookup_settle: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A machine's config, kept as JSON so fields this tool does not know
+/// survive a copy. Zeroized on drop; `Debug` prints key names only.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(transparent)]
+pub struct MachineConfig(SecretJson);
+
+impl MachineConfig {
+    pub fn new(config: Value) -> MachineConfig {
+        MachineConfig(SecretJson::new(config))
+    }
+
+    /// The whole config, `env` values included.
+    pub fn expose(&self) -> &Value {
+        self.0.expose()
+    }
+
+    pub fn image(&self) -> Option<&str> {
+        self.expose().get("image").and_then(Value::as_str)
+    }
+
+    /// One `config.metadata` value.
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.expose()
+            .get("metadata")
+            .and_then(|m| m.get(key))
+            .and_then(Value::as_str)
+    }
+
+    /// One `config.env` value, as a secret since env carries URLs.
+    pub fn env(&self, key: &str) -> Option<Secret> {
+        self.expose()
+            .get("env")
+            .and_then(|m| m.get(key))
+            .and_then(Value::as_str)
+            .map(Secret::new)
+    }
+}
+
+/// A Fly machine. Fields the tool does not read are dropped, except in
+/// `config`, which is kept whole. Not `Serialize`, since `config` holds
+/// `DATABASE_URL`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Machine {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub region: String,
+    /// The current version; changes on every update.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    #[serde(default)]
+    pub private_ip: Option<String>,
+    /// Absent when the host is not `ok` (then `incomplete_config` is sent).
+    #[serde(default)]
+    pub config: Option<MachineConfig>,
+    #[serde(default)]
+    pub host_status: Option<String>,
+    #[serde(default)]
+    pub incomplete_config: Option<MachineConfig>,
+    #[serde(default)]
+    pub checks: Vec<MachineCheck>,
+    #[serde(default)]
+    pub created_at: Option<String>,
+    #[serde(default)]
+    pub updated_at: Option<String>,
+}
+
+/// One health check's state. Its `output` is not kept: it is free text
+/// from the tenant's app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineCheck {
+    #[serde(default)]
+    pub name: String,
+    /// `passing`, `warning` or `critical`.
+    #[serde(default)]
+    pub status: String,
+}
+
+impl Machine {
+    /// The config for a machine that replaces this one: everything copied,
+    /// except `env.DATABASE_URL` (and `env.REDIS_URL` when given) replaced,
+    /// `mounts` dropped (a volume cannot attach to two machines) and
+    /// `standbys` dropped (they point at this machine), and `metadata`
+    /// given `rekey_item=<item_tag>` plus `extra_metadata`. Refused when the
+    /// host is not `ok`, since the config Fly then returns is partial.
+    pub fn replacement_config(
+        &self,
+        database_url: &Secret,
+        redis_url: Option<&Secret>,
+        item_tag: &str,
+        extra_metadata: &[(&str, &str)],
+    ) -> Result<MachineConfig, CloudError> {
+        let refuse = |reason: &str| CloudError::UnsafeToCopy {
+            machine: self.id.clone(),
+            reason: reason.to_string(),
+        };
+        if let Some(status) = self.host_status.as_deref().filter(|s| *s != "ok") {
+            return Err(refuse(&format!(
+                "its host status is {status:?}, so Fly returns only a partial config"
+            )));
+        }
+        let Some(old) = &self.config else {
+            return Err(refuse("the machine has no config"));
+        };
+        let mut copy = old.clone();
+        let Some(config) = copy.0.expose_mut().as_object_mut() else {
+            return Err(refuse("its config is not a JSON object"));
+        };
+        if config.get("image").and_then(Value::as_str).is_none() {
+            return Err(refuse("its config has no image"));
+        }
+        config.remove("mounts");
+        config.remove("standbys");
+        let env =
+            object_entry(config, "env").ok_or_else(|| refuse("config.env is not an object"))?;
+        env.insert(
+            "DATABASE_URL".to_string(),
+            Value::String(database_url.expose().to_string()),
+        );
+        if let Some(redis) = redis_url {
+            env.insert(
+                "REDIS_URL".to_string(),
+                Value::String(redis.expose().to_string()),
+            );
+        }
+        let metadata = object_entry(config, "metadata")
+            .ok_or_else(|| refuse("config.metadata is not an object"))?;
+        metadata.insert(ITEM_TAG.to_string(), Value::String(item_tag.to_string()));
+        for (key, value) in extra_metadata {
+            metadata.insert(key.to_string(), Value::String(value.to_string()));
+        }
+        Ok(copy)
+    }
+}
+
+/// The object at `config[key]`, created empty when absent; `None` when
+/// something else is there.
+fn object_entry<'a>(
+    config: &'a mut Map<String, Value>,
+    key: &str,
+) -> Option<&'a mut Map<String, Value>> {
+    config
+        .entry(key)
+        .or_insert_with(|| Value::Object(Map::new()))
+        .as_object_mut()
+}
+
+/// What to create. `config.metadata` must carry [`ITEM_TAG`].
+#[derive(Debug, Clone)]
+pub struct CreateMachine {
+    /// `None` lets Fly generate one.
+    pub name: Option<String>,
+    /// Pass the old machine's region; `None` means "near the caller".
+    pub region: Option<String>,
+    pub config: MachineConfig,
+    pub skip_launch: bool,
+}
+
+/// A state `/wait` can wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitState {
+    Started,
+    Stopped,
+    Suspended,
+    Destroyed,
+}
+
+impl WaitState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WaitState::Started => "started",
+            WaitState::Stopped => "stopped",
+            WaitState::Suspended => "suspended",
+            WaitState::Destroyed => "destroyed",
+        }
+    }
+}
+
+/// What a delete found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    Removed,
+    /// It was not there (404): an earlier attempt already removed it.
+    AlreadyGone,
+}
+
+/// The Fly Machines API client.
+pub struct FlyClient {
+    http: ApiClient,
+    lookup_settle: Duration,
+}
+
+impl FlyClient {
+    /// A client for the API at `base_url` (`https://api.machines.dev/v1` in
+    /// production). A token starting `FlyV1 ` is sent as is, any other as
+    /// `Bearer <token>`.
+    pub fn new(
+        base_url: &str,
+        token: Secret,
+        options: FlyOptions,
+    ) -> Result<FlyClient, CloudError> {
+        Ok(FlyClient {
+            http: ApiClient::new(Api::Fly, base_url, &token, options.http)?,
+            lookup_settle: options.lookup_settle,
+        })
+    }
+
+    /// Request totals so far.
+    pub fn counters(&self) -> CounterSnapshot {
+        self.http.counters().snapshot()
+    }
+
+    /// The live counters, for a progress reporter that samples them.
+    pub fn live_counters(&self) -> std::sync::Arc<Counters> {
+        self.http.counters()
+    }
+
+    /// The machine, or `None` when Fly says it does not exist.
+    pub async fn get_machine(&self, app: &str, id: &str) -> Result<Option<Machine>, CloudError> {
+        match self
+            .http
+            .send(ApiRequest::get(&["apps", app, "machines", id]))
+            .await
+        {
+            Ok(response) => Ok(Some(response.json()?)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The app's machines whose metadata has every `(key, value)` of
+    /// `metadata_filter`; destroyed ones only with `include_deleted`. The
+    /// filter is also applied here, so a server that ignores it cannot
+    /// return a stranger's machine.
+    pub async fn list_machines(
+        &self,
+        app: &str,
+        metadata_filter: &[(&str, &str)],
+        include_deleted: bool,
+    ) -> Result<Vec<Machine>, CloudError> {
+        let mut request = ApiRequest::get(&["apps", app, "machines"]);
+        for (key, value) in metadata_filter {
+            request = request.query(&format!("metadata.{key}"), *value);
+        }
+        if include_deleted {
+            request = request.query("include_deleted", "true");
+        }
+        let machines: Vec<Machine> = self.http.send(request).await?.json()?;
+        Ok(machines
+            .into_iter()
+            .filter(|m| {
+                metadata_filter.iter().all(|(key, value)| {
+                    m.config.as_ref().and_then(|c| c.metadata(key)) == Some(*value)
+                })
+            })
+            .collect())
+    }
+
+    /// Creates a machine, or adopts the one an earlier attempt made: the
+    /// machines tagged with the config's [`ITEM_TAG`] value are listed
+    /// before posting, and again after a 5xx, a timeout, a lost connection,
+    /// a 409 or a 422. Two live machines with one tag is an error, not a
+    /// choice this client makes.
+    pub async fn create_machine(
+        &self,
+        app: &str,
+        spec: &CreateMachine,
+    ) -> Result<Created<Machine>, CloudError> {
+        let Some(tag) = spec.config.metadata(ITEM_TAG) else {
+            return Err(CloudError::Config {
+                api: Api::Fly,
+                message: format!("a machine to create must carry config.metadata.{ITEM_TAG}"),
+            });
+        };
+        if let Some(existing) = self.find_tagged(app, tag).await? {
+            return Ok(Created::Adopted(existing));
+        }
+        let mut body = json!({
+            "config": spec.config.expose(),
+            "skip_launch": spec.skip_launch,
+        });
+        if let Some(name) = &spec.name {
+            body["name"] = json!(name);
+        }
+        if let Some(region) = &spec.region {
+            body["region"] = json!(region);
+        }
+        // The body holds DATABASE_URL: zeroized when this function returns.
+        let body = SecretJson::new(body);
+        let post = async || {
+            let request = ApiRequest::post(&["apps", app, "machines"]).json(body.expose());
+            self.http.send(request).await?.json::<Machine>()
+        };
+        let lookup = async || self.find_tagged(app, tag).await;
+        let conflict = |e: &CloudError| matches!(e.status(), Some(409 | 422));
+        self.http
+            .create_with_recovery(post, lookup, conflict, self.lookup_settle)
+            .await
+    }
+
+    /// The one live machine tagged `rekey_item=<tag>`, if any.
+    async fn find_tagged(&self, app: &str, tag: &str) -> Result<Option<Machine>, CloudError> {
+        let mut found = self.list_machines(app, &[(ITEM_TAG, tag)], false).await?;
+        found.retain(|m| !matches!(m.state.as_str(), "destroyed" | "destroying"));
+        match found.len() {
+            0 => Ok(None),
+            1 => Ok(found.pop()),
+            _ => Err(CloudError::Conflict {
+                api: Api::Fly,
+                what: format!(
+                    "app {app} has {} live machines tagged {ITEM_TAG}={tag}: {}",
+                    found.len(),
+                    found
+                        .iter()
+                        .map(|m| m.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }),
+        }
+    }
+
+    /// Waits until machine `id` reaches `state`, by calling `/wait` (at most
+    /// 60 s per call) until `deadline`. `instance_id` pins the version to
+    /// watch (needed for `stopped`). A 404 right after create is retried a
+    /// few times; while waiting for `destroyed` it means done. A 400 means
+    /// the machine can no longer get there.
+    pub async fn wait_for_state(
+        &self,
+        app: &str,
+        id: &str,
+        state: WaitState,
+        instance_id: Option<&str>,
+        deadline: Instant,
+    ) -> Result<(), CloudError> {
+        let mut not_found = 0u32;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(CloudError::DeadlinePassed {
+                    what: format!(
+                        "waiting for Fly machine {id} in app {app} to be {}",
+                        state.as_str()
+                    ),
+                });
+            }
+            let seconds = remaining.as_secs().clamp(1, MAX_WAIT_SECS);
+            let mut request = ApiRequest::get(&["apps", app, "machines", id, "wait"])
+                .query("state", state.as_str())
+                .query("timeout", seconds.to_string())
+                .final_status(408)
+                .final_status(404)
+                .final_status(400)
+                .timeout(Duration::from_secs(seconds + 15));
+            if let Some(instance) = instance_id {
+                request = request.query("instance_id", instance);
+            }
+            match self.http.send(request).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.status() == Some(408) => continue,
+                Err(e) if e.is_not_found() && state == WaitState::Destroyed => return Ok(()),
+                Err(e) if e.is_not_found() => {
+                    not_found += 1;
+                    if not_found >= self.http.options().max_attempts {
+                        return Err(e);
+                    }
+                    let pause = self.http.options().min_backoff * not_found;
+                    tokio::time::sleep(pause.min(remaining)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Asks the machine to stop; wait for `stopped` with its `instance_id`.
+    pub async fn stop_machine(&self, app: &str, id: &str) -> Result<(), CloudError> {
+        let request = ApiRequest::post(&["apps", app, "machines", id, "stop"]).repeatable();
+        self.http.send(request).await.map(|_| ())
+    }
+
+    /// Destroys the machine (`force` kills it if running). Irreversible.
+    pub async fn destroy_machine(
+        &self,
+        app: &str,
+        id: &str,
+        force: bool,
+    ) -> Result<Removal, CloudError> {
+        let request =
+            ApiRequest::delete(&["apps", app, "machines", id]).query("force", force.to_string());
+        match self.http.send(request).await {
+            Ok(_) => Ok(Removal::Removed),
+            Err(e) if e.is_not_found() => Ok(Removal::AlreadyGone),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates app `name` in organization `org` (seeding and rehearsals), or
+    /// adopts it when it already exists and this token can see it.
+    pub async fn create_app(&self, name: &str, org: &str) -> Result<Created<()>, CloudError> {
+        let body = json!({ "app_name": name, "org_slug": org });
+        let post = async || {
+            let request = ApiRequest::post(&["apps"]).json(&body);
+            self.http.send(request).await.map(|_| ())
+        };
+        let lookup = async || match self.http.send(ApiRequest::get(&["apps", name])).await {
+            Ok(_) => Ok(Some(())),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        };
+        let conflict = |e: &CloudError| matches!(e.status(), Some(409 | 422));
+        self.http
+            .create_with_recovery(post, lookup, conflict, Duration::ZERO)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine(config: Value) -> Machine {
+        serde_json::from_value(json!({
+            "id": "148e1234abcd56", "name": "web-1", "state": "started", "region": "ord",
+            "instance_id": "01H", "host_status": "ok", "config": config
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn replacement_config_swaps_only_the_urls_and_drops_mounts_and_standbys() {
+        let old = machine(json!({
+            "image": "registry.fly.io/t:1",
+            "env": {"DATABASE_URL": "postgresql://u:old@h/db", "REDIS_URL": "redis://old", "PORT": "8080"},
+            "mounts": [{"volume": "vol_1", "path": "/data"}],
+            "standbys": ["148e1234abcd56"],
+            "metadata": {"fly_process_group": "app"},
+            "services": [{"internal_port": 8080}],
+            "some_future_field": {"x": 1}
+        }));
+        let new = old
+            .replacement_config(
+                &Secret::new("postgresql://u:new@h2/db"),
+                Some(&Secret::new("redis://new")),
+                "run7-org42",
+                &[("replaces", "148e1234abcd56")],
+            )
+            .unwrap();
+        let v = new.expose();
+        assert_eq!(v["env"]["DATABASE_URL"], "postgresql://u:new@h2/db");
+        assert_eq!(v["env"]["REDIS_URL"], "redis://new");
+        assert_eq!(v["env"]["PORT"], "8080");
+        assert!(v.get("mounts").is_none() && v.get("standbys").is_none());
+        assert_eq!(v["metadata"]["fly_process_group"], "app");
+        assert_eq!(v["metadata"][ITEM_TAG], "run7-org42");
+        assert_eq!(v["metadata"]["replaces"], "148e1234abcd56");
+        assert_eq!(v["services"], json!([{"internal_port": 8080}]));
+        assert_eq!(v["some_future_field"], json!({"x": 1}));
+    }
+
+    #[test]
+    fn redis_url_is_kept_when_no_new_one_is_given() {
+        let old = machine(json!({"image": "i", "env": {"REDIS_URL": "redis://keep"}}));
+        let new = old
+            .replacement_config(&Secret::new("postgresql://n"), None, "t", &[])
+            .unwrap();
+        assert_eq!(new.expose()["env"]["REDIS_URL"], "redis://keep");
+    }
+
+    #[test]
+    fn a_machine_on_an_unhealthy_host_is_not_copied() {
+        let mut old = machine(json!({"image": "i"}));
+        old.host_status = Some("unreachable".to_string());
+        let err = old
+            .replacement_config(&Secret::new("postgresql://n"), None, "t", &[])
+            .unwrap_err();
+        assert!(matches!(err, CloudError::UnsafeToCopy { .. }), "{err}");
+    }
+
+    #[test]
+    fn machine_debug_output_hides_env_values() {
+        let old =
+            machine(json!({"image": "i", "env": {"DATABASE_URL": "postgresql://u:hunter2@h/db"}}));
+        let shown = format!("{old:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+}
