@@ -141,6 +141,12 @@ pub struct ProvisionArgs {
     /// Fly API requests per second.
     #[arg(long, default_value_t = 20)]
     pub fly_rps: u32,
+    /// Pause between polls of a pending Neon operation, in milliseconds.
+    #[arg(long, default_value_t = 750)]
+    pub poll_ms: u64,
+    /// Pause before looking a Fly machine up after an ambiguous create (its list is eventually consistent).
+    #[arg(long, default_value_t = 2000)]
+    pub lookup_settle_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -172,6 +178,19 @@ pub struct RunArgs {
     /// Re-provision N tenants first and stop if any of them fails.
     #[arg(long)]
     pub canary: Option<u64>,
+    /// new-branch: new Neon branch per tenant (the runbook's path); reset-in-place: only reset the
+    /// role password on the tenant's branch (fewer calls, no growing branch tree).
+    #[arg(long, value_enum, default_value = "new-branch")]
+    pub neon_strategy: crate::rotate::reprovision::NeonStrategy,
+    /// Attempts per tenant before it is given up (what it created is removed).
+    #[arg(long, default_value_t = 5)]
+    pub max_attempts: i32,
+    /// Seconds a claimed tenant stays this process's without progress (several processes share a run).
+    #[arg(long, default_value_t = 60)]
+    pub lease_secs: u64,
+    /// Deadline in seconds for one tenant's Neon operations or machine start.
+    #[arg(long, default_value_t = 300)]
+    pub step_deadline_secs: u64,
     /// Write the run's counters in Prometheus text format to FILE while it runs.
     #[arg(long)]
     pub metrics_file: Option<PathBuf>,

@@ -150,8 +150,6 @@ async fn run_cmd(cli: &Cli, args: &RunArgs) -> Result<Outcome, SetupError> {
     let mode: Mode = args.mode.into();
     let (pool, table) = open_table(cli, args.workers as u32 + 4).await?;
     db::migrate(&pool).await?;
-    let reprovisioner =
-        crate::rotate::reprovision::from_environment(cli, args, &pool, &table, &keyring)?;
     let style = Style::detect(cli.global.json);
     let mut sinks: Vec<Arc<dyn EventSink>> = vec![Arc::from(style.sink())];
     let metrics = match &args.metrics_file {
@@ -162,6 +160,8 @@ async fn run_cmd(cli: &Cli, args: &RunArgs) -> Result<Outcome, SetupError> {
         sinks.push(Arc::clone(m) as Arc<dyn EventSink>);
     }
     let sink: Arc<dyn EventSink> = Arc::new(FanOut(sinks));
+    let reprovisioner =
+        crate::rotate::reprovision::from_environment(cli, args, &pool, &table, &keyring, &sink)?;
     let stop = Arc::new(AtomicBool::new(false));
     let on_ctrl_c = Arc::clone(&stop);
     tokio::spawn(async move {

@@ -339,11 +339,11 @@ impl FlyClient {
         }
         // The body holds DATABASE_URL: zeroized when this function returns.
         let body = SecretJson::new(body);
-        let post = async || {
+        let post = || async {
             let request = ApiRequest::post(&["apps", app, "machines"]).json(body.expose());
             self.http.send(request).await?.json::<Machine>()
         };
-        let lookup = async || self.find_tagged(app, tag).await;
+        let lookup = || self.find_tagged(app, tag);
         let conflict = |e: &CloudError| matches!(e.status(), Some(409 | 422));
         self.http
             .create_with_recovery(post, lookup, conflict, self.lookup_settle)
@@ -450,14 +450,16 @@ impl FlyClient {
     /// adopts it when it already exists and this token can see it.
     pub async fn create_app(&self, name: &str, org: &str) -> Result<Created<()>, CloudError> {
         let body = json!({ "app_name": name, "org_slug": org });
-        let post = async || {
+        let post = || async {
             let request = ApiRequest::post(&["apps"]).json(&body);
             self.http.send(request).await.map(|_| ())
         };
-        let lookup = async || match self.http.send(ApiRequest::get(&["apps", name])).await {
-            Ok(_) => Ok(Some(())),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
+        let lookup = || async {
+            match self.http.send(ApiRequest::get(&["apps", name])).await {
+                Ok(_) => Ok(Some(())),
+                Err(e) if e.is_not_found() => Ok(None),
+                Err(e) => Err(e),
+            }
         };
         let conflict = |e: &CloudError| matches!(e.status(), Some(409 | 422));
         self.http

@@ -588,13 +588,20 @@ impl ApiClient {
     /// eventually consistent listings) and `lookup` decides: found means
     /// adopted; not found after an ambiguous failure means post again, within
     /// the attempt and deadline bounds; not found after a conflict is an error.
-    pub async fn create_with_recovery<T>(
+    pub async fn create_with_recovery<T, P, L>(
         &self,
-        post: impl AsyncFn() -> Result<T, CloudError>,
-        lookup: impl AsyncFn() -> Result<Option<T>, CloudError>,
+        post: impl Fn() -> P,
+        lookup: impl Fn() -> L,
         conflict: impl Fn(&CloudError) -> bool,
         settle: Duration,
-    ) -> Result<Created<T>, CloudError> {
+    ) -> Result<Created<T>, CloudError>
+    where
+        // Plain closures returning futures rather than `AsyncFn`: the
+        // latter's futures are not `Send` for every lifetime, which a
+        // spawned re-provision task needs.
+        P: std::future::Future<Output = Result<T, CloudError>>,
+        L: std::future::Future<Output = Result<Option<T>, CloudError>>,
+    {
         let started = Instant::now();
         let deadline = started + self.options.deadline;
         let mut backoff = self.backoff();

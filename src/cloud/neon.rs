@@ -374,14 +374,14 @@ impl NeonClient {
             "endpoints": [ { "type": "read_write" } ],
             "annotation_value": annotations,
         });
-        let post = async || {
+        let post = || async {
             let request = ApiRequest::post(&["projects", project, "branches"]).json(&body);
             let created: CreatedBranchBody = self.http.send(request).await?.json()?;
             let mut branch = created.branch;
             branch.annotations = annotations.clone();
             Ok((branch, created.operations))
         };
-        let lookup = async || {
+        let lookup = || async {
             let Some(branch) = self.find_branch_by_name(project, name).await? else {
                 return Ok(None);
             };
