@@ -10,6 +10,7 @@ pub mod fake;
 pub mod fly;
 pub mod http;
 pub mod neon;
+pub mod register;
 pub mod secret;
 
 pub use http::{Api, CloudError, CounterSnapshot, Created, HttpOptions};
