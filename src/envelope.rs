@@ -250,7 +250,11 @@ pub enum RowAction {
 }
 
 impl RowAction {
-    pub const ALL: [RowAction; 3] = [RowAction::Skip, RowAction::Reencrypt, RowAction::Reprovision];
+    pub const ALL: [RowAction; 3] = [
+        RowAction::Skip,
+        RowAction::Reencrypt,
+        RowAction::Reprovision,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -312,7 +316,10 @@ mod tests {
         let cipher = Cipher::new(&key(1));
         let sealed = cipher.seal(b"postgres://u:p@h/db");
         assert_eq!(sealed.len(), NONCE_BYTES + 19 + TAG_BYTES);
-        assert_eq!(cipher.open(&sealed).unwrap().as_slice(), b"postgres://u:p@h/db");
+        assert_eq!(
+            cipher.open(&sealed).unwrap().as_slice(),
+            b"postgres://u:p@h/db"
+        );
     }
 
     #[test]
@@ -356,10 +363,22 @@ mod tests {
         use FieldClass::*;
         assert_eq!(row_action(&[Current, Empty], Mode::Auto), RowAction::Skip);
         assert_eq!(row_action(&[Kms, Current], Mode::Auto), RowAction::Skip);
-        assert_eq!(row_action(&[Old, Current], Mode::Auto), RowAction::Reencrypt);
+        assert_eq!(
+            row_action(&[Old, Current], Mode::Auto),
+            RowAction::Reencrypt
+        );
         assert_eq!(row_action(&[Old, Kms], Mode::Auto), RowAction::Reencrypt);
-        assert_eq!(row_action(&[Old, Undecryptable], Mode::Auto), RowAction::Reprovision);
-        assert_eq!(row_action(&[Old, Empty], Mode::Reprovision), RowAction::Reprovision);
-        assert_eq!(row_action(&[Current, Current], Mode::Reprovision), RowAction::Skip);
+        assert_eq!(
+            row_action(&[Old, Undecryptable], Mode::Auto),
+            RowAction::Reprovision
+        );
+        assert_eq!(
+            row_action(&[Old, Empty], Mode::Reprovision),
+            RowAction::Reprovision
+        );
+        assert_eq!(
+            row_action(&[Current, Current], Mode::Reprovision),
+            RowAction::Skip
+        );
     }
 }

@@ -49,7 +49,10 @@ pub enum KeyLoadError {
         source: std::io::Error,
     },
     #[error("key file {path}: {source}")]
-    ParseFile { path: PathBuf, source: KeyParseError },
+    ParseFile {
+        path: PathBuf,
+        source: KeyParseError,
+    },
     #[error("environment variable {var}: {source}")]
     ParseEnv {
         var: &'static str,
@@ -202,10 +205,12 @@ fn load_file(path: &Path) -> Result<LoadedKey, KeyLoadError> {
         path: path.to_path_buf(),
         source: KeyParseError::UnrecognisedForm(raw.len()),
     })?;
-    let key = text.parse::<Key>().map_err(|source| KeyLoadError::ParseFile {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let key = text
+        .parse::<Key>()
+        .map_err(|source| KeyLoadError::ParseFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let mut warnings = Vec::new();
     if let Some(mode) = group_or_other_access(path) {
         warnings.push(format!(
@@ -256,7 +261,13 @@ mod tests {
 
     #[test]
     fn errors_never_contain_the_input() {
-        for bad in ["", "short", &HEX[..63], &format!("{HEX}00"), &"zz".repeat(32)] {
+        for bad in [
+            "",
+            "short",
+            &HEX[..63],
+            &format!("{HEX}00"),
+            &"zz".repeat(32),
+        ] {
             let err = bad.parse::<Key>().err().expect("must be refused");
             let text = err.to_string();
             assert!(text.contains("64 hex"), "{text}");
