@@ -207,7 +207,7 @@ impl Keyring {
     pub fn classify(&self, field: Option<&[u8]>) -> Classified {
         let blob = match field {
             None => return classified(FieldClass::Empty, None),
-            Some(blob) if blob.is_empty() => return classified(FieldClass::Empty, None),
+            Some([]) => return classified(FieldClass::Empty, None),
             Some(blob) => blob,
         };
         if let Some(pt) = self.new.open(blob) {
