@@ -25,6 +25,9 @@ pub struct RowFilter {
     pub ids: Option<Vec<String>>,
 }
 
+/// The SELECT for a claim or scan. Placeholders are numbered for what is
+/// present (PostgreSQL refuses a bind count that differs from the text's):
+/// the cursor if `after`, the id list if filtered, and always the limit last.
 fn select_sql(table: &Table, after: bool, filter: &RowFilter, lock: bool) -> String {
     let mut sql = format!(
         "SELECT {id}::text AS id, {db} AS db, {redis} AS redis FROM {t} WHERE true",
@@ -33,20 +36,38 @@ fn select_sql(table: &Table, after: bool, filter: &RowFilter, lock: bool) -> Str
         redis = table.redis,
         t = table.name
     );
+    let mut n = 0;
     if after {
-        sql.push_str(&format!(" AND {} > $1::text::{}", table.id, table.id_type));
+        n += 1;
+        sql.push_str(&format!(" AND {} > ${n}::text::{}", table.id, table.id_type));
     }
     if filter.ids.is_some() {
-        sql.push_str(&format!(
-            " AND {} = ANY($2::text[]::{}[])",
-            table.id, table.id_type
-        ));
+        n += 1;
+        sql.push_str(&format!(" AND {} = ANY(${n}::text[]::{}[])", table.id, table.id_type));
     }
-    sql.push_str(&format!(" ORDER BY {} LIMIT $3", table.id));
+    sql.push_str(&format!(" ORDER BY {} LIMIT ${}", table.id, n + 1));
     if lock {
         sql.push_str(" FOR UPDATE SKIP LOCKED");
     }
     sql
+}
+
+/// Runs a claim or scan SELECT with exactly the binds its text names.
+async fn fetch_page<'c, E: sqlx::PgExecutor<'c>>(
+    executor: E,
+    sql: &str,
+    after: Option<&str>,
+    filter: &RowFilter,
+    limit: i64,
+) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
+    let mut query = sqlx::query(sql);
+    if let Some(after) = after {
+        query = query.bind(after);
+    }
+    if let Some(ids) = &filter.ids {
+        query = query.bind(ids);
+    }
+    query.bind(limit).fetch_all(executor).await
 }
 
 fn decode_rows(rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<StoredRow>, sqlx::Error> {
@@ -71,13 +92,7 @@ pub async fn claim_batch(
     limit: i64,
 ) -> Result<Vec<StoredRow>, sqlx::Error> {
     let sql = select_sql(table, after.is_some(), filter, true);
-    let rows = sqlx::query(&sql)
-        .bind(after)
-        .bind(filter.ids.as_ref())
-        .bind(limit)
-        .fetch_all(conn)
-        .await?;
-    decode_rows(rows)
+    decode_rows(fetch_page(conn, &sql, after, filter, limit).await?)
 }
 
 /// Reads up to `limit` rows after `after` in key order, without locking:
@@ -90,13 +105,7 @@ pub async fn scan_page(
     limit: i64,
 ) -> Result<Vec<StoredRow>, sqlx::Error> {
     let sql = select_sql(table, after.is_some(), filter, false);
-    let rows = sqlx::query(&sql)
-        .bind(after)
-        .bind(filter.ids.as_ref())
-        .bind(limit)
-        .fetch_all(pool)
-        .await?;
-    decode_rows(rows)
+    decode_rows(fetch_page(pool, &sql, after, filter, limit).await?)
 }
 
 /// One row's compare-and-swap: expected ciphertexts and their replacements.
