@@ -4,5 +4,6 @@
 //! The binary (`src/main.rs`) only parses arguments and dispatches; the work
 //! lives here so that integration tests and benchmarks drive the same code.
 
+pub mod cloud;
 pub mod envelope;
 pub mod keys;
