@@ -1,8 +1,8 @@
 //! The fake's Neon API v2 routes (under `/api/v2`): projects, branches,
-//! roles and passwords, databases, endpoints, operations and connection
-//! URIs. Each handler parses its request, takes the state lock for the
-//! synchronous part only, applies the rule in `model`, and answers with the
-//! shapes in `render`.
+//! roles (list, create, reset and reveal password), databases, endpoints,
+//! operations and connection URIs. Each handler parses its request, takes
+//! the state lock for the synchronous part only, applies the rule in
+//! `model`, and answers with the shapes in `render`.
 
 mod model;
 mod render;
@@ -38,7 +38,10 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         )
         .route(&format!("{project}/branches/count"), get(count_branches))
         .route(branch, get(get_branch).delete(delete_branch))
-        .route(&format!("{branch}/roles"), get(list_roles))
+        .route(
+            &format!("{branch}/roles"),
+            get(list_roles).post(create_role),
+        )
         .route(&format!("{role}/reset_password"), post(reset_password))
         .route(&format!("{role}/reveal_password"), get(reveal_password))
         .route(&format!("{branch}/databases"), get(list_databases))
@@ -324,6 +327,29 @@ async fn list_roles(
         .map(|r| render::role(&branch.id, r, None))
         .collect();
     ok(json!({"roles": roles}))
+}
+
+async fn create_role(
+    State(shared): State<Arc<Shared>>,
+    Path((project_id, branch_id)): Path<(String, String)>,
+    body: Bytes,
+) -> Answer {
+    let body: model::CreateRole = parse_body(&body).map_err(NeonError::bad_request)?;
+    let spec = body
+        .role
+        .ok_or_else(|| NeonError::bad_request("role with a name is required"))?;
+    let op = shared.config().op_duration;
+    let now = Now::new();
+    let mut world = shared.world();
+    let world = &mut *world;
+    let project = world.neon.project_mut(&project_id)?;
+    let (password, operations) =
+        project.create_role(&mut world.ids, &now, op, &branch_id, &spec.name)?;
+    let role = project.branch(&branch_id)?.role(&spec.name, &branch_id)?;
+    created(json!({
+        "role": render::role(&branch_id, role, Some(&password)),
+        "operations": render::operations(project, &operations, &now),
+    }))
 }
 
 async fn reset_password(

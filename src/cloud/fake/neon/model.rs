@@ -263,6 +263,17 @@ pub(crate) struct EndpointSpec {
     pub(crate) kind: EndpointType,
 }
 
+/// `POST …/roles` body.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct CreateRole {
+    pub(crate) role: Option<RoleSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RoleSpec {
+    pub(crate) name: String,
+}
+
 /// `POST /projects/{p}/endpoints` body.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct CreateEndpoint {
@@ -758,6 +769,39 @@ impl Project {
             steps.push(step("suspend_compute", branch_id, Some(endpoint)));
         }
         let operations = self.schedule(ids, now, op_duration, steps);
+        Ok((password, operations))
+    }
+
+    /// `POST …/branches/{b}/roles`: a new role with a generated password.
+    pub(crate) fn create_role(
+        &mut self,
+        ids: &mut Ids,
+        now: &Now,
+        op_duration: Duration,
+        branch_id: &str,
+        name: &str,
+    ) -> Result<(String, Vec<usize>), NeonError> {
+        if name.is_empty() || name.len() > 63 {
+            return Err(NeonError::bad_request("role name must be 1 to 63 bytes"));
+        }
+        if self.branch(branch_id)?.roles.contains_key(name) {
+            return Err(NeonError::conflict(format!(
+                "role already exists; role_name:{name:?}"
+            )));
+        }
+        self.check_unlocked(now)?;
+        let endpoint = self.read_write_endpoint(branch_id).map(|e| e.id.clone());
+        let password = ids.password();
+        let branch = self.branch_mut(branch_id)?;
+        branch
+            .roles
+            .insert(name.to_owned(), Role::new(name, password.clone(), now));
+        let operations = self.schedule(
+            ids,
+            now,
+            op_duration,
+            vec![step("apply_config", branch_id, endpoint.as_deref())],
+        );
         Ok((password, operations))
     }
 
