@@ -6,6 +6,7 @@
 
 mod model;
 mod render;
+mod requests;
 
 use std::sync::Arc;
 
@@ -78,7 +79,7 @@ fn created(body: Value) -> Answer {
 }
 
 async fn create_project(State(shared): State<Arc<Shared>>, body: Bytes) -> Answer {
-    let body: model::CreateProject = parse_body(&body).map_err(NeonError::bad_request)?;
+    let body: requests::CreateProject = parse_body(&body).map_err(NeonError::bad_request)?;
     let op = shared.config().op_duration;
     let now = Now::new();
     let mut world = shared.world();
@@ -156,7 +157,7 @@ async fn create_branch(
     Path(project_id): Path<String>,
     body: Bytes,
 ) -> Answer {
-    let body: model::CreateBranch = parse_body(&body).map_err(NeonError::bad_request)?;
+    let body: requests::CreateBranch = parse_body(&body).map_err(NeonError::bad_request)?;
     let op = shared.config().op_duration;
     let now = Now::new();
     let mut world = shared.world();
@@ -334,7 +335,7 @@ async fn create_role(
     Path((project_id, branch_id)): Path<(String, String)>,
     body: Bytes,
 ) -> Answer {
-    let body: model::CreateRole = parse_body(&body).map_err(NeonError::bad_request)?;
+    let body: requests::CreateRole = parse_body(&body).map_err(NeonError::bad_request)?;
     let spec = body
         .role
         .ok_or_else(|| NeonError::bad_request("role with a name is required"))?;
@@ -442,7 +443,7 @@ async fn create_endpoint(
     Path(project_id): Path<String>,
     body: Bytes,
 ) -> Answer {
-    let body: model::CreateEndpoint = parse_body(&body).map_err(NeonError::bad_request)?;
+    let body: requests::CreateEndpoint = parse_body(&body).map_err(NeonError::bad_request)?;
     let spec = body
         .endpoint
         .ok_or_else(|| NeonError::bad_request("endpoint with branch_id and type is required"))?;
@@ -475,7 +476,7 @@ async fn update_endpoint(
     Path((project_id, endpoint_id)): Path<(String, String)>,
     body: Bytes,
 ) -> Answer {
-    let body: model::UpdateEndpoint = parse_body(&body).map_err(NeonError::bad_request)?;
+    let body: requests::UpdateEndpoint = parse_body(&body).map_err(NeonError::bad_request)?;
     let op = shared.config().op_duration;
     let now = Now::new();
     let mut world = shared.world();

@@ -8,7 +8,8 @@
 //! `current_state` and which password a role answers to are all derived
 //! from the instant a request looks at them. Nothing runs in the background.
 //!
-//! Rendering to the API's JSON shapes lives in `render`; HTTP in `mod.rs`.
+//! Request bodies live in `requests`, rendering to the API's JSON shapes in
+//! `render`, HTTP in `mod.rs`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,6 +21,9 @@ use tokio::time::Instant;
 
 use crate::cloud::fake::http::{NeonError, Now};
 use crate::cloud::fake::ids::Ids;
+use crate::cloud::fake::neon::requests::{
+    CreateBranch, EndpointPatch, NewEndpointSpec, ProjectSpec,
+};
 
 /// Region for projects that do not name one.
 pub(crate) const DEFAULT_REGION: &str = "aws-us-east-2";
@@ -213,90 +217,6 @@ fn step(action: &'static str, branch_id: &str, endpoint_id: Option<&str>) -> Ste
         branch_id: Some(branch_id.to_owned()),
         endpoint_id: endpoint_id.map(str::to_owned),
     }
-}
-
-/// `POST /projects` body, all optional.
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct CreateProject {
-    #[serde(default)]
-    pub(crate) project: ProjectSpec,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct ProjectSpec {
-    pub(crate) name: Option<String>,
-    pub(crate) region_id: Option<String>,
-    pub(crate) pg_version: Option<u32>,
-    pub(crate) store_passwords: Option<bool>,
-    #[serde(default)]
-    pub(crate) branch: DefaultBranchSpec,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct DefaultBranchSpec {
-    pub(crate) name: Option<String>,
-    pub(crate) role_name: Option<String>,
-    pub(crate) database_name: Option<String>,
-}
-
-/// `POST /projects/{p}/branches` body, all optional.
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct CreateBranch {
-    #[serde(default)]
-    pub(crate) branch: BranchSpec,
-    #[serde(default)]
-    pub(crate) endpoints: Vec<EndpointSpec>,
-    #[serde(default)]
-    pub(crate) annotation_value: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct BranchSpec {
-    pub(crate) parent_id: Option<String>,
-    pub(crate) name: Option<String>,
-    pub(crate) protected: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
-pub(crate) struct EndpointSpec {
-    #[serde(rename = "type")]
-    pub(crate) kind: EndpointType,
-}
-
-/// `POST …/roles` body.
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct CreateRole {
-    pub(crate) role: Option<RoleSpec>,
-}
-
-#[derive(Debug, Deserialize)]
-pub(crate) struct RoleSpec {
-    pub(crate) name: String,
-}
-
-/// `POST /projects/{p}/endpoints` body.
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct CreateEndpoint {
-    pub(crate) endpoint: Option<NewEndpointSpec>,
-}
-
-#[derive(Debug, Deserialize)]
-pub(crate) struct NewEndpointSpec {
-    pub(crate) branch_id: String,
-    #[serde(rename = "type")]
-    pub(crate) kind: EndpointType,
-}
-
-/// `PATCH /projects/{p}/endpoints/{e}` body.
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct UpdateEndpoint {
-    #[serde(default)]
-    pub(crate) endpoint: EndpointPatch,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct EndpointPatch {
-    pub(crate) disabled: Option<bool>,
 }
 
 /// What a create-branch call made, for the response.
@@ -760,6 +680,8 @@ impl Project {
         branch.updated_seq = seq;
         branch.updated_at = now.wall;
         let role = branch.role_mut(role_name, branch_id)?;
+        // Fold in an earlier reset that has finished, then stage this one
+        // (in effect at once when operations take no time).
         role.settle(now.at);
         role.pending = Some((password.clone(), now.at + op_duration));
         role.updated_at = now.wall;
