@@ -1268,6 +1268,24 @@ async fn bulk_registration_refuses_a_taken_id_and_registers_nothing() {
 }
 
 #[tokio::test]
+async fn a_registered_tenant_keeps_the_endpoint_its_stored_uri_names() {
+    let cloud = fast_cloud().await;
+    let body = json!({"tenants": [{
+        "project_id": "proj-0000001", "branch_id": "br-seed-0000001",
+        "endpoint_id": "ep-cool-0000abcd", "password": "pw",
+    }]});
+    let reply = cloud.admin(Method::POST, "/tenants", Some(body)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let uri = cloud
+        .connection_uri("proj-0000001", "br-seed-0000001")
+        .await;
+    assert_eq!(
+        uri,
+        "postgresql://neondb_owner:pw@ep-cool-0000abcd.us-east-2.aws.neon.tech/neondb?sslmode=require"
+    );
+}
+
+#[tokio::test]
 async fn tenants_sharing_a_project_get_branches_under_its_default_branch() {
     let cloud = fast_cloud().await;
     let body = json!({"tenants": [

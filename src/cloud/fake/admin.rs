@@ -170,6 +170,8 @@ fn app_snapshot(app: &fly::App) -> Value {
 struct TenantSpec {
     project_id: Option<String>,
     branch_id: Option<String>,
+    /// Optional: the endpoint id the tenant's stored URI already names.
+    endpoint_id: Option<String>,
     role: Option<String>,
     database: Option<String>,
     password: Option<String>,
@@ -307,6 +309,7 @@ fn register_one(world: &mut World, now: &Now, t: &TenantSpec) -> Value {
             role,
             database,
             password: &password,
+            endpoint_id: t.endpoint_id.as_deref(),
             region_id: t.region_id.as_deref().unwrap_or(neon::DEFAULT_REGION),
         };
         let endpoint_id = world.neon.register(&mut world.ids, now, &tenant);

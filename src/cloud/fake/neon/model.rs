@@ -237,6 +237,8 @@ pub(crate) struct TenantBranch<'a> {
     pub(crate) role: &'a str,
     pub(crate) database: &'a str,
     pub(crate) password: &'a str,
+    /// The endpoint's exact id, or `None` to generate one.
+    pub(crate) endpoint_id: Option<&'a str>,
     pub(crate) region_id: &'a str,
 }
 
@@ -345,7 +347,13 @@ impl Neon {
         let db = project.new_database(tenant.database, tenant.role, now);
         branch.databases.insert(tenant.database.to_owned(), db);
         project.branches.insert(tenant.branch_id.to_owned(), branch);
-        let endpoint_id = ids.endpoint();
+        let endpoint_id = match tenant.endpoint_id {
+            Some(id) => {
+                ids.claim(id);
+                id.to_owned()
+            }
+            None => ids.endpoint(),
+        };
         project.add_endpoint(
             &endpoint_id,
             tenant.branch_id,
