@@ -159,7 +159,7 @@ async fn measure(url: &str, args: &BenchArgs) -> Result<BenchReport, SetupError>
         seed: 7,
     };
     db::seed::seed(&pool, &table, &key, &db::seed::tenants(&spec)).await?;
-    sqlx::query(&format!("VACUUM ANALYZE {}", table.name))
+    sqlx::raw_sql(&format!("VACUUM ANALYZE {}", table.name))
         .execute(&pool)
         .await?;
     let seed_secs = seed_started.elapsed().as_secs_f64();
@@ -191,8 +191,15 @@ async fn measure(url: &str, args: &BenchArgs) -> Result<BenchReport, SetupError>
         let check = scan(&pool, &table, &keyring, Mode::Auto, &RowFilter::default()).await?;
         let verified = check.fields.current + check.fields.empty == 2 * args.rows;
         eprintln!(
-            "fleet-bench: {workers} workers: {:.0} rows/s, batch p50 {:.1} ms p99 {:.1} ms, verified {verified}",
-            r.rows_per_sec, r.batch_p50_ms, r.batch_p99_ms
+            "fleet-bench: {workers} workers: {:.0} rows/s, batch p50 {:.1} ms p99 {:.1} ms, verified {verified}; \
+             batch time: claim {:.2}s crypto {:.2}s write {:.2}s commit {:.2}s",
+            r.rows_per_sec,
+            r.batch_p50_ms,
+            r.batch_p99_ms,
+            r.phase_secs.claim,
+            r.phase_secs.crypto,
+            r.phase_secs.write,
+            r.phase_secs.commit
         );
         figures.push(InPlaceFigure {
             workers,
@@ -203,7 +210,7 @@ async fn measure(url: &str, args: &BenchArgs) -> Result<BenchReport, SetupError>
             batch_p99_ms: r.batch_p99_ms,
             verified,
         });
-        sqlx::query(&format!("VACUUM {}", table.name))
+        sqlx::raw_sql(&format!("VACUUM {}", table.name))
             .execute(&pool)
             .await?;
         key = new;

@@ -186,6 +186,7 @@ fn decide_row(
             ) {
                 (Ok(new_db), Ok(new_redis)) => RowDecision::Swap(Swap {
                     id: row.id.clone(),
+                    tid: row.tid.clone(),
                     old_db: row.db.clone(),
                     old_redis: row.redis.clone(),
                     new_db,

@@ -48,6 +48,30 @@ pub struct PassTally {
     pub left: Vec<(String, LeftReason)>,
     pub fields: FieldCounts,
     pub batch_latencies: Vec<Duration>,
+    /// Where the batches' time went, summed over batches.
+    pub phases: Phases,
+}
+
+/// Time spent per phase of a batch, summed: what bounds the in-place path.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct Phases {
+    /// BEGIN and the locking SELECT.
+    pub claim: Duration,
+    /// Classification, sealing and the check before write (rayon).
+    pub crypto: Duration,
+    /// The compare-and-swap UPDATE, backup and queue INSERTs.
+    pub write: Duration,
+    /// COMMIT (the WAL flush).
+    pub commit: Duration,
+}
+
+impl Phases {
+    pub fn add(&mut self, other: &Phases) {
+        self.claim += other.claim;
+        self.crypto += other.crypto;
+        self.write += other.write;
+        self.commit += other.commit;
+    }
 }
 
 impl PassTally {
@@ -65,6 +89,7 @@ impl PassTally {
         self.left.extend(other.left);
         self.fields.merge(&other.fields);
         self.batch_latencies.extend(other.batch_latencies);
+        self.phases.add(&other.phases);
     }
 }
 
@@ -138,9 +163,16 @@ impl InPlace {
                 self.refund(reserved, 0);
                 break;
             }
+            let claimed = Instant::now();
             let (rows, decision) = self.decide(rows, reserved).await?;
+            let decided = Instant::now();
             let report = self.write(&mut tx, worker, &rows, &decision).await?;
+            let written = Instant::now();
             tx.commit().await?;
+            tally.phases.claim += claimed - started;
+            tally.phases.crypto += decided - claimed;
+            tally.phases.write += written - decided;
+            tally.phases.commit += written.elapsed();
             self.refund(
                 reserved,
                 report.reencrypted + report.queued + report.conflicts,

@@ -70,8 +70,19 @@ pub struct RunReport {
     pub batch_p50_ms: f64,
     pub batch_p99_ms: f64,
     pub passes: u32,
+    /// Seconds per batch phase, summed over workers.
+    pub phase_secs: PhaseSecs,
     #[serde(skip)]
     pub outcome: Outcome,
+}
+
+/// [`super::inplace::Phases`] in seconds, for reports.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct PhaseSecs {
+    pub claim: f64,
+    pub crypto: f64,
+    pub write: f64,
+    pub commit: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -297,6 +308,7 @@ fn absorb(total: &mut PassTally, t: PassTally) {
     total.left = t.left; // the last pass says what is still left
     total.fields.merge(&t.fields);
     total.batch_latencies.extend(t.batch_latencies);
+    total.phases.add(&t.phases);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -392,6 +404,12 @@ async fn conclude(
         batch_p50_ms: percentile_ms(&tally.batch_latencies, 0.50),
         batch_p99_ms: percentile_ms(&tally.batch_latencies, 0.99),
         passes: 0,
+        phase_secs: PhaseSecs {
+            claim: tally.phases.claim.as_secs_f64(),
+            crypto: tally.phases.crypto.as_secs_f64(),
+            write: tally.phases.write.as_secs_f64(),
+            commit: tally.phases.commit.as_secs_f64(),
+        },
         outcome: if left_total == 0 && !interrupted {
             Outcome::Done
         } else {
