@@ -294,10 +294,7 @@ async fn seed_cmd(cli: &Cli, args: &SeedArgs) -> Result<Outcome, SetupError> {
     let tenants = db::seed::tenants(&spec);
     let rows = db::seed::seed(&pool, &table, &key.key, &tenants).await?;
     if let Some(url) = &args.register_fake_cloud {
-        let _ = (url, &tenants);
-        return Err(SetupError::Usage(
-            "--register-fake-cloud: not wired yet".into(),
-        ));
+        crate::cloud::register::register_fake_tenants(url, &tenants).await?;
     }
     eprintln!(
         "seeded {rows} tenants into {} under key id {}",
