@@ -160,8 +160,12 @@ pub async fn count_rows(
             table.id, table.id_type
         ));
     }
-    sqlx::query_scalar(&sql)
-        .bind(filter.ids.as_ref())
-        .fetch_one(pool)
-        .await
+    // Bind only what the SQL references: a statement prepared from the same
+    // text without parameters (seed's count) would otherwise be reused from
+    // the connection's cache and refuse the extra one.
+    let mut query = sqlx::query_scalar(&sql);
+    if let Some(ids) = &filter.ids {
+        query = query.bind(ids);
+    }
+    query.fetch_one(pool).await
 }
