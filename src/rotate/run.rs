@@ -99,6 +99,7 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, Setup
     let filter = RowFilter {
         ids: (!opts.orgs.is_empty()).then(|| opts.orgs.clone()),
     };
+    refuse_other_open_run(ctx).await?;
     let prescan = preflight(ctx, opts, &filter).await?;
     let (run, start) = journal::open_or_resume(
         &ctx.pool,
@@ -179,6 +180,23 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, Setup
         elapsed_secs: started.elapsed().as_secs_f64(),
         ..report
     })
+}
+
+/// Refuses a new key other than the open run's before anything else is
+/// checked: the gate or the cloud check would otherwise speak first and send
+/// the operator after the wrong cause (`open_or_resume` checks again, under
+/// the unique index, for a run opened meanwhile).
+async fn refuse_other_open_run(ctx: &RunContext) -> Result<(), SetupError> {
+    match journal::open_run(&ctx.pool).await? {
+        Some(open) if open.new_key_id != ctx.keyring.new_key_id().0 => {
+            Err(SetupError::OpenRunWithOtherKey {
+                run_id: open.id,
+                open_key: open.new_key_id,
+                given_key: ctx.keyring.new_key_id().clone(),
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Checks, before anything is written, that the run can do what it is
