@@ -153,10 +153,20 @@ pub fn short_db_error(e: &sqlx::Error) -> String {
 /// schema `rekey` to keep even that out of the control plane's schema.
 pub async fn migrate(pool: &PgPool) -> Result<(), SetupError> {
     let mut conn = pool.acquire().await.map_err(SetupError::from_sqlx)?;
-    sqlx::query("CREATE SCHEMA IF NOT EXISTS rekey")
-        .execute(&mut *conn)
+    // `IF NOT EXISTS` is not atomic: processes starting together on a fresh
+    // database would both create the schema, and the loser would fail on
+    // pg_namespace's unique index. A transaction-scoped advisory lock makes
+    // the later one wait, then find the schema there.
+    let mut tx = conn.begin().await.map_err(SetupError::from_sqlx)?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('rekey: create schema'))")
+        .execute(&mut *tx)
         .await
         .map_err(SetupError::from_sqlx)?;
+    sqlx::query("CREATE SCHEMA IF NOT EXISTS rekey")
+        .execute(&mut *tx)
+        .await
+        .map_err(SetupError::from_sqlx)?;
+    tx.commit().await.map_err(SetupError::from_sqlx)?;
     sqlx::query("SET search_path TO rekey")
         .execute(&mut *conn)
         .await
