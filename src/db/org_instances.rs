@@ -23,6 +23,11 @@ pub struct StoredRow {
 pub struct RowFilter {
     /// Only rows with these ids (`--org`).
     pub ids: Option<Vec<String>>,
+    /// Claims wait for rows another process holds instead of skipping them.
+    /// For re-walks of rows a scan found unfinished: skipped, a row in
+    /// another process's uncommitted batch would look left over, and the
+    /// run would be closed as failed while that batch was about to commit.
+    pub wait_for_locked: bool,
 }
 
 fn select_sql(table: &Table, after: bool, filter: &RowFilter, lock: bool) -> String {
@@ -43,7 +48,9 @@ fn select_sql(table: &Table, after: bool, filter: &RowFilter, lock: bool) -> Str
         ));
     }
     sql.push_str(&format!(" ORDER BY {} LIMIT $3", table.id));
-    if lock {
+    if lock && filter.wait_for_locked {
+        sql.push_str(" FOR UPDATE");
+    } else if lock {
         sql.push_str(" FOR UPDATE SKIP LOCKED");
     }
     sql
@@ -62,7 +69,8 @@ fn decode_rows(rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<StoredRow>, sqlx:
 }
 
 /// Locks and returns up to `limit` rows after `after` in key order,
-/// skipping rows another worker or process holds (`FOR UPDATE SKIP LOCKED`).
+/// skipping rows another worker or process holds (`FOR UPDATE SKIP LOCKED`),
+/// or waiting for them when `filter.wait_for_locked` says so.
 pub async fn claim_batch(
     conn: &mut PgConnection,
     table: &Table,
@@ -70,6 +78,13 @@ pub async fn claim_batch(
     filter: &RowFilter,
     limit: i64,
 ) -> Result<Vec<StoredRow>, sqlx::Error> {
+    if filter.wait_for_locked {
+        // Another process's batch commits in well under a second; a peer
+        // that holds rows this long is stuck, and saying so beats hanging.
+        sqlx::query("SET LOCAL lock_timeout = '60s'")
+            .execute(&mut *conn)
+            .await?;
+    }
     let sql = select_sql(table, after.is_some(), filter, true);
     let rows = sqlx::query(&sql)
         .bind(after)

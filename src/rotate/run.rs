@@ -98,6 +98,7 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, Setup
     let started = Instant::now();
     let filter = RowFilter {
         ids: (!opts.orgs.is_empty()).then(|| opts.orgs.clone()),
+        wait_for_locked: false,
     };
     refuse_other_open_run(ctx).await?;
     let prescan = preflight(ctx, opts, &filter).await?;
@@ -277,7 +278,10 @@ async fn walk(
         let changed = tally.changed();
         let secs = started.elapsed().as_secs_f64();
         absorb(&mut total, tally);
-        if opts.limit.is_some() || changed == 0 {
+        // A pass that skipped locked rows proves nothing by changing
+        // nothing: the rows may be in another process's batch. Only a
+        // re-walk that waited for them ends the walk on a quiet pass.
+        if opts.limit.is_some() || (changed == 0 && pass_filter.wait_for_locked) {
             return Ok((total, passes, secs));
         }
         // Rows the control plane wrote under the old key meanwhile, or that
@@ -299,7 +303,12 @@ async fn walk(
         if again.is_empty() {
             return Ok((total, passes, secs));
         }
-        pass_filter = RowFilter { ids: Some(again) };
+        // Waiting, not skipping: a row still locked here is in another
+        // process's batch, and only its commit says whether it is done.
+        pass_filter = RowFilter {
+            ids: Some(again),
+            wait_for_locked: true,
+        };
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let secs = started.elapsed().as_secs_f64();
