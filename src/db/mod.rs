@@ -125,15 +125,24 @@ pub async fn connect(url: &str, connections: u32) -> Result<PgPool, SetupError> 
         url: redact_url(url),
         message: format!("invalid database URL: {}", short_db_error(&e)),
     })?;
+    let opts = opts.application_name("rekey");
+    let failed = |e: sqlx::Error| SetupError::Database {
+        url: redact_url(url),
+        message: short_db_error(&e),
+    };
+    // The pool retries a refused connection until its acquire timeout and
+    // then reports only "timed out waiting for a connection"; one direct
+    // attempt first names the real cause (refused, unknown database, ...).
+    let probe = sqlx::PgConnection::connect_with(&opts)
+        .await
+        .map_err(failed)?;
+    let _ = probe.close().await;
     PgPoolOptions::new()
         .max_connections(connections.max(1))
         .acquire_timeout(Duration::from_secs(10))
-        .connect_with(opts.application_name("rekey"))
+        .connect_with(opts)
         .await
-        .map_err(|e| SetupError::Database {
-            url: redact_url(url),
-            message: short_db_error(&e),
-        })
+        .map_err(failed)
 }
 
 /// A one-line description of a database error that never includes a URL.
