@@ -125,15 +125,24 @@ pub async fn connect(url: &str, connections: u32) -> Result<PgPool, SetupError> 
         url: redact_url(url),
         message: format!("invalid database URL: {}", short_db_error(&e)),
     })?;
+    let opts = opts.application_name("rekey");
+    let failed = |e: sqlx::Error| SetupError::Database {
+        url: redact_url(url),
+        message: short_db_error(&e),
+    };
+    // The pool retries a refused connection until its acquire timeout and
+    // then reports only "timed out waiting for a connection"; one direct
+    // attempt first names the real cause (refused, unknown database, ...).
+    let probe = sqlx::PgConnection::connect_with(&opts)
+        .await
+        .map_err(failed)?;
+    let _ = probe.close().await;
     PgPoolOptions::new()
         .max_connections(connections.max(1))
         .acquire_timeout(Duration::from_secs(10))
-        .connect_with(opts.application_name("rekey"))
+        .connect_with(opts)
         .await
-        .map_err(|e| SetupError::Database {
-            url: redact_url(url),
-            message: short_db_error(&e),
-        })
+        .map_err(failed)
 }
 
 /// A one-line description of a database error that never includes a URL.
@@ -153,10 +162,20 @@ pub fn short_db_error(e: &sqlx::Error) -> String {
 /// schema `rekey` to keep even that out of the control plane's schema.
 pub async fn migrate(pool: &PgPool) -> Result<(), SetupError> {
     let mut conn = pool.acquire().await.map_err(SetupError::from_sqlx)?;
-    sqlx::query("CREATE SCHEMA IF NOT EXISTS rekey")
-        .execute(&mut *conn)
+    // `IF NOT EXISTS` is not atomic: processes starting together on a fresh
+    // database would both create the schema, and the loser would fail on
+    // pg_namespace's unique index. A transaction-scoped advisory lock makes
+    // the later one wait, then find the schema there.
+    let mut tx = conn.begin().await.map_err(SetupError::from_sqlx)?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('rekey: create schema'))")
+        .execute(&mut *tx)
         .await
         .map_err(SetupError::from_sqlx)?;
+    sqlx::query("CREATE SCHEMA IF NOT EXISTS rekey")
+        .execute(&mut *tx)
+        .await
+        .map_err(SetupError::from_sqlx)?;
+    tx.commit().await.map_err(SetupError::from_sqlx)?;
     sqlx::query("SET search_path TO rekey")
         .execute(&mut *conn)
         .await

@@ -109,7 +109,9 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, Setup
     let started = Instant::now();
     let filter = RowFilter {
         ids: (!opts.orgs.is_empty()).then(|| opts.orgs.clone()),
+        wait_for_locked: false,
     };
+    refuse_other_open_run(ctx).await?;
     let prescan = preflight(ctx, opts, &filter).await?;
     let (run, start) = journal::open_or_resume(
         &ctx.pool,
@@ -192,6 +194,23 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, Setup
     })
 }
 
+/// Refuses a new key other than the open run's before anything else is
+/// checked: the gate or the cloud check would otherwise speak first and send
+/// the operator after the wrong cause (`open_or_resume` checks again, under
+/// the unique index, for a run opened meanwhile).
+async fn refuse_other_open_run(ctx: &RunContext) -> Result<(), SetupError> {
+    match journal::open_run(&ctx.pool).await? {
+        Some(open) if open.new_key_id != ctx.keyring.new_key_id().0 => {
+            Err(SetupError::OpenRunWithOtherKey {
+                run_id: open.id,
+                open_key: open.new_key_id,
+                given_key: ctx.keyring.new_key_id().clone(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Checks, before anything is written, that the run can do what it is
 /// asked: the wrong-old-key gate first (a wrong key is the likelier story),
 /// then cloud credentials if tenants need re-provisioning. Returns the pre-scan when one was needed.
@@ -270,7 +289,10 @@ async fn walk(
         let changed = tally.changed();
         let secs = started.elapsed().as_secs_f64();
         absorb(&mut total, tally);
-        if opts.limit.is_some() || changed == 0 {
+        // A pass that skipped locked rows proves nothing by changing
+        // nothing: the rows may be in another process's batch. Only a
+        // re-walk that waited for them ends the walk on a quiet pass.
+        if opts.limit.is_some() || (changed == 0 && pass_filter.wait_for_locked) {
             return Ok((total, passes, secs));
         }
         // Rows the control plane wrote under the old key meanwhile, or that
@@ -292,7 +314,12 @@ async fn walk(
         if again.is_empty() {
             return Ok((total, passes, secs));
         }
-        pass_filter = RowFilter { ids: Some(again) };
+        // Waiting, not skipping: a row still locked here is in another
+        // process's batch, and only its commit says whether it is done.
+        pass_filter = RowFilter {
+            ids: Some(again),
+            wait_for_locked: true,
+        };
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let secs = started.elapsed().as_secs_f64();
