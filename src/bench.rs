@@ -52,6 +52,15 @@ pub struct BenchArgs {
     /// Keep the scratch database (for inspection) instead of dropping it.
     #[arg(long)]
     pub keep: bool,
+    /// Tenants to re-provision against an in-process fake cloud (0: skip).
+    #[arg(long, default_value_t = 200)]
+    pub provision_tenants: u64,
+    /// Tenants re-provisioned at once in that measurement.
+    #[arg(long, default_value_t = 32)]
+    pub provision_concurrency: usize,
+    /// Fixed latency of every fake-cloud call, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    pub cloud_latency_ms: u64,
 }
 
 /// One worker count's measurement.
@@ -81,6 +90,26 @@ pub struct BenchReport {
     /// Projected in-place wall seconds per fleet size.
     pub projection: Vec<(u64, f64)>,
     pub naive_projection: Vec<(u64, f64)>,
+    /// The re-provision measurement, when one was asked for.
+    pub reprovision: Option<ProvisionFigure>,
+}
+
+/// Re-provisioning against the fake cloud at a fixed latency per call.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProvisionFigure {
+    pub tenants: u64,
+    pub done: u64,
+    pub concurrency: usize,
+    pub latency_ms: u64,
+    pub secs: f64,
+    pub tenants_per_sec: f64,
+    /// API calls per tenant, counted by the fake cloud.
+    pub calls_per_tenant: f64,
+    /// concurrency / (calls per tenant x latency): what the latency allows.
+    pub bound_tenants_per_sec: f64,
+    /// tenants_per_sec / bound.
+    pub efficiency: f64,
+    pub projection: Vec<(u64, f64)>,
 }
 
 /// The top-level entry point for `rekey fleet-bench`.
@@ -216,6 +245,11 @@ async fn measure(url: &str, args: &BenchArgs) -> Result<BenchReport, SetupError>
         key = new;
     }
     let naive_rows_per_sec = naive_loop(&pool, &table, &key, args.naive_sample).await?;
+    let reprovision = if args.provision_tenants > 0 {
+        Some(measure_reprovision(&pool, &table, args).await?)
+    } else {
+        None
+    };
     let best = figures.iter().map(|f| f.rows_per_sec).fold(0.0, f64::max);
     Ok(BenchReport {
         rows: args.rows,
@@ -238,7 +272,134 @@ async fn measure(url: &str, args: &BenchArgs) -> Result<BenchReport, SetupError>
             .iter()
             .map(|&n| (n, n as f64 / naive_rows_per_sec.max(1e-9)))
             .collect(),
+        reprovision,
     })
+}
+
+/// Re-provisions a fleet that no key opens, against an in-process fake
+/// cloud answering every call after a fixed latency, through the real
+/// engine and clients.
+async fn measure_reprovision(
+    pool: &PgPool,
+    table: &db::Table,
+    args: &BenchArgs,
+) -> Result<ProvisionFigure, SetupError> {
+    use crate::cloud::fake::{FakeCloud, FakeConfig};
+    use crate::cloud::Secret;
+    use crate::rotate::reprovision::{self, NeonStrategy, ProvisionSettings};
+    use std::time::Duration;
+
+    sqlx::raw_sql(&format!("TRUNCATE {}", table.name)).execute(pool).await?;
+    let fake = FakeCloud::start(FakeConfig {
+        op_duration: Duration::from_millis(10),
+        boot_duration: Duration::from_millis(10),
+        ..FakeConfig::default()
+    })
+    .await
+    .map_err(|e| SetupError::io("starting the fake cloud", e))?;
+    let base = format!("http://{}", fake.addr());
+    let tenants = db::seed::tenants(&db::seed::SeedSpec {
+        rows: args.provision_tenants,
+        undecryptable_share: 0.0,
+        kms_share: 0.0,
+        null_redis_share: 0.0,
+        seed: 11,
+    });
+    // Sealed under a key the run does not have: every tenant re-provisions.
+    let lost = Key::generate().map_err(|_| SetupError::Refused("no OS randomness".into()))?;
+    db::seed::seed(pool, table, &lost, &tenants).await?;
+    crate::cloud::register::register_fake_tenants(&base, &tenants).await?;
+    let before = fake_requests(&fake);
+    fake.set_config(FakeConfig {
+        latency: Duration::from_millis(args.cloud_latency_ms),
+        op_duration: Duration::from_millis(10),
+        boot_duration: Duration::from_millis(10),
+        ..FakeConfig::default()
+    });
+    let new = Key::generate().map_err(|_| SetupError::Refused("no OS randomness".into()))?;
+    let keyring = Arc::new(Keyring::new(&new, None));
+    let sink: Arc<dyn crate::rotate::events::EventSink> = Arc::new(NullSink);
+    let limits = crate::cli::ProvisionArgs {
+        provision_concurrency: args.provision_concurrency,
+        // The rate limits are not what this measures: latency is.
+        neon_rps: 10_000,
+        fly_rps: 10_000,
+        poll_ms: 10,
+        lookup_settle_ms: 10,
+    };
+    let settings = ProvisionSettings {
+        concurrency: args.provision_concurrency,
+        strategy: NeonStrategy::NewBranch,
+        max_attempts: 5,
+        lease: Duration::from_secs(60),
+        step_deadline: Duration::from_secs(120),
+        max_tenants: None,
+        canary: None,
+    };
+    let reprovisioner = reprovision::build(
+        &fake.neon_url(),
+        &fake.fly_url(),
+        Secret::new("bench"),
+        Secret::new("bench"),
+        Secret::new("rediss://default:bench@tenant-redis.internal:6379"),
+        &limits,
+        settings,
+        pool,
+        table,
+        &keyring,
+        &sink,
+    )?;
+    let ctx = RunContext {
+        pool: pool.clone(),
+        table: table.clone(),
+        keyring,
+        sink,
+        reprovisioner: Some(Arc::new(reprovisioner)),
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    let opts = RunOptions {
+        mode: Mode::Auto,
+        workers: 2,
+        batch_size: 1000,
+        orgs: Vec::new(),
+        limit: None,
+        confirm_reprovision: None,
+    };
+    let started = Instant::now();
+    let r = run::run(&ctx, &opts).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let calls = (fake_requests(&fake) - before) as f64;
+    fake.shutdown().await;
+    let calls_per_tenant = calls / (r.reprovisioned.max(1)) as f64;
+    let bound = args.provision_concurrency as f64
+        / (calls_per_tenant * args.cloud_latency_ms as f64 / 1000.0).max(1e-9);
+    let rate = r.reprovisioned as f64 / secs.max(1e-9);
+    eprintln!(
+        "fleet-bench: re-provisioned {}/{} tenants in {secs:.1} s: {rate:.2} tenants/s, {calls_per_tenant:.1} calls \
+         per tenant, bound {bound:.2} tenants/s ({:.0}%)",
+        r.reprovisioned,
+        args.provision_tenants,
+        100.0 * rate / bound
+    );
+    Ok(ProvisionFigure {
+        tenants: args.provision_tenants,
+        done: r.reprovisioned,
+        concurrency: args.provision_concurrency,
+        latency_ms: args.cloud_latency_ms,
+        secs,
+        tenants_per_sec: rate,
+        calls_per_tenant,
+        bound_tenants_per_sec: bound,
+        efficiency: rate / bound,
+        projection: PROJECTED_FLEETS
+            .iter()
+            .map(|&n| (n, n as f64 / rate.max(1e-9)))
+            .collect(),
+    })
+}
+
+fn fake_requests(fake: &crate::cloud::fake::FakeCloud) -> u64 {
+    fake.state()["requests"]["total"].as_u64().unwrap_or(0)
 }
 
 /// The peer baseline: what an ORM's `find_each` + `save` does, one SELECT
@@ -329,7 +490,31 @@ fn text(b: &BenchReport) -> String {
         "tenants", "engine", "naive loop"
     );
     for ((n, secs), (_, naive)) in b.projection.iter().zip(&b.naive_projection) {
-        let _ = writeln!(out, "  {:>10} {:>13.1}s {:>13.1}s", n, secs, naive);
+        let _ = writeln!(
+            out,
+            "  {:>10} {:>14} {:>14}",
+            n,
+            report::duration(*secs),
+            report::duration(*naive)
+        );
+    }
+    if let Some(p) = &b.reprovision {
+        let _ = writeln!(
+            out,
+            "  re-provision ({} tenants, concurrency {}, {} ms per call): {:.2} tenants/s, {:.1} calls per tenant, \
+             {:.0}% of the latency bound {:.2} tenants/s",
+            p.done,
+            p.concurrency,
+            p.latency_ms,
+            p.tenants_per_sec,
+            p.calls_per_tenant,
+            100.0 * p.efficiency,
+            p.bound_tenants_per_sec
+        );
+        let _ = writeln!(out, "  projected wall time for the re-provision path (same latency and concurrency):");
+        for (n, secs) in &p.projection {
+            let _ = writeln!(out, "  {:>10} {:>14}", n, report::duration(*secs));
+        }
     }
     out
 }

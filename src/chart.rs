@@ -18,10 +18,13 @@ fn draw(path: &Path, bench: &BenchReport) -> Result<(), Box<dyn std::error::Erro
     let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
     root.fill(&WHITE)?;
     type Series<'a> = (&'a str, Vec<(u64, f64)>, RGBColor);
-    let series: Vec<Series> = vec![
+    let mut series: Vec<Series> = vec![
         ("in place (rekey engine)", bench.projection.clone(), BLUE),
-        ("naive loop", bench.naive_projection.clone(), RED),
+        ("in place, naive loop", bench.naive_projection.clone(), RED),
     ];
+    if let Some(p) = &bench.reprovision {
+        series.push(("re-provision (fake cloud)", p.projection.clone(), GREEN));
+    }
     let max_secs = series
         .iter()
         .flat_map(|(_, pts, _)| pts.iter().map(|p| p.1))

@@ -29,7 +29,8 @@ pub fn print_json<T: Serialize>(value: &T) {
     }
 }
 
-fn duration(secs: f64) -> String {
+/// A duration in the unit a person reads best (ms, s, min, h).
+pub fn duration(secs: f64) -> String {
     if secs < 1.0 {
         format!("{:.0} ms", secs * 1000.0)
     } else if secs < 120.0 {
