@@ -53,6 +53,8 @@ struct Totals {
     left: u64,
     tenants_done: u64,
     tenants_failed: u64,
+    /// Seconds the first pass took, once it is over (freezes the rate).
+    in_place_secs: Option<f64>,
 }
 
 impl Totals {
@@ -134,7 +136,10 @@ impl EventSink for Plain {
         };
         let (totals, started, last) = &mut *guard;
         totals.absorb(event);
-        let milestone = !matches!(event, Event::Batch(_) | Event::Tenant { .. });
+        let milestone = matches!(event, Event::RunStarted { .. } | Event::PassFinished { pass: 1, .. });
+        if let Event::PassFinished { pass: 1, .. } = event {
+            totals.in_place_secs = Some(started.elapsed().as_secs_f64());
+        }
         if let Event::Warning { message } = event {
             eprintln!("warning: {message}");
             return;
@@ -155,7 +160,10 @@ impl EventSink for Plain {
             return;
         }
         *last = Instant::now();
-        let secs = started.elapsed().as_secs_f64().max(1e-3);
+        let secs = totals
+            .in_place_secs
+            .unwrap_or_else(|| started.elapsed().as_secs_f64())
+            .max(1e-3);
         let rate = totals.rows as f64 / secs;
         let eta = if rate > 0.0 && totals.total_rows > totals.rows {
             format!(
