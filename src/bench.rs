@@ -289,7 +289,9 @@ async fn measure_reprovision(
     use crate::rotate::reprovision::{self, NeonStrategy, ProvisionSettings};
     use std::time::Duration;
 
-    sqlx::raw_sql(&format!("TRUNCATE {}", table.name)).execute(pool).await?;
+    sqlx::raw_sql(&format!("TRUNCATE {}", table.name))
+        .execute(pool)
+        .await?;
     let fake = FakeCloud::start(FakeConfig {
         op_duration: Duration::from_millis(10),
         boot_duration: Duration::from_millis(10),
@@ -511,7 +513,10 @@ fn text(b: &BenchReport) -> String {
             100.0 * p.efficiency,
             p.bound_tenants_per_sec
         );
-        let _ = writeln!(out, "  projected wall time for the re-provision path (same latency and concurrency):");
+        let _ = writeln!(
+            out,
+            "  projected wall time for the re-provision path (same latency and concurrency):"
+        );
         for (n, secs) in &p.projection {
             let _ = writeln!(out, "  {:>10} {:>14}", n, report::duration(*secs));
         }

@@ -136,7 +136,10 @@ impl EventSink for Plain {
         };
         let (totals, started, last) = &mut *guard;
         totals.absorb(event);
-        let milestone = matches!(event, Event::RunStarted { .. } | Event::PassFinished { pass: 1, .. });
+        let milestone = matches!(
+            event,
+            Event::RunStarted { .. } | Event::PassFinished { pass: 1, .. }
+        );
         if let Event::PassFinished { pass: 1, .. } = event {
             totals.in_place_secs = Some(started.elapsed().as_secs_f64());
         }
