@@ -114,7 +114,7 @@ fn aes_gcm_key(bytes: &[u8; KEY_LEN]) -> Aes256Gcm {
 fn check(label: &str, new: &Cipher, rekeyed: &[u8], expected: &[u8]) {
     let opened = new.open(rekeyed);
     assert_eq!(
-        opened.as_deref().map(Vec::as_slice),
+        opened.as_ref().map(|p| p.as_slice()),
         Some(expected),
         "{label}"
     );

@@ -255,7 +255,7 @@ fn assert_reencrypted_exactly(
                     b.id
                 );
                 assert_eq!(
-                    new.open(now).as_deref().map(|p| p.as_slice()),
+                    new.open(now).as_ref().map(|p| p.as_slice()),
                     Some(plain.as_slice()),
                     "row {}: {name} field does not open under the new key to its plaintext",
                     b.id
