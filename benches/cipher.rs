@@ -51,12 +51,12 @@ fn fresh_nonce() -> [u8; NONCE_BYTES] {
     nonce
 }
 
-/// The tool's per-field operation with the crate's own cipher.
+/// The rekey primitive with the crate's own cipher (`Cipher::reseal`); the
+/// engine's full per-field path, with its check before write, is
+/// `keyring_classify_seal_checked` below.
 fn rekey_with_cipher(old: &Cipher, new: &Cipher, blob: &[u8]) -> Vec<u8> {
-    let plaintext = old
-        .open(blob)
-        .expect("bench blobs are sealed under the old key");
-    new.seal(&plaintext)
+    new.reseal(old, blob)
+        .expect("bench blobs are sealed under the old key")
 }
 
 /// The same operation on `ring` directly, with one buffer and no zeroizing:

@@ -104,6 +104,40 @@ impl Cipher {
         out
     }
 
+    /// Re-encrypts a blob sealed under `from` to this cipher's key, in one
+    /// buffer: open in place, fresh nonce, seal in place. Encryption
+    /// overwrites the plaintext, so nothing secret is left to zero. `None`
+    /// when the blob does not open under `from`.
+    pub fn reseal(&self, from: &Cipher, blob: &[u8]) -> Option<Vec<u8>> {
+        if blob.len() < NONCE_BYTES + TAG_BYTES {
+            return None;
+        }
+        let old_nonce = Nonce::try_assume_unique_for_key(&blob[..NONCE_BYTES]).ok()?;
+        // Plaintext-holding until sealed: a failed open leaves it zeroed.
+        let mut buf = Plaintext(blob.to_vec());
+        let len = from
+            .key
+            .open_in_place(old_nonce, Aad::empty(), &mut buf.0[NONCE_BYTES..])
+            .ok()?
+            .len();
+        buf.0.truncate(NONCE_BYTES + len);
+        let mut nonce = [0u8; NONCE_BYTES];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        buf.0[..NONCE_BYTES].copy_from_slice(&nonce);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::empty(),
+                &mut buf.0[NONCE_BYTES..],
+            )
+            .expect("AES-GCM sealing only fails for inputs over 64 GiB");
+        // Same length as the input, so this never reallocates (which would
+        // free a copy of the plaintext unzeroed).
+        buf.0.extend_from_slice(tag.as_ref());
+        Some(std::mem::take(&mut buf.0))
+    }
+
     /// Opens a static-key blob. `None` when it does not open under this key:
     /// too short, wrong key, or altered. We cannot tell those apart, and a
     /// failed open is the ordinary way to learn which key a field is under,
@@ -350,6 +384,21 @@ mod tests {
             cipher.open(&sealed).unwrap().as_slice(),
             b"postgres://u:p@h/db"
         );
+    }
+
+    #[test]
+    fn reseal_moves_a_blob_to_the_new_key_with_the_same_plaintext() {
+        let (old, new) = (Cipher::new(&key(1)), Cipher::new(&key(2)));
+        let blob = old.seal(b"rediss://default:pw@host:6379");
+        let moved = new.reseal(&old, &blob).expect("opens under old");
+        assert_eq!(moved.len(), blob.len());
+        assert_ne!(moved[..NONCE_BYTES], blob[..NONCE_BYTES]);
+        assert_eq!(
+            new.open(&moved).unwrap().as_slice(),
+            b"rediss://default:pw@host:6379"
+        );
+        assert!(old.open(&moved).is_none());
+        assert!(new.reseal(&new, &blob).is_none());
     }
 
     #[test]
