@@ -357,7 +357,16 @@ impl Reprovisioner {
     /// schedule a retry or give it up (compensating).
     async fn drive(&self, mut item: Item) -> Result<TenantOutcome, SetupError> {
         self.emit(&item, TenantOutcome::Started, None);
-        match self.steps(&mut item).await {
+        // The lease is kept alive for as long as the steps run: a step may
+        // well outlast it (a slow boot, a long 429 pause), and a tenant whose
+        // lease lapsed mid-step would be claimed and driven a second time,
+        // by this process or another, both creating and compensating.
+        let (run_id, org_id) = (item.run_id, item.org_id.clone());
+        let outcome = tokio::select! {
+            outcome = self.steps(&mut item) => outcome,
+            () = self.keep_lease(run_id, &org_id) => Err(StepError::LostLease),
+        };
+        match outcome {
             Ok(()) => {
                 self.emit(&item, TenantOutcome::Done, None);
                 Ok(TenantOutcome::Done)
@@ -378,6 +387,29 @@ impl Reprovisioner {
                 self.retry_later(&item, &reason).await?;
                 self.emit(&item, TenantOutcome::Retrying, Some(reason));
                 Ok(TenantOutcome::Retrying)
+            }
+        }
+    }
+
+    /// Renews the tenant's lease every third of its length; returns (and
+    /// so ends the attempt, as a crash would) once a renewal finds that the
+    /// tenant is no longer ours or the journal cannot be reached.
+    async fn keep_lease(&self, run_id: i64, org_id: &str) {
+        let every = self.settings.lease / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            let renewed = sqlx::query(
+                "UPDATE rekey.items SET lease_until = now() + $4 * interval '1 millisecond'
+                  WHERE run_id = $1 AND org_id = $2 AND owner = $3 AND state = 'pending'",
+            )
+            .bind(run_id)
+            .bind(org_id)
+            .bind(&self.owner)
+            .bind(self.settings.lease.as_millis() as f64)
+            .execute(&self.pool)
+            .await;
+            if !matches!(renewed, Ok(r) if r.rows_affected() == 1) {
+                return;
             }
         }
     }
