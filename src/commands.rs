@@ -280,7 +280,9 @@ async fn seed_cmd(cli: &Cli, args: &SeedArgs) -> Result<Outcome, SetupError> {
     };
     if let Some(url) = &args.register_fake_cloud {
         if !crate::cloud::register::is_loopback_url(url) {
-            return Err(SetupError::Usage(format!("--register-fake-cloud {url}: only loopback addresses")));
+            return Err(SetupError::Usage(format!(
+                "--register-fake-cloud {url}: only loopback addresses"
+            )));
         }
     }
     let (pool, table) = open_table(cli, 2).await?;

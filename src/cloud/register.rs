@@ -10,7 +10,9 @@ use crate::error::SetupError;
 
 /// True when `url` points at 127.0.0.0/8, ::1 or `localhost`.
 pub fn is_loopback_url(url: &str) -> bool {
-    let Ok(parsed) = url::Url::parse(url) else { return false };
+    let Ok(parsed) = url::Url::parse(url) else {
+        return false;
+    };
     match parsed.host() {
         Some(url::Host::Domain(d)) => d == "localhost",
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
@@ -44,12 +46,9 @@ pub async fn register_fake_tenants(base: &str, tenants: &[SeedTenant]) -> Result
                 "env": { "DATABASE_URL": t.database_url, "TENANT": t.slug },
             })).collect::<Vec<_>>()
         });
-        let response = client
-            .post(&url)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| SetupError::Refused(format!("fake cloud at {base}: {}", e.without_url())))?;
+        let response = client.post(&url).json(&body).send().await.map_err(|e| {
+            SetupError::Refused(format!("fake cloud at {base}: {}", e.without_url()))
+        })?;
         if !response.status().is_success() {
             return Err(SetupError::Refused(format!(
                 "fake cloud at {base} refused the tenants: HTTP {}",

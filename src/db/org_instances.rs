@@ -48,11 +48,17 @@ fn select_sql(table: &Table, after: bool, filter: &RowFilter, lock: bool) -> Str
     let mut n = 0;
     if after {
         n += 1;
-        sql.push_str(&format!(" AND {} > ${n}::text::{}", table.id, table.id_type));
+        sql.push_str(&format!(
+            " AND {} > ${n}::text::{}",
+            table.id, table.id_type
+        ));
     }
     if filter.ids.is_some() {
         n += 1;
-        sql.push_str(&format!(" AND {} = ANY(${n}::text[]::{}[])", table.id, table.id_type));
+        sql.push_str(&format!(
+            " AND {} = ANY(${n}::text[]::{}[])",
+            table.id, table.id_type
+        ));
     }
     sql.push_str(&format!(" ORDER BY {} LIMIT ${}", table.id, n + 1));
     // NO KEY UPDATE is the lock an UPDATE of non-key columns takes anyway:
@@ -157,7 +163,10 @@ pub async fn swap_batch(
     // join can go by address; the id is still compared, as a guard.
     let by_tid = swaps.iter().all(|s| s.tid.is_some());
     let join = if by_tid {
-        format!("t.ctid = u.tid::tid AND t.{} = u.id::{}", table.id, table.id_type)
+        format!(
+            "t.ctid = u.tid::tid AND t.{} = u.id::{}",
+            table.id, table.id_type
+        )
     } else {
         format!("t.{} = u.id::{}", table.id, table.id_type)
     };
