@@ -693,39 +693,37 @@ impl Reprovisioner {
         }
         if self.settings.strategy == NeonStrategy::NewBranch
             && item.new_branch.as_deref() != Some(&item.old_branch)
-        {
-            if self
+            && self
                 .neon
                 .get_branch(&item.project, &item.old_branch)
                 .await?
                 .is_some()
+        {
+            for role in self
+                .neon
+                .list_roles(&item.project, &item.old_branch)
+                .await?
             {
-                for role in self
-                    .neon
-                    .list_roles(&item.project, &item.old_branch)
-                    .await?
-                {
-                    if role.protected {
-                        continue;
-                    }
-                    let ops = self
-                        .neon
-                        .reset_password(&item.project, &item.old_branch, &role.name)
-                        .await?;
-                    self.neon
-                        .wait_operations(&item.project, &ops, deadline)
-                        .await?;
+                if role.protected {
+                    continue;
                 }
-                for ep in self
+                let ops = self
                     .neon
-                    .list_branch_endpoints(&item.project, &item.old_branch)
-                    .await?
-                {
-                    let ops = self.neon.delete_endpoint(&item.project, &ep.id).await?;
-                    self.neon
-                        .wait_operations(&item.project, &ops, deadline)
-                        .await?;
-                }
+                    .reset_password(&item.project, &item.old_branch, &role.name)
+                    .await?;
+                self.neon
+                    .wait_operations(&item.project, &ops, deadline)
+                    .await?;
+            }
+            for ep in self
+                .neon
+                .list_branch_endpoints(&item.project, &item.old_branch)
+                .await?
+            {
+                let ops = self.neon.delete_endpoint(&item.project, &ep.id).await?;
+                self.neon
+                    .wait_operations(&item.project, &ops, deadline)
+                    .await?;
             }
         }
         let done = sqlx::query(
