@@ -89,6 +89,21 @@ pub struct Reprovisioner {
     pub owner: String,
 }
 
+/// Which tenants the work loop may claim next.
+enum NextClaim<'a> {
+    Nothing,
+    Any,
+    /// Only these: the canary's own, for their retries.
+    Only(&'a [String]),
+}
+
+/// Where the canary stands once all its tenants have been taken.
+enum CanaryState {
+    Passed,
+    Failed,
+    Retrying,
+}
+
 /// A tenant's journal row plus what the row of the table said.
 #[derive(Debug, Clone)]
 struct Item {
@@ -163,15 +178,23 @@ impl Reprovisioner {
         let failed = Arc::new(AtomicU64::new(0));
         let mut started: u64 = 0;
         let mut canary_passed = self.settings.canary.is_none();
+        // The canary's tenants, in the order they were taken.
+        let mut canary: Vec<String> = Vec::new();
         let mut tasks = tokio::task::JoinSet::new();
         let mut tally = ProvisionTally::default();
         while !stop.load(Ordering::SeqCst) {
-            while tasks.len() < self.settings.concurrency.max(1)
-                && self.may_start(started, canary_passed)
-            {
-                let Some(item) = self.claim(run_id).await? else {
+            while tasks.len() < self.settings.concurrency.max(1) {
+                let only = match self.next_claim(started, &canary, canary_passed) {
+                    NextClaim::Nothing => break,
+                    NextClaim::Any => None,
+                    NextClaim::Only(ids) => Some(ids.to_vec()),
+                };
+                let Some(item) = self.claim(run_id, only.as_deref()).await? else {
                     break;
                 };
+                if !canary_passed && !canary.contains(&item.org_id) {
+                    canary.push(item.org_id.clone());
+                }
                 started += 1;
                 let this = Arc::clone(self);
                 let (done, failed) = (Arc::clone(&done), Arc::clone(&failed));
@@ -191,13 +214,25 @@ impl Reprovisioner {
                 });
             }
             if tasks.is_empty() {
-                if !canary_passed && self.settings.canary.is_some_and(|c| started >= c) {
-                    if failed.load(Ordering::SeqCst) > 0 {
-                        tally.canary_failed = true;
-                        break;
+                if !canary_passed
+                    && self
+                        .settings
+                        .canary
+                        .is_some_and(|c| canary.len() as u64 >= c)
+                {
+                    // A canary tenant waiting for its retry has not passed:
+                    // the rest wait with it, and it is taken again in turn.
+                    match self.canary_state(run_id, &canary).await? {
+                        CanaryState::Failed => {
+                            tally.canary_failed = true;
+                            break;
+                        }
+                        CanaryState::Passed => {
+                            canary_passed = true;
+                            continue;
+                        }
+                        CanaryState::Retrying => {}
                     }
-                    canary_passed = true;
-                    continue;
                 }
                 if self.settings.max_tenants.is_some_and(|m| started >= m) {
                     tally.capped = self.pending(run_id).await? > 0;
@@ -220,12 +255,44 @@ impl Reprovisioner {
         Ok(tally)
     }
 
-    /// Whether this invocation may start another tenant.
-    fn may_start(&self, started: u64, canary_passed: bool) -> bool {
-        if let (false, Some(canary)) = (canary_passed, self.settings.canary) {
-            return started < canary;
+    /// Which tenants this invocation may take next, given how many it has
+    /// taken (`started`) and the canary so far.
+    fn next_claim<'a>(
+        &self,
+        started: u64,
+        canary: &'a [String],
+        canary_passed: bool,
+    ) -> NextClaim<'a> {
+        match (canary_passed, self.settings.canary) {
+            (false, Some(size)) if (canary.len() as u64) < size => NextClaim::Any,
+            (false, Some(_)) => NextClaim::Only(canary),
+            _ if self.settings.max_tenants.is_none_or(|m| started < m) => NextClaim::Any,
+            _ => NextClaim::Nothing,
         }
-        self.settings.max_tenants.is_none_or(|m| started < m)
+    }
+
+    /// Whether the canary's tenants are all done, one was given up, or
+    /// some still wait for a retry.
+    async fn canary_state(
+        &self,
+        run_id: i64,
+        canary: &[String],
+    ) -> Result<CanaryState, SetupError> {
+        let (failed, done): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE state = 'failed'), count(*) FILTER (WHERE state = 'done')
+               FROM rekey.items WHERE run_id = $1 AND org_id = ANY($2)",
+        )
+        .bind(run_id)
+        .bind(canary)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(if failed > 0 {
+            CanaryState::Failed
+        } else if done as usize == canary.len() {
+            CanaryState::Passed
+        } else {
+            CanaryState::Retrying
+        })
     }
 
     async fn pending(&self, run_id: i64) -> Result<i64, SetupError> {
@@ -259,8 +326,13 @@ impl Reprovisioner {
         Ok(waiting + retrying > 0)
     }
 
-    /// Claims the next pending tenant whose lease is free, counting an attempt.
-    async fn claim(&self, run_id: i64) -> Result<Option<Item>, SetupError> {
+    /// Claims the next pending tenant whose lease is free (among `only`,
+    /// when given), counting an attempt.
+    async fn claim(
+        &self,
+        run_id: i64,
+        only: Option<&[String]>,
+    ) -> Result<Option<Item>, SetupError> {
         let claimed = sqlx::query(
             "UPDATE rekey.items i
                 SET owner = $2, lease_until = now() + $3 * interval '1 millisecond',
@@ -269,6 +341,7 @@ impl Reprovisioner {
                     SELECT run_id, org_id FROM rekey.items
                      WHERE run_id = $1 AND state = 'pending'
                        AND (lease_until IS NULL OR lease_until < now())
+                       AND ($4::text[] IS NULL OR org_id = ANY($4))
                      ORDER BY updated_at, org_id
                      LIMIT 1 FOR UPDATE SKIP LOCKED)
              RETURNING i.org_id, i.step, i.attempts, i.new_branch_id, i.new_machine_id,
@@ -277,6 +350,7 @@ impl Reprovisioner {
         .bind(run_id)
         .bind(&self.owner)
         .bind(self.settings.lease.as_millis() as f64)
+        .bind(only)
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = claimed else { return Ok(None) };
