@@ -238,7 +238,12 @@ impl Reprovisioner {
                     tally.capped = self.pending(run_id).await? > 0;
                     break;
                 }
-                if queue_closed.load(Ordering::SeqCst) && !self.any_claimable_soon(run_id).await? {
+                // With no task of ours running, every pending tenant is
+                // claimable now, after its retry pause, or once another
+                // process lets it go: all worth waiting for. (Asking only
+                // about the later two raced with the claim just made: a
+                // tenant queued or whose pause ended in between was left.)
+                if queue_closed.load(Ordering::SeqCst) && self.pending(run_id).await? == 0 {
                     break;
                 }
             }
@@ -302,28 +307,6 @@ impl Reprovisioner {
         .bind(run_id)
         .fetch_one(&self.pool)
         .await?)
-    }
-
-    /// True while some pending tenant is held by a live lease elsewhere or
-    /// waits for its retry time: worth waiting for rather than ending.
-    async fn any_claimable_soon(&self, run_id: i64) -> Result<bool, SetupError> {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM rekey.items
-              WHERE run_id = $1 AND state = 'pending' AND lease_until > now() AND owner IS DISTINCT FROM $2",
-        )
-        .bind(run_id)
-        .bind(&self.owner)
-        .fetch_one(&self.pool)
-        .await?;
-        let retrying: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM rekey.items
-              WHERE run_id = $1 AND state = 'pending' AND owner = $2 AND lease_until > now()",
-        )
-        .bind(run_id)
-        .bind(&self.owner)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(waiting + retrying > 0)
     }
 
     /// Claims the next pending tenant whose lease is free (among `only`,
