@@ -89,6 +89,21 @@ pub struct Reprovisioner {
     pub owner: String,
 }
 
+/// Which tenants the work loop may claim next.
+enum NextClaim<'a> {
+    Nothing,
+    Any,
+    /// Only these: the canary's own, for their retries.
+    Only(&'a [String]),
+}
+
+/// Where the canary stands once all its tenants have been taken.
+enum CanaryState {
+    Passed,
+    Failed,
+    Retrying,
+}
+
 /// A tenant's journal row plus what the row of the table said.
 #[derive(Debug, Clone)]
 struct Item {
@@ -163,15 +178,23 @@ impl Reprovisioner {
         let failed = Arc::new(AtomicU64::new(0));
         let mut started: u64 = 0;
         let mut canary_passed = self.settings.canary.is_none();
+        // The canary's tenants, in the order they were taken.
+        let mut canary: Vec<String> = Vec::new();
         let mut tasks = tokio::task::JoinSet::new();
         let mut tally = ProvisionTally::default();
         while !stop.load(Ordering::SeqCst) {
-            while tasks.len() < self.settings.concurrency.max(1)
-                && self.may_start(started, canary_passed)
-            {
-                let Some(item) = self.claim(run_id).await? else {
+            while tasks.len() < self.settings.concurrency.max(1) {
+                let only = match self.next_claim(started, &canary, canary_passed) {
+                    NextClaim::Nothing => break,
+                    NextClaim::Any => None,
+                    NextClaim::Only(ids) => Some(ids.to_vec()),
+                };
+                let Some(item) = self.claim(run_id, only.as_deref()).await? else {
                     break;
                 };
+                if !canary_passed && !canary.contains(&item.org_id) {
+                    canary.push(item.org_id.clone());
+                }
                 started += 1;
                 let this = Arc::clone(self);
                 let (done, failed) = (Arc::clone(&done), Arc::clone(&failed));
@@ -191,19 +214,36 @@ impl Reprovisioner {
                 });
             }
             if tasks.is_empty() {
-                if !canary_passed && self.settings.canary.is_some_and(|c| started >= c) {
-                    if failed.load(Ordering::SeqCst) > 0 {
-                        tally.canary_failed = true;
-                        break;
+                if !canary_passed
+                    && self
+                        .settings
+                        .canary
+                        .is_some_and(|c| canary.len() as u64 >= c)
+                {
+                    // A canary tenant waiting for its retry has not passed:
+                    // the rest wait with it, and it is taken again in turn.
+                    match self.canary_state(run_id, &canary).await? {
+                        CanaryState::Failed => {
+                            tally.canary_failed = true;
+                            break;
+                        }
+                        CanaryState::Passed => {
+                            canary_passed = true;
+                            continue;
+                        }
+                        CanaryState::Retrying => {}
                     }
-                    canary_passed = true;
-                    continue;
                 }
                 if self.settings.max_tenants.is_some_and(|m| started >= m) {
                     tally.capped = self.pending(run_id).await? > 0;
                     break;
                 }
-                if queue_closed.load(Ordering::SeqCst) && !self.any_claimable_soon(run_id).await? {
+                // With no task of ours running, every pending tenant is
+                // claimable now, after its retry pause, or once another
+                // process lets it go: all worth waiting for. (Asking only
+                // about the later two raced with the claim just made: a
+                // tenant queued or whose pause ended in between was left.)
+                if queue_closed.load(Ordering::SeqCst) && self.pending(run_id).await? == 0 {
                     break;
                 }
             }
@@ -220,12 +260,44 @@ impl Reprovisioner {
         Ok(tally)
     }
 
-    /// Whether this invocation may start another tenant.
-    fn may_start(&self, started: u64, canary_passed: bool) -> bool {
-        if let (false, Some(canary)) = (canary_passed, self.settings.canary) {
-            return started < canary;
+    /// Which tenants this invocation may take next, given how many it has
+    /// taken (`started`) and the canary so far.
+    fn next_claim<'a>(
+        &self,
+        started: u64,
+        canary: &'a [String],
+        canary_passed: bool,
+    ) -> NextClaim<'a> {
+        match (canary_passed, self.settings.canary) {
+            (false, Some(size)) if (canary.len() as u64) < size => NextClaim::Any,
+            (false, Some(_)) => NextClaim::Only(canary),
+            _ if self.settings.max_tenants.is_none_or(|m| started < m) => NextClaim::Any,
+            _ => NextClaim::Nothing,
         }
-        self.settings.max_tenants.is_none_or(|m| started < m)
+    }
+
+    /// Whether the canary's tenants are all done, one was given up, or
+    /// some still wait for a retry.
+    async fn canary_state(
+        &self,
+        run_id: i64,
+        canary: &[String],
+    ) -> Result<CanaryState, SetupError> {
+        let (failed, done): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE state = 'failed'), count(*) FILTER (WHERE state = 'done')
+               FROM rekey.items WHERE run_id = $1 AND org_id = ANY($2)",
+        )
+        .bind(run_id)
+        .bind(canary)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(if failed > 0 {
+            CanaryState::Failed
+        } else if done as usize == canary.len() {
+            CanaryState::Passed
+        } else {
+            CanaryState::Retrying
+        })
     }
 
     async fn pending(&self, run_id: i64) -> Result<i64, SetupError> {
@@ -237,30 +309,13 @@ impl Reprovisioner {
         .await?)
     }
 
-    /// True while some pending tenant is held by a live lease elsewhere or
-    /// waits for its retry time: worth waiting for rather than ending.
-    async fn any_claimable_soon(&self, run_id: i64) -> Result<bool, SetupError> {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM rekey.items
-              WHERE run_id = $1 AND state = 'pending' AND lease_until > now() AND owner IS DISTINCT FROM $2",
-        )
-        .bind(run_id)
-        .bind(&self.owner)
-        .fetch_one(&self.pool)
-        .await?;
-        let retrying: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM rekey.items
-              WHERE run_id = $1 AND state = 'pending' AND owner = $2 AND lease_until > now()",
-        )
-        .bind(run_id)
-        .bind(&self.owner)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(waiting + retrying > 0)
-    }
-
-    /// Claims the next pending tenant whose lease is free, counting an attempt.
-    async fn claim(&self, run_id: i64) -> Result<Option<Item>, SetupError> {
+    /// Claims the next pending tenant whose lease is free (among `only`,
+    /// when given), counting an attempt.
+    async fn claim(
+        &self,
+        run_id: i64,
+        only: Option<&[String]>,
+    ) -> Result<Option<Item>, SetupError> {
         let claimed = sqlx::query(
             "UPDATE rekey.items i
                 SET owner = $2, lease_until = now() + $3 * interval '1 millisecond',
@@ -269,6 +324,7 @@ impl Reprovisioner {
                     SELECT run_id, org_id FROM rekey.items
                      WHERE run_id = $1 AND state = 'pending'
                        AND (lease_until IS NULL OR lease_until < now())
+                       AND ($4::text[] IS NULL OR org_id = ANY($4))
                      ORDER BY updated_at, org_id
                      LIMIT 1 FOR UPDATE SKIP LOCKED)
              RETURNING i.org_id, i.step, i.attempts, i.new_branch_id, i.new_machine_id,
@@ -277,6 +333,7 @@ impl Reprovisioner {
         .bind(run_id)
         .bind(&self.owner)
         .bind(self.settings.lease.as_millis() as f64)
+        .bind(only)
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = claimed else { return Ok(None) };
@@ -357,7 +414,16 @@ impl Reprovisioner {
     /// schedule a retry or give it up (compensating).
     async fn drive(&self, mut item: Item) -> Result<TenantOutcome, SetupError> {
         self.emit(&item, TenantOutcome::Started, None);
-        match self.steps(&mut item).await {
+        // The lease is kept alive for as long as the steps run: a step may
+        // well outlast it (a slow boot, a long 429 pause), and a tenant whose
+        // lease lapsed mid-step would be claimed and driven a second time,
+        // by this process or another, both creating and compensating.
+        let (run_id, org_id) = (item.run_id, item.org_id.clone());
+        let outcome = tokio::select! {
+            outcome = self.steps(&mut item) => outcome,
+            () = self.keep_lease(run_id, &org_id) => Err(StepError::LostLease),
+        };
+        match outcome {
             Ok(()) => {
                 self.emit(&item, TenantOutcome::Done, None);
                 Ok(TenantOutcome::Done)
@@ -378,6 +444,29 @@ impl Reprovisioner {
                 self.retry_later(&item, &reason).await?;
                 self.emit(&item, TenantOutcome::Retrying, Some(reason));
                 Ok(TenantOutcome::Retrying)
+            }
+        }
+    }
+
+    /// Renews the tenant's lease every third of its length; returns (and
+    /// so ends the attempt, as a crash would) once a renewal finds that the
+    /// tenant is no longer ours or the journal cannot be reached.
+    async fn keep_lease(&self, run_id: i64, org_id: &str) {
+        let every = self.settings.lease / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            let renewed = sqlx::query(
+                "UPDATE rekey.items SET lease_until = now() + $4 * interval '1 millisecond'
+                  WHERE run_id = $1 AND org_id = $2 AND owner = $3 AND state = 'pending'",
+            )
+            .bind(run_id)
+            .bind(org_id)
+            .bind(&self.owner)
+            .bind(self.settings.lease.as_millis() as f64)
+            .execute(&self.pool)
+            .await;
+            if !matches!(renewed, Ok(r) if r.rows_affected() == 1) {
+                return;
             }
         }
     }
@@ -661,39 +750,37 @@ impl Reprovisioner {
         }
         if self.settings.strategy == NeonStrategy::NewBranch
             && item.new_branch.as_deref() != Some(&item.old_branch)
-        {
-            if self
+            && self
                 .neon
                 .get_branch(&item.project, &item.old_branch)
                 .await?
                 .is_some()
+        {
+            for role in self
+                .neon
+                .list_roles(&item.project, &item.old_branch)
+                .await?
             {
-                for role in self
-                    .neon
-                    .list_roles(&item.project, &item.old_branch)
-                    .await?
-                {
-                    if role.protected {
-                        continue;
-                    }
-                    let ops = self
-                        .neon
-                        .reset_password(&item.project, &item.old_branch, &role.name)
-                        .await?;
-                    self.neon
-                        .wait_operations(&item.project, &ops, deadline)
-                        .await?;
+                if role.protected {
+                    continue;
                 }
-                for ep in self
+                let ops = self
                     .neon
-                    .list_branch_endpoints(&item.project, &item.old_branch)
-                    .await?
-                {
-                    let ops = self.neon.delete_endpoint(&item.project, &ep.id).await?;
-                    self.neon
-                        .wait_operations(&item.project, &ops, deadline)
-                        .await?;
-                }
+                    .reset_password(&item.project, &item.old_branch, &role.name)
+                    .await?;
+                self.neon
+                    .wait_operations(&item.project, &ops, deadline)
+                    .await?;
+            }
+            for ep in self
+                .neon
+                .list_branch_endpoints(&item.project, &item.old_branch)
+                .await?
+            {
+                let ops = self.neon.delete_endpoint(&item.project, &ep.id).await?;
+                self.neon
+                    .wait_operations(&item.project, &ops, deadline)
+                    .await?;
             }
         }
         let done = sqlx::query(

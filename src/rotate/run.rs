@@ -4,8 +4,9 @@
 //!
 //! A run is finished only when a final read of every row finds nothing left
 //! to do; otherwise it is recorded as failed with the reason, or left open
-//! when the invocation was deliberately partial (`--limit`, `--org`) or
-//! interrupted, so that running the same command again resumes it.
+//! when the invocation was deliberately partial (`--limit`, `--org`,
+//! `--max-tenants` with tenants left) or interrupted, so that running the
+//! same command again resumes it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -168,7 +169,9 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, Setup
         None => ProvisionTally::default(),
     };
     let (tally, passes, in_place_secs) = walked?;
-    let partial = opts.limit.is_some() || !opts.orgs.is_empty();
+    // `--max-tenants` is as deliberate a stop as `--limit`: the tenants it
+    // left are for the next invocation, not reasons to fail the run.
+    let partial = opts.limit.is_some() || !opts.orgs.is_empty() || provisioned.capped;
     let check = scan(&ctx.pool, &ctx.table, &ctx.keyring, opts.mode, &filter).await?;
     let report = conclude(
         ctx,

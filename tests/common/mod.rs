@@ -317,3 +317,717 @@ pub fn assert_refused(out: &Output, needles: &[&str]) {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// The fake cloud for the re-provisioning tests: started on a runtime of its
+// own, because `#[sqlx::test]` runs each test on a current-thread runtime
+// that stands still while a test waits for the real binary; registered with
+// a seeded fleet under the seed's exact ids; read back through its state.
+// ---------------------------------------------------------------------------
+
+/// The database and owner role every seeded tenant has (db::seed).
+pub const TENANT_DATABASE: &str = "neondb";
+pub const TENANT_ROLE: &str = "neondb_owner";
+
+/// Options that make re-provisioning quick against a fast fake: short
+/// polls and settles, and client rate limits out of the way.
+pub const FAST_PROVISION: &[&str] = &[
+    "--poll-ms",
+    "20",
+    "--lookup-settle-ms",
+    "20",
+    "--neon-rps",
+    "1000",
+    "--fly-rps",
+    "1000",
+];
+
+/// A fake cloud that wants distinctive credentials, and the Redis URL the
+/// binary is given for every tenant.
+pub struct Cloud {
+    fake: Option<rekey::cloud::fake::FakeCloud>,
+    runtime: Option<tokio::runtime::Runtime>,
+    config: rekey::cloud::fake::FakeConfig,
+    pub neon_key: String,
+    pub fly_token: String,
+    pub redis_password: String,
+    pub redis_url: String,
+}
+
+impl Cloud {
+    /// Starts the fake with `config` plus credentials it then requires.
+    pub fn start(mut config: rekey::cloud::fake::FakeConfig) -> Cloud {
+        let tag = || uuid::Uuid::new_v4().simple().to_string();
+        let neon_key = format!("napiSECRET{}", tag());
+        let fly_token = format!("fo1SECRET{}", tag());
+        let redis_password = format!("redisSECRET{}", tag());
+        let redis_url = format!("rediss://default:{redis_password}@tenant-redis.internal:6379");
+        config.neon_api_key = Some(neon_key.clone());
+        config.fly_api_token = Some(fly_token.clone());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("fake cloud runtime");
+        // block_on refuses to run on a thread that is already inside a
+        // runtime (the test's), so the start happens on a scoped thread.
+        let start = config.clone();
+        let fake = std::thread::scope(|s| {
+            s.spawn(|| runtime.block_on(rekey::cloud::fake::FakeCloud::start(start)))
+                .join()
+                .expect("fake cloud start thread")
+        })
+        .expect("fake cloud starts");
+        Cloud {
+            fake: Some(fake),
+            runtime: Some(runtime),
+            config,
+            neon_key,
+            fly_token,
+            redis_password,
+            redis_url,
+        }
+    }
+
+    fn fake(&self) -> &rekey::cloud::fake::FakeCloud {
+        self.fake
+            .as_ref()
+            .expect("the fake runs until the Cloud is dropped")
+    }
+
+    /// The root URL (`/_fake/...` lives under it).
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.fake().addr())
+    }
+
+    pub fn neon_url(&self) -> String {
+        self.fake().neon_url()
+    }
+
+    pub fn fly_url(&self) -> String {
+        self.fake().fly_url()
+    }
+
+    /// Changes the injected behaviour (credentials stay as they are).
+    pub fn configure(&mut self, edit: impl FnOnce(&mut rekey::cloud::fake::FakeConfig)) {
+        edit(&mut self.config);
+        self.fake().set_config(self.config.clone());
+    }
+
+    /// Everything the fake holds now.
+    pub fn view(&self) -> CloudView {
+        CloudView::parse(&self.fake().state())
+    }
+
+    /// Registers the seeded tenants' projects, branches, apps and machines.
+    pub async fn register(&self, tenants: &[SeedTenant]) {
+        rekey::cloud::register::register_fake_tenants(&self.base_url(), tenants)
+            .await
+            .expect("register the fleet in the fake cloud");
+    }
+
+    /// The cloud settings the binary reads from its environment.
+    pub fn env(&self, cmd: &mut Command) {
+        cmd.env("NEON_API_KEY", &self.neon_key)
+            .env("FLY_API_TOKEN", &self.fly_token)
+            .env("TENANT_REDIS_URL", &self.redis_url)
+            .env("NEON_API_URL", self.neon_url())
+            .env("FLY_API_URL", self.fly_url());
+    }
+
+    /// The connection URI the fake's Neon API serves for a tenant's branch.
+    pub async fn connection_uri(&self, project: &str, branch: &str) -> String {
+        let url = format!("{}/projects/{project}/connection_uri", self.neon_url());
+        let response = reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(&self.neon_key)
+            .query(&[
+                ("branch_id", branch),
+                ("database_name", TENANT_DATABASE),
+                ("role_name", TENANT_ROLE),
+            ])
+            .send()
+            .await
+            .expect("connection_uri request");
+        assert!(
+            response.status().is_success(),
+            "connection_uri of {project}/{branch}: HTTP {}",
+            response.status()
+        );
+        let body: serde_json::Value = response.json().await.expect("connection_uri JSON");
+        body["uri"].as_str().expect("uri is a string").to_string()
+    }
+
+    /// Destroys a machine through the fake's Fly API (a tenant whose
+    /// machine someone removed by hand).
+    pub async fn destroy_machine(&self, app: &str, machine: &str) {
+        let url = format!("{}/apps/{app}/machines/{machine}", self.fly_url());
+        let response = reqwest::Client::new()
+            .delete(&url)
+            .bearer_auth(&self.fly_token)
+            .query(&[("force", "true")])
+            .send()
+            .await
+            .expect("destroy request");
+        assert!(
+            response.status().is_success(),
+            "destroy {app}/{machine}: HTTP {}",
+            response.status()
+        );
+    }
+
+    /// The credentials and Redis URL, for scans of outputs.
+    pub fn secrets(&self) -> Vec<String> {
+        vec![
+            self.neon_key.clone(),
+            self.fly_token.clone(),
+            self.redis_password.clone(),
+            self.redis_url.clone(),
+        ]
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        drop(self.fake.take());
+        // A runtime may not be dropped inside another one (the test's);
+        // shutting it down in the background is allowed.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A fake whose operations and boots take `op_ms` and `boot_ms`.
+pub fn fake_config(op_ms: u64, boot_ms: u64) -> rekey::cloud::fake::FakeConfig {
+    rekey::cloud::fake::FakeConfig {
+        op_duration: std::time::Duration::from_millis(op_ms),
+        boot_duration: std::time::Duration::from_millis(boot_ms),
+        ..Default::default()
+    }
+}
+
+/// Seeds `rows` tenants under `key` and registers them in the fake, each
+/// in a Neon project of its own.
+pub async fn seed_cloud_fleet(
+    pool: &PgPool,
+    table: &Table,
+    key: &Key,
+    rows: u64,
+    cloud: &Cloud,
+) -> Vec<SeedTenant> {
+    seed_cloud_fleet_sharing(pool, table, key, rows, 1, cloud).await
+}
+
+/// Seeds `rows` tenants under `key` and registers them in the fake,
+/// `per_project` tenants to a Neon project (their branches then share the
+/// project's lock: one tenant's operations make Neon answer another 423).
+pub async fn seed_cloud_fleet_sharing(
+    pool: &PgPool,
+    table: &Table,
+    key: &Key,
+    rows: u64,
+    per_project: usize,
+    cloud: &Cloud,
+) -> Vec<SeedTenant> {
+    let mut tenants = seed::tenants(&SeedSpec {
+        rows,
+        undecryptable_share: 0.0,
+        kms_share: 0.0,
+        null_redis_share: 0.1,
+        seed: 42,
+    });
+    for (i, t) in tenants.iter_mut().enumerate() {
+        t.neon_project_id = format!("proj-{:07}", i / per_project.max(1));
+    }
+    seed::seed(pool, table, key, &tenants).await.expect("seed");
+    cloud.register(&tenants).await;
+    tenants
+}
+
+/// The real binary with the cloud settings in its environment.
+pub fn rekey_cloud_cmd(database_url: &str, cloud: &Cloud, args: &[&str]) -> Command {
+    let mut cmd = rekey_cmd(database_url, args);
+    cloud.env(&mut cmd);
+    cmd
+}
+
+/// Runs the real binary with the cloud settings.
+pub fn rekey_cloud(database_url: &str, cloud: &Cloud, args: &[&str]) -> Output {
+    rekey_cloud_cmd(database_url, cloud, args)
+        .output()
+        .expect("run rekey")
+}
+
+/// `run` with the fast provisioning options (those `extra` does not set
+/// itself), `extra`, then `keys`.
+pub fn run_args(extra: &[&str], keys: &[String]) -> Vec<String> {
+    let mut args = vec!["run".to_string()];
+    for pair in FAST_PROVISION.chunks(2) {
+        if !extra.contains(&pair[0]) {
+            args.extend(pair.iter().map(|s| s.to_string()));
+        }
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(keys.iter().cloned());
+    args
+}
+
+/// `rekey run` with the fast options, `extra`, then `keys`, and the cloud
+/// settings.
+pub fn run_cloud(database_url: &str, cloud: &Cloud, extra: &[&str], keys: &[String]) -> Output {
+    let args = run_args(extra, keys);
+    rekey_cloud(database_url, cloud, &strs(&args))
+}
+
+/// Asserts an exit code, and no panic in the output.
+pub fn assert_exit(out: &Output, code: i32, what: &str) {
+    let all = text(out);
+    assert_eq!(out.status.code(), Some(code), "{what}: {all}");
+    assert!(!all.contains("panicked"), "{what} panicked: {all}");
+}
+
+/// Borrows a `Vec<String>` of arguments as `&str`s.
+pub fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// `--new-key-file NEW` only: the old key is lost.
+pub fn new_key_only(keys: &Keys) -> Vec<String> {
+    vec!["--new-key-file".into(), path_str(&keys.new_file).into()]
+}
+
+/// A Neon branch as `/_fake/state` shows it.
+#[derive(Debug, Clone)]
+pub struct FakeBranch {
+    pub project: String,
+    pub id: String,
+    pub name: String,
+    pub parent_id: Option<String>,
+    /// Role name → the password it answers to now.
+    pub passwords: BTreeMap<String, String>,
+    /// Passwords set by resets whose operations have not finished.
+    pub pending_passwords: Vec<String>,
+    pub endpoints: Vec<String>,
+}
+
+/// A Fly machine as `/_fake/state` shows it.
+#[derive(Debug, Clone)]
+pub struct FakeMachine {
+    pub app: String,
+    pub id: String,
+    pub state: String,
+    pub env: BTreeMap<String, String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Everything the fake holds, flattened.
+#[derive(Debug, Clone)]
+pub struct CloudView {
+    pub branches: Vec<FakeBranch>,
+    pub machines: Vec<FakeMachine>,
+    /// `{"by_api": {"neon": {"200": n, ...}, "fly": {...}}, "total": n}`.
+    pub requests: serde_json::Value,
+}
+
+fn string_map(v: &serde_json::Value) -> BTreeMap<String, String> {
+    v.as_object()
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn str_of(v: &serde_json::Value) -> String {
+    v.as_str().unwrap_or_default().to_string()
+}
+
+impl CloudView {
+    pub fn parse(state: &serde_json::Value) -> CloudView {
+        let empty = Vec::new();
+        let mut branches = Vec::new();
+        for p in state["neon"]["projects"].as_array().unwrap_or(&empty) {
+            for b in p["branches"].as_array().unwrap_or(&empty) {
+                let roles = b["roles"].as_array().unwrap_or(&empty);
+                branches.push(FakeBranch {
+                    project: str_of(&p["id"]),
+                    id: str_of(&b["id"]),
+                    name: str_of(&b["name"]),
+                    parent_id: b["parent_id"].as_str().map(str::to_string),
+                    passwords: roles
+                        .iter()
+                        .map(|r| (str_of(&r["name"]), str_of(&r["password"])))
+                        .collect(),
+                    pending_passwords: roles
+                        .iter()
+                        .filter_map(|r| r["pending_password"].as_str().map(str::to_string))
+                        .collect(),
+                    endpoints: b["endpoints"]
+                        .as_array()
+                        .unwrap_or(&empty)
+                        .iter()
+                        .map(|e| str_of(&e["id"]))
+                        .collect(),
+                });
+            }
+        }
+        let mut machines = Vec::new();
+        for a in state["fly"]["apps"].as_array().unwrap_or(&empty) {
+            for m in a["machines"].as_array().unwrap_or(&empty) {
+                machines.push(FakeMachine {
+                    app: str_of(&a["name"]),
+                    id: str_of(&m["id"]),
+                    state: str_of(&m["state"]),
+                    env: string_map(&m["config"]["env"]),
+                    metadata: string_map(&m["metadata"]),
+                });
+            }
+        }
+        CloudView {
+            branches,
+            machines,
+            requests: state["requests"].clone(),
+        }
+    }
+
+    pub fn branches_of(&self, project: &str) -> Vec<&FakeBranch> {
+        self.branches
+            .iter()
+            .filter(|b| b.project == project)
+            .collect()
+    }
+
+    /// The branches made from `parent` in `project` that are not seeded
+    /// tenants' own (db::seed names those `br-seed-*`).
+    pub fn made_from(&self, project: &str, parent: &str) -> Vec<&FakeBranch> {
+        self.branches
+            .iter()
+            .filter(|b| b.project == project && b.parent_id.as_deref() == Some(parent))
+            .filter(|b| !b.id.starts_with("br-seed-"))
+            .collect()
+    }
+
+    pub fn machines_of(&self, app: &str) -> Vec<&FakeMachine> {
+        self.machines.iter().filter(|m| m.app == app).collect()
+    }
+
+    /// Answers the fake gave `api` (`neon`/`fly`) with `status`.
+    pub fn responses(&self, api: &str, status: u16) -> u64 {
+        self.requests["by_api"][api][status.to_string()]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// Every password any role has or is about to have.
+    pub fn passwords(&self) -> Vec<String> {
+        self.branches
+            .iter()
+            .flat_map(|b| b.passwords.values().chain(b.pending_passwords.iter()))
+            .cloned()
+            .collect()
+    }
+
+    /// Every value of every machine's env (DATABASE_URL, REDIS_URL, ...).
+    pub fn env_values(&self) -> Vec<String> {
+        self.machines
+            .iter()
+            .flat_map(|m| m.env.values())
+            .cloned()
+            .collect()
+    }
+}
+
+/// A tenant's row of `org_instances`, re-provision columns included.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TenantRow {
+    pub org_id: String,
+    pub slug: String,
+    pub neon_project_id: Option<String>,
+    pub neon_branch_id: Option<String>,
+    pub fly_app: Option<String>,
+    pub fly_machine_id: Option<String>,
+    pub database_url_encrypted: Option<Vec<u8>>,
+    pub redis_url_encrypted: Option<Vec<u8>>,
+}
+
+/// Every row by org id.
+pub async fn tenant_rows(pool: &PgPool) -> BTreeMap<String, TenantRow> {
+    let rows: Vec<TenantRow> = sqlx::query_as(
+        "SELECT org_id::text AS org_id, slug, neon_project_id, neon_branch_id, fly_app, fly_machine_id,
+                database_url_encrypted, redis_url_encrypted
+           FROM org_instances",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("read org_instances");
+    rows.into_iter().map(|r| (r.org_id.clone(), r)).collect()
+}
+
+/// A tenant's re-provision record in the journal.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ItemRow {
+    pub run_id: i64,
+    pub org_id: String,
+    pub state: String,
+    pub step: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+}
+
+/// Every re-provision item of every run.
+pub async fn items(pool: &PgPool) -> Vec<ItemRow> {
+    sqlx::query_as(
+        "SELECT run_id, org_id, state, step, attempts, last_error FROM rekey.items
+          ORDER BY run_id, org_id",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("read rekey.items")
+}
+
+/// Items by state.
+pub async fn item_states(pool: &PgPool) -> BTreeMap<String, usize> {
+    let mut by_state = BTreeMap::new();
+    for item in items(pool).await {
+        *by_state.entry(item.state).or_insert(0) += 1;
+    }
+    by_state
+}
+
+/// Asserts that `seed`'s tenant was re-provisioned: its row opens under
+/// `new` to the URI the fake serves for its new branch (a new password) and
+/// to the cloud's Redis URL, and names the new branch and machine; in the
+/// fake, one new branch (child of the old, with an endpoint), one new
+/// machine (started, with the new URLs), the old machine destroyed, and the
+/// old branch's password reset and its endpoint removed.
+pub async fn assert_tenant_reprovisioned(
+    cloud: &Cloud,
+    view: &CloudView,
+    row: &TenantRow,
+    seed: &SeedTenant,
+    new: &Key,
+) {
+    let id = &row.org_id;
+    let cipher = Cipher::new(new);
+    let open = |c: &Option<Vec<u8>>| {
+        let c = c
+            .as_ref()
+            .unwrap_or_else(|| panic!("{id}: a field is NULL"));
+        let p = cipher
+            .open(c)
+            .unwrap_or_else(|| panic!("{id}: a field does not open under the new key"));
+        String::from_utf8(p.to_vec()).expect("URLs are UTF-8")
+    };
+    let db = open(&row.database_url_encrypted);
+    let redis = open(&row.redis_url_encrypted);
+    let branch = row.neon_branch_id.clone().unwrap_or_default();
+    let machine = row.fly_machine_id.clone().unwrap_or_default();
+    assert_ne!(
+        branch, seed.neon_branch_id,
+        "{id}: row still names the old branch"
+    );
+    assert_ne!(
+        machine, seed.fly_machine_id,
+        "{id}: row still names the old machine"
+    );
+    assert_eq!(
+        row.neon_project_id.as_deref(),
+        Some(seed.neon_project_id.as_str())
+    );
+    assert_eq!(row.fly_app.as_deref(), Some(seed.fly_app.as_str()));
+
+    let served = cloud.connection_uri(&seed.neon_project_id, &branch).await;
+    assert!(
+        db == served,
+        "{id}: the row's database URL is not the URI Neon serves for its new branch"
+    );
+    let password = url::Url::parse(&db)
+        .expect("a database URL")
+        .password()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!password.is_empty(), "{id}: no password in the new URI");
+    assert!(
+        password != seed.password,
+        "{id}: the new URI kept the leaked password"
+    );
+    assert!(
+        redis == cloud.redis_url,
+        "{id}: the Redis URL is not TENANT_REDIS_URL"
+    );
+
+    let branches = view.branches_of(&seed.neon_project_id);
+    let old = branches
+        .iter()
+        .find(|b| b.id == seed.neon_branch_id)
+        .unwrap_or_else(|| panic!("{id}: the old branch is gone"));
+    let made = view.made_from(&seed.neon_project_id, &seed.neon_branch_id);
+    assert_eq!(
+        made.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(),
+        [branch.as_str()],
+        "{id}: expected exactly one new branch, the row's, a child of the old"
+    );
+    let fresh = made[0];
+    assert_eq!(fresh.endpoints.len(), 1, "{id}: the new branch's endpoint");
+    assert!(
+        fresh.passwords.get(TENANT_ROLE) == Some(&password),
+        "{id}: the new branch's role does not answer to the row's password"
+    );
+    assert!(
+        old.passwords
+            .get(TENANT_ROLE)
+            .is_some_and(|p| p != &seed.password),
+        "{id}: the old branch's leaked password still works"
+    );
+    assert!(
+        old.pending_passwords.is_empty(),
+        "{id}: a reset still in flight"
+    );
+    assert!(
+        old.endpoints.is_empty(),
+        "{id}: the old branch kept its endpoint"
+    );
+
+    let machines = view.machines_of(&seed.fly_app);
+    assert_eq!(
+        machines.len(),
+        2,
+        "{id}: expected the old machine and exactly one new one (ever): {:?}",
+        machines
+            .iter()
+            .map(|m| (&m.id, &m.state))
+            .collect::<Vec<_>>()
+    );
+    let old_machine = machines
+        .iter()
+        .find(|m| m.id == seed.fly_machine_id)
+        .unwrap_or_else(|| panic!("{id}: the old machine is gone from the fake"));
+    assert_eq!(old_machine.state, "destroyed", "{id}: old machine");
+    let new_machine = machines
+        .iter()
+        .find(|m| m.id == machine)
+        .unwrap_or_else(|| panic!("{id}: the row's machine is not in the fake"));
+    assert_eq!(new_machine.state, "started", "{id}: new machine");
+    assert!(
+        new_machine.env.get("DATABASE_URL") == Some(&db),
+        "{id}: the new machine's DATABASE_URL is not the row's"
+    );
+    assert!(
+        new_machine.env.get("REDIS_URL") == Some(&redis),
+        "{id}: the new machine's REDIS_URL is not the row's"
+    );
+}
+
+/// Asserts that nothing was done to `seed`'s tenant: its row as seeded
+/// (`before`), its one branch with its password and endpoint, its one
+/// machine still running.
+pub fn assert_tenant_untouched(
+    view: &CloudView,
+    row: &TenantRow,
+    before: &TenantRow,
+    seed: &SeedTenant,
+) {
+    let id = &row.org_id;
+    assert_eq!(row.neon_branch_id, before.neon_branch_id, "{id}: branch");
+    assert_eq!(row.fly_machine_id, before.fly_machine_id, "{id}: machine");
+    assert!(
+        row.database_url_encrypted == before.database_url_encrypted
+            && row.redis_url_encrypted == before.redis_url_encrypted,
+        "{id}: ciphertexts changed"
+    );
+    let made = view.made_from(&seed.neon_project_id, &seed.neon_branch_id);
+    assert!(
+        made.is_empty(),
+        "{id}: branches made from its branch: {made:?}"
+    );
+    let old = view
+        .branches_of(&seed.neon_project_id)
+        .into_iter()
+        .find(|b| b.id == seed.neon_branch_id)
+        .unwrap_or_else(|| panic!("{id}: its branch is gone"));
+    assert!(
+        old.passwords.get(TENANT_ROLE) == Some(&seed.password),
+        "{id}: password changed"
+    );
+    assert_eq!(old.endpoints.len(), 1, "{id}: endpoint");
+    let machines = view.machines_of(&seed.fly_app);
+    assert_eq!(machines.len(), 1, "{id}: machines");
+    assert_eq!(machines[0].state, "started", "{id}: machine state");
+}
+
+/// Asserts that every branch and every live machine the fake holds is
+/// either a seeded one or the one a row names: nothing created and left.
+pub fn assert_no_orphans(
+    view: &CloudView,
+    rows: &BTreeMap<String, TenantRow>,
+    tenants: &[SeedTenant],
+) {
+    let seeded_branches: std::collections::BTreeSet<&str> =
+        tenants.iter().map(|t| t.neon_branch_id.as_str()).collect();
+    let seeded_machines: std::collections::BTreeSet<&str> =
+        tenants.iter().map(|t| t.fly_machine_id.as_str()).collect();
+    let row_branches: std::collections::BTreeSet<&str> = rows
+        .values()
+        .filter_map(|r| r.neon_branch_id.as_deref())
+        .collect();
+    let row_machines: std::collections::BTreeSet<&str> = rows
+        .values()
+        .filter_map(|r| r.fly_machine_id.as_deref())
+        .collect();
+    for b in &view.branches {
+        assert!(
+            seeded_branches.contains(b.id.as_str()) || row_branches.contains(b.id.as_str()),
+            "orphaned branch {} ({}) in project {}",
+            b.id,
+            b.name,
+            b.project
+        );
+    }
+    for m in view.machines.iter().filter(|m| m.state != "destroyed") {
+        assert!(
+            seeded_machines.contains(m.id.as_str()) || row_machines.contains(m.id.as_str()),
+            "orphaned machine {} ({}) in app {}",
+            m.id,
+            m.state,
+            m.app
+        );
+    }
+}
+
+/// Asserts the whole fleet was re-provisioned, nothing left behind, and
+/// every journal item done.
+pub async fn assert_fleet_reprovisioned(
+    pool: &PgPool,
+    cloud: &Cloud,
+    tenants: &[SeedTenant],
+    new: &Key,
+) {
+    let rows = tenant_rows(pool).await;
+    let view = cloud.view();
+    assert_eq!(rows.len(), tenants.len(), "row count changed");
+    for t in tenants {
+        let row = &rows[&t.org_id.to_string()];
+        assert_tenant_reprovisioned(cloud, &view, row, t, new).await;
+    }
+    assert_no_orphans(&view, &rows, tenants);
+    let not_done: Vec<ItemRow> = items(pool)
+        .await
+        .into_iter()
+        .filter(|i| i.state != "done")
+        .collect();
+    assert!(not_done.is_empty(), "items not done: {not_done:?}");
+}
+
+/// Asserts that none of `secrets` appears in `haystack` (named `what`).
+pub fn assert_no_secret(what: &str, haystack: &str, secrets: &[String]) {
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        assert!(
+            !haystack.contains(s.as_str()),
+            "{what} contains a secret ({} characters, starting {:?})",
+            s.len(),
+            s.chars().take(4).collect::<String>()
+        );
+    }
+}
