@@ -8,8 +8,8 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use crate::cli::{
-    Cli, Command, FinalizeArgs, KeyFormat, KeygenArgs, PlanArgs, RunArgs, SeedArgs, StatusArgs,
-    VerifyArgs,
+    Cli, Command, FinalizeArgs, KeyFormat, KeygenArgs, PlanArgs, RegisterFakeCloudArgs, RunArgs,
+    SeedArgs, StatusArgs, VerifyArgs,
 };
 use crate::db::{self, journal, Table};
 use crate::envelope::{Keyring, Mode};
@@ -34,6 +34,7 @@ pub async fn dispatch(cli: Cli) -> Result<Outcome, SetupError> {
         Command::Finalize(args) => finalize_cmd(&cli, args).await,
         Command::Seed(args) => seed_cmd(&cli, args).await,
         Command::FleetBench(args) => crate::bench::fleet_bench(&cli.global, args).await,
+        Command::RegisterFakeCloud(args) => register_fake_cloud_cmd(&cli, args).await,
     }
 }
 
@@ -280,7 +281,9 @@ async fn seed_cmd(cli: &Cli, args: &SeedArgs) -> Result<Outcome, SetupError> {
     };
     if let Some(url) = &args.register_fake_cloud {
         if !crate::cloud::register::is_loopback_url(url) {
-            return Err(SetupError::Usage(format!("--register-fake-cloud {url}: only loopback addresses")));
+            return Err(SetupError::Usage(format!(
+                "--register-fake-cloud {url}: only loopback addresses"
+            )));
         }
     }
     let (pool, table) = open_table(cli, 2).await?;
@@ -300,6 +303,51 @@ async fn seed_cmd(cli: &Cli, args: &SeedArgs) -> Result<Outcome, SetupError> {
         "seeded {rows} tenants into {} under key id {}",
         table.display,
         key.key.id()
+    );
+    Ok(Outcome::Done)
+}
+
+/// The top-level entry point for `rekey register-fake-cloud` (rehearsals):
+/// registers, page by page, the cloud resources every row names in the
+/// fake cloud at `--url`. Reads no secret and writes nothing to the table.
+async fn register_fake_cloud_cmd(
+    cli: &Cli,
+    args: &RegisterFakeCloudArgs,
+) -> Result<Outcome, SetupError> {
+    use crate::cloud::register::{is_loopback_url, register_fake_resources, Registered};
+    use crate::db::org_instances::resources_page;
+    if !is_loopback_url(&args.url) {
+        return Err(SetupError::Usage(format!(
+            "--url {}: only loopback addresses (this command feeds a local fake cloud)",
+            args.url
+        )));
+    }
+    let (pool, table) = open_table(cli, 2).await?;
+    let mut total = Registered::default();
+    let mut rows = 0u64;
+    let mut after: Option<String> = None;
+    loop {
+        let page = resources_page(&pool, &table, after.as_deref(), 2_000)
+            .await?
+            .ok_or_else(|| {
+                SetupError::Refused(format!(
+                    "table {} lacks the columns naming cloud resources (slug, neon_*, fly_*); \
+                     name them with the --*-column options",
+                    table.display
+                ))
+            })?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        let done = register_fake_resources(&args.url, &page).await?;
+        rows += page.len() as u64;
+        total.neon += done.neon;
+        total.fly += done.fly;
+        total.neither += done.neither;
+    }
+    eprintln!(
+        "registered the resources of {rows} rows in the fake cloud: {} Neon branches, {} Fly machines; \
+         {} rows name neither",
+        total.neon, total.fly, total.neither
     );
     Ok(Outcome::Done)
 }
