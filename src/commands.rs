@@ -12,7 +12,7 @@ use crate::cli::{
     SeedArgs, StatusArgs, VerifyArgs,
 };
 use crate::db::{self, journal, Table};
-use crate::envelope::{Keyring, Mode};
+use crate::envelope::Keyring;
 use crate::error::{Outcome, SetupError};
 use crate::keys::{self, Key};
 use crate::progress::Style;
@@ -148,7 +148,6 @@ async fn run_cmd(cli: &Cli, args: &RunArgs) -> Result<Outcome, SetupError> {
         ));
     }
     let keyring = Arc::new(load_keyring(cli)?);
-    let mode: Mode = args.mode.into();
     let (pool, table) = open_table(cli, args.workers as u32 + 4).await?;
     db::migrate(&pool).await?;
     let style = Style::detect(cli.global.json);
@@ -161,8 +160,39 @@ async fn run_cmd(cli: &Cli, args: &RunArgs) -> Result<Outcome, SetupError> {
         sinks.push(Arc::clone(m) as Arc<dyn EventSink>);
     }
     let sink: Arc<dyn EventSink> = Arc::new(FanOut(sinks));
+    let report = match run_engine(cli, args, pool, table, keyring, &sink).await {
+        Ok(report) => report,
+        Err(e) => {
+            if let Some(m) = &metrics {
+                m.fail();
+            }
+            return Err(e);
+        }
+    };
+    if let Some(m) = &metrics {
+        m.finish(&report);
+    }
+    drop(sink);
+    if cli.global.json {
+        report::print_json(&serde_json::json!({"event": "summary", "report": report}));
+    } else {
+        report::print(&report::run_text(&report));
+    }
+    Ok(report.outcome)
+}
+
+/// The run itself, from the re-provisioner's set-up to the report; split
+/// from `run_cmd` so that any error on the way reaches the metrics file.
+async fn run_engine(
+    cli: &Cli,
+    args: &RunArgs,
+    pool: PgPool,
+    table: Table,
+    keyring: Arc<Keyring>,
+    sink: &Arc<dyn EventSink>,
+) -> Result<run::RunReport, SetupError> {
     let reprovisioner =
-        crate::rotate::reprovision::from_environment(cli, args, &pool, &table, &keyring, &sink)?;
+        crate::rotate::reprovision::from_environment(cli, args, &pool, &table, &keyring, sink)?;
     let stop = Arc::new(AtomicBool::new(false));
     let on_ctrl_c = Arc::clone(&stop);
     tokio::spawn(async move {
@@ -175,30 +205,19 @@ async fn run_cmd(cli: &Cli, args: &RunArgs) -> Result<Outcome, SetupError> {
         pool,
         table,
         keyring,
-        sink: Arc::clone(&sink),
+        sink: Arc::clone(sink),
         reprovisioner,
         stop,
     };
     let opts = run::RunOptions {
-        mode,
+        mode: args.mode.into(),
         workers: args.workers,
         batch_size: args.batch_size,
         orgs: args.orgs.clone(),
         limit: args.limit,
         confirm_reprovision: args.confirm_reprovision,
     };
-    let report = run::run(&ctx, &opts).await?;
-    if let Some(m) = &metrics {
-        m.finish(&report);
-    }
-    drop(ctx);
-    drop(sink);
-    if cli.global.json {
-        report::print_json(&serde_json::json!({"event": "summary", "report": report}));
-    } else {
-        report::print(&report::run_text(&report));
-    }
-    Ok(report.outcome)
+    run::run(&ctx, &opts).await
 }
 
 /// The top-level entry point for `rekey verify`.
