@@ -195,10 +195,23 @@ async fn run_engine(
         crate::rotate::reprovision::from_environment(cli, args, &pool, &table, &keyring, sink)?;
     let stop = Arc::new(AtomicBool::new(false));
     let on_ctrl_c = Arc::clone(&stop);
+    // The first ctrl-c lets the work in flight finish (in-place batches
+    // commit, tenants mid-way complete their step); that can take a while
+    // when the cloud is slow or gone, so a second one stops at once. Both
+    // are safe: the journal resumes a run killed at any instant.
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("rekey: interrupted; finishing the batches in flight (the run stays open to resume)");
+            eprintln!(
+                "rekey: interrupted; finishing the work in flight (the run stays open to resume); \
+                 ctrl-c again to stop at once"
+            );
             on_ctrl_c.store(true, Ordering::SeqCst);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!(
+                    "rekey: interrupted again; stopping now (run the same command to resume)"
+                );
+                std::process::exit(130);
+            }
         }
     });
     let ctx = run::RunContext {
