@@ -277,9 +277,10 @@ export NEON_API_KEY=$neon_key FLY_API_TOKEN=$fly_token
 export TENANT_REDIS_URL=${REHEARSAL_TENANT_REDIS_URL:-redis://rehearsal:$(random_hex)@127.0.0.1:6379/0}
 
 # 4. Plan, run (timed), verify, status. Each rekey command runs in the
-# background and is waited for: a signal then reaches this script's traps at
-# once (bash runs no trap while a foreground command that handled ctrl-c
-# itself is running, and not even after it, if it exited normally).
+# background and is waited for: bash runs a trap only once the foreground
+# command has ended, so a SIGTERM to this script would otherwise wait for a
+# whole `rekey run`; `wait` is interrupted at once, and cleanup then stops
+# the command gracefully.
 rekey() {
     "$REKEY_BIN" "${rekey_opts[@]}" "$@" "${key_args[@]}" "${cloud_args[@]}" &
     child_pid=$!
@@ -304,8 +305,10 @@ rekey status || true
 # 5. Nothing doubled or lost in the cloud: as many live machines per app.
 cloud_rc=0
 if [ "$cloud_check" = 1 ]; then
-    live_machines >"$tmp/machines.after"
-    if ! cmp -s "$tmp/machines.before" "$tmp/machines.after"; then
+    if ! live_machines >"$tmp/machines.after"; then
+        say "could not read the fake cloud's state after the run"
+        cloud_rc=1
+    elif ! cmp -s "$tmp/machines.before" "$tmp/machines.after"; then
         say "live machines per app changed (before, after):"
         diff "$tmp/machines.before" "$tmp/machines.after" | head -20 >&2 || true
         cloud_rc=1
