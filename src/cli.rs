@@ -82,6 +82,11 @@ pub enum Command {
     Seed(SeedArgs),
     /// Capacity planning: measure the engine on a scratch database and project fleet-size wall times.
     FleetBench(crate::bench::BenchArgs),
+    /// Rehearsals only: register the Neon projects/branches and Fly apps/machines that the table's
+    /// rows name in a loopback fake cloud, so a restored snapshot can be re-provisioned against it.
+    /// Used by scripts/rehearse.sh; hidden from the command list because it never touches a real cloud.
+    #[command(hide = true)]
+    RegisterFakeCloud(RegisterFakeCloudArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -247,4 +252,11 @@ pub struct SeedArgs {
     /// this base URL (its /_fake/tenants endpoint). Loopback only.
     #[arg(long)]
     pub register_fake_cloud: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RegisterFakeCloudArgs {
+    /// Base URL of the fake cloud (`fake-cloud` prints it); loopback only.
+    #[arg(long)]
+    pub url: String,
 }

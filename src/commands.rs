@@ -8,11 +8,11 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use crate::cli::{
-    Cli, Command, FinalizeArgs, KeyFormat, KeygenArgs, PlanArgs, RunArgs, SeedArgs, StatusArgs,
-    VerifyArgs,
+    Cli, Command, FinalizeArgs, KeyFormat, KeygenArgs, PlanArgs, RegisterFakeCloudArgs, RunArgs,
+    SeedArgs, StatusArgs, VerifyArgs,
 };
 use crate::db::{self, journal, Table};
-use crate::envelope::{Keyring, Mode};
+use crate::envelope::Keyring;
 use crate::error::{Outcome, SetupError};
 use crate::keys::{self, Key};
 use crate::progress::Style;
@@ -34,6 +34,7 @@ pub async fn dispatch(cli: Cli) -> Result<Outcome, SetupError> {
         Command::Finalize(args) => finalize_cmd(&cli, args).await,
         Command::Seed(args) => seed_cmd(&cli, args).await,
         Command::FleetBench(args) => crate::bench::fleet_bench(&cli.global, args).await,
+        Command::RegisterFakeCloud(args) => register_fake_cloud_cmd(&cli, args).await,
     }
 }
 
@@ -147,7 +148,6 @@ async fn run_cmd(cli: &Cli, args: &RunArgs) -> Result<Outcome, SetupError> {
         ));
     }
     let keyring = Arc::new(load_keyring(cli)?);
-    let mode: Mode = args.mode.into();
     let (pool, table) = open_table(cli, args.workers as u32 + 4).await?;
     db::migrate(&pool).await?;
     let style = Style::detect(cli.global.json);
@@ -160,37 +160,18 @@ async fn run_cmd(cli: &Cli, args: &RunArgs) -> Result<Outcome, SetupError> {
         sinks.push(Arc::clone(m) as Arc<dyn EventSink>);
     }
     let sink: Arc<dyn EventSink> = Arc::new(FanOut(sinks));
-    let reprovisioner =
-        crate::rotate::reprovision::from_environment(cli, args, &pool, &table, &keyring, &sink)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let on_ctrl_c = Arc::clone(&stop);
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("rekey: interrupted; finishing the batches in flight (the run stays open to resume)");
-            on_ctrl_c.store(true, Ordering::SeqCst);
+    let report = match run_engine(cli, args, pool, table, keyring, &sink).await {
+        Ok(report) => report,
+        Err(e) => {
+            if let Some(m) = &metrics {
+                m.fail();
+            }
+            return Err(e);
         }
-    });
-    let ctx = run::RunContext {
-        pool,
-        table,
-        keyring,
-        sink: Arc::clone(&sink),
-        reprovisioner,
-        stop,
     };
-    let opts = run::RunOptions {
-        mode,
-        workers: args.workers,
-        batch_size: args.batch_size,
-        orgs: args.orgs.clone(),
-        limit: args.limit,
-        confirm_reprovision: args.confirm_reprovision,
-    };
-    let report = run::run(&ctx, &opts).await?;
     if let Some(m) = &metrics {
         m.finish(&report);
     }
-    drop(ctx);
     drop(sink);
     if cli.global.json {
         report::print_json(&serde_json::json!({"event": "summary", "report": report}));
@@ -198,6 +179,58 @@ async fn run_cmd(cli: &Cli, args: &RunArgs) -> Result<Outcome, SetupError> {
         report::print(&report::run_text(&report));
     }
     Ok(report.outcome)
+}
+
+/// The run itself, from the re-provisioner's set-up to the report; split
+/// from `run_cmd` so that any error on the way reaches the metrics file.
+async fn run_engine(
+    cli: &Cli,
+    args: &RunArgs,
+    pool: PgPool,
+    table: Table,
+    keyring: Arc<Keyring>,
+    sink: &Arc<dyn EventSink>,
+) -> Result<run::RunReport, SetupError> {
+    let reprovisioner =
+        crate::rotate::reprovision::from_environment(cli, args, &pool, &table, &keyring, sink)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let on_ctrl_c = Arc::clone(&stop);
+    // The first ctrl-c lets the work in flight finish (in-place batches
+    // commit, tenants mid-way complete their step); that can take a while
+    // when the cloud is slow or gone, so a second one stops at once. Both
+    // are safe: the journal resumes a run killed at any instant.
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!(
+                "rekey: interrupted; finishing the work in flight (the run stays open to resume); \
+                 ctrl-c again to stop at once"
+            );
+            on_ctrl_c.store(true, Ordering::SeqCst);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!(
+                    "rekey: interrupted again; stopping now (run the same command to resume)"
+                );
+                std::process::exit(130);
+            }
+        }
+    });
+    let ctx = run::RunContext {
+        pool,
+        table,
+        keyring,
+        sink: Arc::clone(sink),
+        reprovisioner,
+        stop,
+    };
+    let opts = run::RunOptions {
+        mode: args.mode.into(),
+        workers: args.workers,
+        batch_size: args.batch_size,
+        orgs: args.orgs.clone(),
+        limit: args.limit,
+        confirm_reprovision: args.confirm_reprovision,
+    };
+    run::run(&ctx, &opts).await
 }
 
 /// The top-level entry point for `rekey verify`.
@@ -302,6 +335,51 @@ async fn seed_cmd(cli: &Cli, args: &SeedArgs) -> Result<Outcome, SetupError> {
         "seeded {rows} tenants into {} under key id {}",
         table.display,
         key.key.id()
+    );
+    Ok(Outcome::Done)
+}
+
+/// The top-level entry point for `rekey register-fake-cloud` (rehearsals):
+/// registers, page by page, the cloud resources every row names in the
+/// fake cloud at `--url`. Reads no secret and writes nothing to the table.
+async fn register_fake_cloud_cmd(
+    cli: &Cli,
+    args: &RegisterFakeCloudArgs,
+) -> Result<Outcome, SetupError> {
+    use crate::cloud::register::{is_loopback_url, register_fake_resources, Registered};
+    use crate::db::org_instances::resources_page;
+    if !is_loopback_url(&args.url) {
+        return Err(SetupError::Usage(format!(
+            "--url {}: only loopback addresses (this command feeds a local fake cloud)",
+            args.url
+        )));
+    }
+    let (pool, table) = open_table(cli, 2).await?;
+    let mut total = Registered::default();
+    let mut rows = 0u64;
+    let mut after: Option<String> = None;
+    loop {
+        let page = resources_page(&pool, &table, after.as_deref(), 2_000)
+            .await?
+            .ok_or_else(|| {
+                SetupError::Refused(format!(
+                    "table {} lacks the columns naming cloud resources (slug, neon_*, fly_*); \
+                     name them with the --*-column options",
+                    table.display
+                ))
+            })?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        let done = register_fake_resources(&args.url, &page).await?;
+        rows += page.len() as u64;
+        total.neon += done.neon;
+        total.fly += done.fly;
+        total.neither += done.neither;
+    }
+    eprintln!(
+        "registered the resources of {rows} rows in the fake cloud: {} Neon branches, {} Fly machines; \
+         {} rows name neither",
+        total.neon, total.fly, total.neither
     );
     Ok(Outcome::Done)
 }

@@ -2,8 +2,16 @@
 //! that they decrypt. Every tenant's database URL (PostgreSQL) and Redis
 //! URL is opened under the new key and connected to, with a timeout and
 //! bounded concurrency; each tenant is classified as reachable,
-//! authentication failure or network failure. URLs stay in memory only,
-//! zeroized after use; reports name tenants, never URLs.
+//! authentication failure, refused (the server answered but turned the
+//! session down for another reason than credentials) or network failure.
+//! URLs stay in memory only, zeroized after use; reports name tenants,
+//! never URLs.
+//!
+//! The classes tell the operator what to do next, so they are kept
+//! apart with care: an authentication failure means the stored secret is
+//! wrong (re-provision or reset the password); a refusal means the secret
+//! may be fine but the tenant's database is missing or its server is
+//! full or starting; a network failure means nothing answered in time.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -25,7 +33,12 @@ use crate::error::SetupError;
 #[serde(rename_all = "snake_case")]
 pub enum Reach {
     Reachable,
+    /// The server rejected the credentials (PostgreSQL SQLSTATE class 28,
+    /// Redis WRONGPASS/NOAUTH).
     AuthFailure,
+    /// The server answered with an error other than a credential check:
+    /// the database does not exist, too many connections, starting up.
+    Refused,
     NetworkFailure,
     /// The field did not open under the new key (or is not a URL).
     NotOpenable,
@@ -47,8 +60,9 @@ impl TenantReach {
         let rank = |r: Reach| match r {
             Reach::Absent | Reach::Reachable => 0,
             Reach::NetworkFailure => 1,
-            Reach::AuthFailure => 2,
-            Reach::NotOpenable => 3,
+            Reach::Refused => 2,
+            Reach::AuthFailure => 3,
+            Reach::NotOpenable => 4,
         };
         if rank(self.database) >= rank(self.redis) {
             if self.database == Reach::Absent {
@@ -68,6 +82,7 @@ pub struct ConnectReport {
     pub tenants: u64,
     pub reachable: u64,
     pub auth_failure: u64,
+    pub refused: u64,
     pub network_failure: u64,
     pub not_openable: u64,
     /// Tenants that are not reachable (at most 50).
@@ -83,8 +98,14 @@ impl ConnectReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "connect: {} tenants: {} reachable, {} authentication failure, {} network failure, {} not openable",
-            self.tenants, self.reachable, self.auth_failure, self.network_failure, self.not_openable
+            "connect: {} tenants: {} reachable, {} authentication failure, {} refused by the server, \
+             {} network failure, {} not openable",
+            self.tenants,
+            self.reachable,
+            self.auth_failure,
+            self.refused,
+            self.network_failure,
+            self.not_openable
         );
         for t in &self.failing {
             let _ = writeln!(
@@ -135,6 +156,7 @@ pub async fn check_fleet(
         tenants: verdicts.len() as u64,
         reachable: count(Reach::Reachable) + count(Reach::Absent),
         auth_failure: count(Reach::AuthFailure),
+        refused: count(Reach::Refused),
         network_failure: count(Reach::NetworkFailure),
         not_openable: count(Reach::NotOpenable),
         failing: verdicts
@@ -171,13 +193,24 @@ async fn check_postgres(url: Result<Option<Zeroizing<String>>, Reach>, timeout: 
             let _ = conn.close().await;
             Reach::Reachable
         }
-        Ok(Err(sqlx::Error::Database(db)))
-            if matches!(db.code().as_deref(), Some("28P01") | Some("28000")) =>
-        {
+        Ok(Err(e)) => classify_postgres_error(&e),
+    }
+}
+
+/// SQLSTATE class 28 ("invalid authorization specification": a wrong
+/// password, an unknown role, a role not allowed to log in, no pg_hba
+/// entry) is the credentials' fault. Any other error the server sent
+/// (3D000 database does not exist, 53300 too many connections, 57P03
+/// starting up) came after or apart from the credential check, so it is
+/// a refusal, not a bad secret. A URL sqlx cannot parse is not a URL.
+fn classify_postgres_error(e: &sqlx::Error) -> Reach {
+    match e {
+        sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("28")) => {
             Reach::AuthFailure
         }
-        Ok(Err(sqlx::Error::Database(_))) => Reach::AuthFailure,
-        Ok(Err(_)) => Reach::NetworkFailure,
+        sqlx::Error::Database(_) => Reach::Refused,
+        sqlx::Error::Configuration(_) => Reach::NotOpenable,
+        _ => Reach::NetworkFailure,
     }
 }
 
@@ -197,15 +230,26 @@ async fn check_redis(url: Result<Option<Zeroizing<String>>, Reach>, timeout: Dur
     match tokio::time::timeout(timeout, attempt).await {
         Err(_) => Reach::NetworkFailure,
         Ok(Ok(_)) => Reach::Reachable,
-        Ok(Err(e)) if is_redis_auth_error(&e) => Reach::AuthFailure,
-        Ok(Err(_)) => Reach::NetworkFailure,
+        Ok(Err(e)) => classify_redis_error(&e),
     }
 }
 
-fn is_redis_auth_error(e: &redis::RedisError) -> bool {
+/// WRONGPASS (surfaced by the client as a failed AUTH) and NOAUTH are the
+/// credentials' fault. NOPERM comes only after the credentials were
+/// accepted (the user may not run PING): the secret works, so the tenant
+/// is reachable. Any other reply from the server (LOADING, max clients) is
+/// a refusal; socket and TLS errors are the network's.
+fn classify_redis_error(e: &redis::RedisError) -> Reach {
     if e.kind() == redis::ErrorKind::AuthenticationFailed {
-        return true;
+        return Reach::AuthFailure;
     }
-    let code = e.code().unwrap_or_default();
-    code == "WRONGPASS" || code == "NOAUTH" || code == "NOPERM"
+    if e.is_io_error() {
+        return Reach::NetworkFailure;
+    }
+    match e.code() {
+        Some("WRONGPASS") | Some("NOAUTH") => Reach::AuthFailure,
+        Some("NOPERM") => Reach::Reachable,
+        Some(_) => Reach::Refused,
+        None => Reach::NetworkFailure,
+    }
 }

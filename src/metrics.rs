@@ -2,6 +2,13 @@
 //! format, rewritten while the run goes on (at most once a second, by
 //! write-to-temporary-then-rename so a scraper never reads half a file),
 //! for node_exporter's textfile collector or any dashboard that reads it.
+//!
+//! `rekey_run_finished` says whether this invocation has ended;
+//! `rekey_run_state` says how: the run's state (`running` while it works,
+//! or when it ends open to be resumed; `finished`; `failed`), or `error`
+//! when the command stopped with an error (a refusal, a lost database)
+//! before it had a report. A dashboard can alert on anything but
+//! `finished` once `rekey_run_finished` is 1.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -50,8 +57,18 @@ impl MetricsFile {
 
     /// Writes the final figures.
     pub fn finish(&self, report: &RunReport) {
+        self.end(&report.state);
+    }
+
+    /// Marks the invocation ended by an error: without this the file would
+    /// keep saying the run is under way, forever.
+    pub fn fail(&self) {
+        self.end(ERROR_STATE);
+    }
+
+    fn end(&self, state: &str) {
         if let Ok(mut guard) = self.state.lock() {
-            guard.0.finished = Some(report.state.clone());
+            guard.0.finished = Some(state.to_owned());
             let counters = guard.0.clone();
             if let Err(e) = self.write(&counters) {
                 eprintln!("warning: metrics file: {e}");
@@ -109,6 +126,13 @@ impl EventSink for MetricsFile {
         }
     }
 }
+
+/// The state `rekey_run_state` shows when the command ended in an error.
+const ERROR_STATE: &str = "error";
+
+/// Every value `rekey_run_state` can take, so each is always present (a
+/// series that disappears reads as "no data", not as 0).
+const STATES: [&str; 4] = ["running", "finished", "failed", ERROR_STATE];
 
 fn render(c: &Counters, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64().max(1e-3);
@@ -199,6 +223,23 @@ fn render(c: &Counters, elapsed: Duration) -> String {
         "gauge",
         "1 once this invocation has ended.",
         &[("", if c.finished.is_some() { 1.0 } else { 0.0 })],
+    );
+    let state = c.finished.as_deref().unwrap_or("running");
+    let states: Vec<(String, f64)> = STATES
+        .iter()
+        .map(|s| {
+            (
+                format!("state=\"{s}\""),
+                if *s == state { 1.0 } else { 0.0 },
+            )
+        })
+        .collect();
+    let states: Vec<(&str, f64)> = states.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    metric(
+        "rekey_run_state",
+        "gauge",
+        "The run's state as this invocation last saw it (error: the command stopped with an error).",
+        &states,
     );
     out
 }

@@ -222,3 +222,66 @@ pub async fn count_rows(
         }
     }
 }
+
+/// The cloud resources a row names, as the re-provision path reads them;
+/// `None` where the row's column is NULL.
+#[derive(Debug, Clone)]
+pub struct TenantResources {
+    pub id: String,
+    pub slug: Option<String>,
+    pub neon_project: Option<String>,
+    pub neon_branch: Option<String>,
+    pub fly_app: Option<String>,
+    pub fly_machine: Option<String>,
+}
+
+/// Reads up to `limit` rows' resource columns after `after` in key order
+/// (rehearsals register them in a fake cloud). `None` from a table that
+/// lacks the provision columns.
+pub async fn resources_page(
+    pool: &PgPool,
+    table: &Table,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Option<Vec<TenantResources>>, sqlx::Error> {
+    let Some(cols) = &table.provision else {
+        return Ok(None);
+    };
+    // Two texts rather than `$1 IS NULL OR id > $1`: the OR would keep the
+    // planner off the primary key's index, and every page would scan.
+    let cursor = match after {
+        Some(_) => format!("WHERE {} > $2::text::{}", table.id, table.id_type),
+        None => String::new(),
+    };
+    let sql = format!(
+        "SELECT {id}::text AS id, {slug}::text AS slug, {project}::text AS project,
+                {branch}::text AS branch, {app}::text AS app, {machine}::text AS machine
+           FROM {t} {cursor}
+          ORDER BY {id} LIMIT $1",
+        id = table.id,
+        slug = cols.slug,
+        project = cols.neon_project,
+        branch = cols.neon_branch,
+        app = cols.fly_app,
+        machine = cols.fly_machine,
+        t = table.name,
+    );
+    let mut query = sqlx::query(&sql).bind(limit);
+    if let Some(after) = after {
+        query = query.bind(after);
+    }
+    let rows = query.fetch_all(pool).await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(TenantResources {
+                id: r.try_get("id")?,
+                slug: r.try_get("slug")?,
+                neon_project: r.try_get("project")?,
+                neon_branch: r.try_get("branch")?,
+                fly_app: r.try_get("app")?,
+                fly_machine: r.try_get("machine")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .map(Some)
+}
