@@ -858,7 +858,9 @@ impl Reprovisioner {
     async fn give_up(&self, item: &mut Item, reason: &str) -> Result<TenantOutcome, SetupError> {
         let swapped = matches!(item.step.as_str(), "cleanup" | "done");
         let mut note = String::new();
-        if !swapped {
+        // Only the tenant's owner may undo: a process paused past its lease
+        // must not delete what the process that took over has built.
+        if !swapped && self.still_owns(item).await? {
             if let Err(e) = self.compensate(item).await {
                 note = format!("; removing what it created failed too ({e}), see status");
             }
@@ -879,9 +881,27 @@ impl Reprovisioner {
         Ok(TenantOutcome::GivenUp)
     }
 
+    async fn still_owns(&self, item: &Item) -> Result<bool, SetupError> {
+        let owner: Option<Option<String>> =
+            sqlx::query_scalar("SELECT owner FROM rekey.items WHERE run_id = $1 AND org_id = $2")
+                .bind(item.run_id)
+                .bind(&item.org_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(owner.flatten().as_deref() == Some(self.owner.as_str()))
+    }
+
     /// Deletes the machine and branch this run created for the tenant,
-    /// finding them by tag and name even when the journal missed their ids.
+    /// finding them by tag and name even when the journal missed their ids,
+    /// but never what the tenant's row names now (whoever wrote it there).
     async fn compensate(&self, item: &Item) -> Result<(), CloudError> {
+        let named = match &self.table.provision {
+            Some(cols) => self.read_tenant(cols, &item.org_id).await.ok().flatten(),
+            None => None,
+        };
+        let (row_branch, row_machine) = named
+            .map(|(_, _, branch, _, machine)| (branch, machine))
+            .unwrap_or_default();
         let tag = Self::machine_tag(item);
         let tagged = self
             .fly
@@ -891,7 +911,10 @@ impl Reprovisioner {
                 false,
             )
             .await?;
-        for m in tagged.iter().filter(|m| m.id != item.old_machine) {
+        for m in tagged
+            .iter()
+            .filter(|m| m.id != item.old_machine && m.id != row_machine)
+        {
             self.fly.destroy_machine(&item.app, &m.id, true).await?;
         }
         if self.settings.strategy == NeonStrategy::NewBranch && !item.project.is_empty() {
@@ -900,7 +923,7 @@ impl Reprovisioner {
                 .find_branch_by_name(&item.project, &self.branch_name(item))
                 .await?
             {
-                if branch.id != item.old_branch {
+                if branch.id != item.old_branch && branch.id != row_branch {
                     let ops = self.neon.delete_branch(&item.project, &branch.id).await?;
                     let deadline = Instant::now() + self.settings.step_deadline;
                     self.neon

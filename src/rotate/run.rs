@@ -402,6 +402,16 @@ async fn conclude(
         ("finished", None)
     } else if partial || interrupted {
         ("running", None)
+    } else if provisioned.canary_failed {
+        // The fleet was not attempted: the run stays open for the same
+        // command once the canary's failures are understood.
+        (
+            "running",
+            Some(format!(
+                "the canary failed ({} given up); the other tenants were not started",
+                provisioned.failed
+            )),
+        )
     } else {
         (
             "failed",
