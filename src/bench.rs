@@ -178,26 +178,28 @@ async fn measure(url: &str, args: &BenchArgs) -> Result<BenchReport, SetupError>
     sqlx::raw_sql(SCHEMA).execute(&pool).await?;
     db::migrate(&pool).await?;
     let table = db::resolve_table(&pool, &db::TableSpec::default()).await?;
-    let mut key = Key::generate().map_err(|_| SetupError::Refused("no OS randomness".into()))?;
     let seed_started = Instant::now();
-    let spec = db::seed::SeedSpec {
+    let tenants = db::seed::tenants(&db::seed::SeedSpec {
         rows: args.rows,
         undecryptable_share: 0.0,
         kms_share: 0.0,
         null_redis_share: 0.0,
         seed: 7,
-    };
-    db::seed::seed(&pool, &table, &key, &db::seed::tenants(&spec)).await?;
-    sqlx::raw_sql(&format!("VACUUM ANALYZE {}", table.name))
-        .execute(&pool)
-        .await?;
+    });
+    let mut key = fresh_fleet(&pool, &table, &tenants).await?;
     let seed_secs = seed_started.elapsed().as_secs_f64();
     eprintln!("fleet-bench: seeded {} rows in {seed_secs:.1} s", args.rows);
 
-    // Each measurement rotates the whole fleet from the previous key to a
-    // fresh one, so every worker count rewrites every row.
+    // Every measurement starts from the same state: a freshly loaded
+    // (densely packed) table under a fresh old key, as on the incident day.
+    // Rotating an already-rotated table would measure half-empty pages and
+    // HOT updates instead, which production will not see the first time.
     let mut figures = Vec::new();
+    let mut first = true;
     for &workers in &args.workers {
+        if !std::mem::take(&mut first) {
+            key = fresh_fleet(&pool, &table, &tenants).await?;
+        }
         let new = Key::generate().map_err(|_| SetupError::Refused("no OS randomness".into()))?;
         let keyring = Arc::new(Keyring::new(&new, Some(&key)));
         let ctx = RunContext {
@@ -239,11 +241,8 @@ async fn measure(url: &str, args: &BenchArgs) -> Result<BenchReport, SetupError>
             batch_p99_ms: r.batch_p99_ms,
             verified,
         });
-        sqlx::raw_sql(&format!("VACUUM {}", table.name))
-            .execute(&pool)
-            .await?;
-        key = new;
     }
+    let key = fresh_fleet(&pool, &table, &tenants).await?;
     let naive_rows_per_sec = naive_loop(&pool, &table, &key, args.naive_sample).await?;
     let reprovision = if args.provision_tenants > 0 {
         Some(measure_reprovision(&pool, &table, args).await?)
@@ -398,6 +397,27 @@ async fn measure_reprovision(
             .map(|&n| (n, n as f64 / rate.max(1e-9)))
             .collect(),
     })
+}
+
+/// Empties the table and the journal, loads `tenants` sealed under a fresh
+/// key, and returns that key.
+async fn fresh_fleet(
+    pool: &PgPool,
+    table: &db::Table,
+    tenants: &[db::seed::SeedTenant],
+) -> Result<Key, SetupError> {
+    sqlx::raw_sql(&format!(
+        "TRUNCATE {}; TRUNCATE rekey.backups, rekey.items, rekey.runs",
+        table.name
+    ))
+    .execute(pool)
+    .await?;
+    let key = Key::generate().map_err(|_| SetupError::Refused("no OS randomness".into()))?;
+    db::seed::seed(pool, table, &key, tenants).await?;
+    sqlx::raw_sql(&format!("VACUUM ANALYZE {}", table.name))
+        .execute(pool)
+        .await?;
+    Ok(key)
 }
 
 fn fake_requests(fake: &crate::cloud::fake::FakeCloud) -> u64 {
