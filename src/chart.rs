@@ -51,7 +51,13 @@ fn draw(path: &Path, bench: &BenchReport) -> Result<(), Box<dyn std::error::Erro
         .x_desc("tenants")
         .y_desc("seconds")
         .x_label_formatter(&|x| format!("{x}"))
-        .y_label_formatter(&|y| format!("{y:.1}"))
+        .y_label_formatter(&|y| {
+            if *y < 1.0 {
+                format!("{y:.2}")
+            } else {
+                format!("{y:.0}")
+            }
+        })
         .draw()?;
     for (name, points, color) in series {
         chart
@@ -66,6 +72,7 @@ fn draw(path: &Path, bench: &BenchReport) -> Result<(), Box<dyn std::error::Erro
     }
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
         .border_style(BLACK)
         .background_style(WHITE.mix(0.8))
         .draw()?;
