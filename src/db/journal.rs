@@ -145,29 +145,6 @@ pub async fn mark_verified(pool: &PgPool, new_key: &KeyId) -> Result<Option<i64>
     .await?)
 }
 
-/// Writes one batch's backup: the ciphertexts as they were before the batch.
-pub async fn insert_backup(
-    conn: &mut PgConnection,
-    run_id: i64,
-    ids: &[&str],
-    old_db: &[Option<&[u8]>],
-    old_redis: &[Option<&[u8]>],
-) -> Result<(), sqlx::Error> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO rekey.backups (run_id, org_ids, old_db, old_redis) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(run_id)
-    .bind(ids)
-    .bind(old_db)
-    .bind(old_redis)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// Queues tenants for re-provisioning in this run, remembering the
 /// ciphertexts seen so that the final write can compare-and-swap on them.
 /// A tenant already queued in this run is left as it is.

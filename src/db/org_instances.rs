@@ -151,9 +151,15 @@ pub struct Swap {
 
 /// Applies a batch of swaps in one statement; returns the ids that were
 /// written. A row whose ciphertexts no longer match is left as it is.
+///
+/// The same statement writes the batch's backup (`rekey.backups`: the old
+/// ciphertexts of exactly the rows written) for run `run_id`: one round trip
+/// and the arrays sent once, instead of an UPDATE and then an INSERT
+/// repeating the old values.
 pub async fn swap_batch(
     conn: &mut PgConnection,
     table: &Table,
+    run_id: i64,
     swaps: &[Swap],
 ) -> Result<Vec<String>, sqlx::Error> {
     if swaps.is_empty() {
@@ -171,17 +177,23 @@ pub async fn swap_batch(
         format!("t.{} = u.id::{}", table.id, table.id_type)
     };
     let sql = format!(
-        "UPDATE {t} AS t SET {db} = u.new_db, {redis} = u.new_redis
-           FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[])
-                AS u(id, tid, old_db, old_redis, new_db, new_redis)
-          WHERE {join}
-            AND t.{db} IS NOT DISTINCT FROM u.old_db
-            AND t.{redis} IS NOT DISTINCT FROM u.old_redis
-         RETURNING t.{id}::text",
+        "WITH written AS (
+             UPDATE {t} AS t SET {db} = u.new_db, {redis} = u.new_redis
+               FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[])
+                    AS u(id, tid, old_db, old_redis, new_db, new_redis)
+              WHERE {join}
+                AND t.{db} IS NOT DISTINCT FROM u.old_db
+                AND t.{redis} IS NOT DISTINCT FROM u.old_redis
+             RETURNING u.id, u.old_db, u.old_redis),
+         backup AS (
+             INSERT INTO rekey.backups (run_id, org_ids, old_db, old_redis)
+             SELECT $7, array_agg(id), array_agg(old_db), array_agg(old_redis)
+               FROM written HAVING count(*) > 0
+             RETURNING 1)
+         SELECT id FROM written",
         t = table.name,
         db = table.db,
         redis = table.redis,
-        id = table.id,
     );
     let ids: Vec<&str> = swaps.iter().map(|s| s.id.as_str()).collect();
     let col = |f: fn(&Swap) -> &Option<Vec<u8>>| -> Vec<Option<&[u8]>> {
@@ -195,6 +207,7 @@ pub async fn swap_batch(
         .bind(col(|s| &s.old_redis))
         .bind(col(|s| &s.new_db))
         .bind(col(|s| &s.new_redis))
+        .bind(run_id)
         .fetch_all(conn)
         .await
 }

@@ -237,28 +237,9 @@ impl InPlace {
         rows: &[StoredRow],
         decision: &BatchDecision,
     ) -> Result<BatchReport, SetupError> {
-        let written = swap_batch(tx, &self.table, &decision.swaps).await?;
-        let written_set: std::collections::HashSet<&str> =
-            written.iter().map(String::as_str).collect();
-        let backed_up: Vec<_> = decision
-            .swaps
-            .iter()
-            .filter(|s| written_set.contains(s.id.as_str()))
-            .collect();
-        journal::insert_backup(
-            tx,
-            self.run_id,
-            &backed_up.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
-            &backed_up
-                .iter()
-                .map(|s| s.old_db.as_deref())
-                .collect::<Vec<_>>(),
-            &backed_up
-                .iter()
-                .map(|s| s.old_redis.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .await?;
+        // The compare-and-swap and the backup of what it replaced, in one
+        // statement of this batch's transaction.
+        let written = swap_batch(tx, &self.table, self.run_id, &decision.swaps).await?;
         let queued_rows: Vec<&StoredRow> = decision.queue.iter().map(|&i| &rows[i]).collect();
         let queued = journal::queue_items(
             tx,
