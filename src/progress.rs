@@ -189,8 +189,11 @@ impl EventSink for Plain {
 
 /// indicatif bars on stderr: rows walked, and tenants re-provisioned.
 pub struct Bars {
+    multi: MultiProgress,
     rows: ProgressBar,
+    /// Added to the display only once there are tenants to re-provision.
     tenants: ProgressBar,
+    tenants_shown: std::sync::atomic::AtomicBool,
     totals: Mutex<Totals>,
 }
 
@@ -200,13 +203,19 @@ impl Bars {
         let rows = multi.add(ProgressBar::new(0));
         rows.set_style(
             ProgressStyle::with_template(
-                "{prefix:>9} [{bar:30}] {pos}/{len} rows {per_sec} ETA {eta}\n{wide_msg}",
+                "{prefix:>9} [{bar:30}] {pos}/{len} rows, {rate} rows/s, ETA {eta}\n{wide_msg}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .with_key(
+                "rate",
+                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.0}", state.per_sec());
+                },
+            )
             .progress_chars("=> "),
         );
         rows.set_prefix("in place");
-        let tenants = multi.add(ProgressBar::new(0));
+        let tenants = ProgressBar::new(0);
         tenants.set_style(
             ProgressStyle::with_template("{prefix:>9} [{bar:30}] {pos}/{len} tenants {wide_msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -214,8 +223,10 @@ impl Bars {
         );
         tenants.set_prefix("reprov");
         Bars {
+            multi,
             rows,
             tenants,
+            tenants_shown: std::sync::atomic::AtomicBool::new(false),
             totals: Mutex::new(Totals::default()),
         }
     }
@@ -265,6 +276,14 @@ impl EventSink for Bars {
             _ => {}
         }
         self.rows.set_message(totals.actions_line());
+        let tenants_known = totals.to_reprovision.max(totals.queued) > 0;
+        if tenants_known
+            && !self
+                .tenants_shown
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.multi.add(self.tenants.clone());
+        }
     }
 }
 
