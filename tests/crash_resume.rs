@@ -80,12 +80,8 @@ async fn killed_and_resumed_converges(pool: PgPool, kills: &[KillAt]) {
     let tenants = seed_fleet(&pool, &table, &keys.old, ROWS).await;
     let url = db_url(&pool);
     let before = snapshot(&pool).await;
-    let mut args: Vec<String> = ["run", "--workers", "2", "--batch-size", "50"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    args.extend(key_args(&keys));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let args = args_with_keys(&["run", "--workers", "2", "--batch-size", "50"], &keys);
+    let args = strs(&args);
 
     for &at in kills {
         let mut child = rekey_cmd(&url, &args)

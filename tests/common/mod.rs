@@ -220,6 +220,13 @@ pub async fn seed_fleet_with(
     tenants
 }
 
+/// `args`, then `key_args(keys)`, owned: the arguments of a spawned run.
+pub fn args_with_keys(args: &[&str], keys: &Keys) -> Vec<String> {
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.extend(key_args(keys));
+    all
+}
+
 /// `--old-key-file OLD --new-key-file NEW` for the binary.
 pub fn key_args(keys: &Keys) -> Vec<String> {
     vec![
