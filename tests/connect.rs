@@ -357,6 +357,33 @@ fn verify_connect(url: &str, keys: &Keys, json: bool) -> Output {
     rekey(url, &args)
 }
 
+/// The test server's URL (`DATABASE_URL`) and the name of this test's
+/// database on it, to build URLs for other roles with `pg_url`.
+fn server_and_database(pool: &PgPool) -> (String, String) {
+    let admin = std::env::var("DATABASE_URL").expect("scripts/test.sh sets DATABASE_URL");
+    let this_db = pool
+        .connect_options()
+        .get_database()
+        .expect("sqlx::test names its database")
+        .to_string();
+    (admin, this_db)
+}
+
+/// `verify_connect` on this test's database; asserts the exit code and that
+/// none of `secrets` shows in the output.
+fn verify_connect_exits(
+    pool: &PgPool,
+    keys: &Keys,
+    json: bool,
+    code: i32,
+    secrets: &[String],
+) -> Output {
+    let out = verify_connect(&db_url(pool), keys, json);
+    assert_eq!(out.status.code(), Some(code), "{}", text(&out));
+    assert_no_secret(&out, secrets);
+    out
+}
+
 fn assert_no_secret(out: &Output, secrets: &[String]) {
     let all = text(out);
     for s in secrets {
@@ -371,12 +398,7 @@ fn assert_no_secret(out: &Output, secrets: &[String]) {
 async fn verify_connect_sorts_tenants_by_what_their_servers_answer(pool: PgPool) {
     reference_table(&pool).await;
     let keys = Keys::new();
-    let admin = std::env::var("DATABASE_URL").expect("scripts/test.sh sets DATABASE_URL");
-    let this_db = pool
-        .connect_options()
-        .get_database()
-        .expect("sqlx::test names its database")
-        .to_string();
+    let (admin, this_db) = server_and_database(&pool);
 
     let mut roles = PgRoles::new();
     let good_pw = password();
@@ -510,9 +532,7 @@ async fn verify_connect_sorts_tenants_by_what_their_servers_answer(pool: PgPool)
         get_only_pw.clone(),
     ];
 
-    let out = verify_connect(&db_url(&pool), &keys, true);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert_no_secret(&out, &secrets);
+    let out = verify_connect_exits(&pool, &keys, true, 1, &secrets);
     let lines = json_lines(&out);
     let report = &lines.last().expect("one JSON line")["connect"];
     let counts: Vec<u64> = [
@@ -555,9 +575,7 @@ async fn verify_connect_sorts_tenants_by_what_their_servers_answer(pool: PgPool)
         }
     }
 
-    let out = verify_connect(&db_url(&pool), &keys, false);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert_no_secret(&out, &secrets);
+    let out = verify_connect_exits(&pool, &keys, false, 1, &secrets);
     assert!(
         text(&out).contains(
             "connect: 13 tenants: 4 reachable, 4 authentication failure, 1 refused by the server, \
@@ -572,12 +590,7 @@ async fn verify_connect_sorts_tenants_by_what_their_servers_answer(pool: PgPool)
 async fn verify_connect_exits_zero_when_every_tenant_is_reachable(pool: PgPool) {
     reference_table(&pool).await;
     let keys = Keys::new();
-    let admin = std::env::var("DATABASE_URL").expect("scripts/test.sh sets DATABASE_URL");
-    let this_db = pool
-        .connect_options()
-        .get_database()
-        .expect("sqlx::test names its database")
-        .to_string();
+    let (admin, this_db) = server_and_database(&pool);
     let mut roles = PgRoles::new();
     let pg_pw = password();
     let role = roles.create(&pool, Some(&pg_pw)).await;
@@ -601,9 +614,7 @@ async fn verify_connect_exits_zero_when_every_tenant_is_reachable(pool: PgPool) 
         .collect();
     insert_cases(&pool, &keys, &cases).await;
 
-    let out = verify_connect(&db_url(&pool), &keys, false);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_no_secret(&out, &[pg_pw, redis_pw]);
+    let out = verify_connect_exits(&pool, &keys, false, 0, &[pg_pw, redis_pw]);
     assert!(
         text(&out).contains("connect: 20 tenants: 20 reachable, 0 authentication failure"),
         "{}",

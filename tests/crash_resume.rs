@@ -25,17 +25,7 @@ enum KillAt {
 
 /// Batches committed so far (0 before the journal exists).
 async fn batches_committed(pool: &PgPool) -> i64 {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('rekey.backups') IS NOT NULL")
-        .fetch_one(pool)
-        .await
-        .expect("to_regclass");
-    if !exists {
-        return 0;
-    }
-    sqlx::query_scalar("SELECT count(*) FROM rekey.backups")
-        .fetch_one(pool)
-        .await
-        .expect("count backup batches")
+    journal_rows(pool, "backups").await
 }
 
 /// Transactions the binary has open on this database right now.
@@ -58,11 +48,7 @@ async fn kill_at(pool: &PgPool, child: &mut std::process::Child, at: KillAt) {
             let target = batches_committed(pool).await + more_batches;
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
-                assert!(Instant::now() < deadline, "no progress to kill in");
-                assert!(
-                    child.try_wait().expect("poll").is_none(),
-                    "rekey finished before {at:?}"
-                );
+                assert_still_waiting_to_kill(child, deadline, &at);
                 if batches_committed(pool).await >= target
                     && open_rekey_transactions(pool).await > 0
                 {
@@ -72,13 +58,7 @@ async fn kill_at(pool: &PgPool, child: &mut std::process::Child, at: KillAt) {
             }
         }
     }
-    assert!(
-        child.try_wait().expect("poll").is_none(),
-        "rekey finished before it could be killed at {at:?}"
-    );
-    child.kill().expect("SIGKILL");
-    let status = child.wait().expect("reap");
-    assert_eq!(status.code(), None, "killed by a signal");
+    sigkill_running(child, &at);
 }
 
 /// The backup's (old database, old Redis) ciphertexts by org id.
@@ -100,12 +80,8 @@ async fn killed_and_resumed_converges(pool: PgPool, kills: &[KillAt]) {
     let tenants = seed_fleet(&pool, &table, &keys.old, ROWS).await;
     let url = db_url(&pool);
     let before = snapshot(&pool).await;
-    let mut args: Vec<String> = ["run", "--workers", "2", "--batch-size", "50"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    args.extend(key_args(&keys));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let args = args_with_keys(&["run", "--workers", "2", "--batch-size", "50"], &keys);
+    let args = strs(&args);
 
     for &at in kills {
         let mut child = rekey_cmd(&url, &args)

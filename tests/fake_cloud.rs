@@ -99,6 +99,22 @@ impl Cloud {
             .await
     }
 
+    async fn neon_get(&self, path: &str) -> Reply {
+        self.neon(Method::GET, path, None).await
+    }
+
+    async fn neon_delete(&self, path: &str) -> Reply {
+        self.neon(Method::DELETE, path, None).await
+    }
+
+    async fn fly_get(&self, path: &str) -> Reply {
+        self.fly(Method::GET, path, None).await
+    }
+
+    async fn fly_delete(&self, path: &str) -> Reply {
+        self.fly(Method::DELETE, path, None).await
+    }
+
     async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
         let url = format!("http://{}/_fake{path}", self.fake.addr());
         self.call(method, url, body, None).await
@@ -120,15 +136,29 @@ impl Cloud {
             "branch": {"parent_id": parent, "name": name},
             "endpoints": [{"type": "read_write"}],
         });
-        let reply = self
-            .neon(
-                Method::POST,
-                &format!("/projects/{project}/branches"),
-                Some(body),
-            )
-            .await;
+        let reply = self.create_branch(project, body).await;
         assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
         text(&reply.body["branch"]["id"])
+    }
+
+    /// `POST /projects/{project}/branches` with `body`, as given.
+    async fn create_branch(&self, project: &str, body: Value) -> Reply {
+        self.neon(
+            Method::POST,
+            &format!("/projects/{project}/branches"),
+            Some(body),
+        )
+        .await
+    }
+
+    /// `reset_password` of `role` on a branch.
+    async fn reset_password(&self, project: &str, branch: &str, role: &str) -> Reply {
+        self.neon(
+            Method::POST,
+            &format!("/projects/{project}/branches/{branch}/roles/{role}/reset_password"),
+            None,
+        )
+        .await
     }
 
     /// Poll every operation in `reply.operations` until it is finished.
@@ -137,7 +167,7 @@ impl Cloud {
         for op in reply["operations"].as_array().cloned().unwrap_or_default() {
             let path = format!("/projects/{project}/operations/{}", text(&op["id"]));
             loop {
-                let polled = self.neon(Method::GET, &path, None).await;
+                let polled = self.neon_get(&path).await;
                 assert_eq!(polled.status, StatusCode::OK, "{:?}", polled.body);
                 if polled.body["operation"]["status"] == "finished" {
                     break;
@@ -152,7 +182,7 @@ impl Cloud {
         let path = format!(
             "/projects/{project}/connection_uri?branch_id={branch}&database_name=neondb&role_name=neondb_owner"
         );
-        let reply = self.neon(Method::GET, &path, None).await;
+        let reply = self.neon_get(&path).await;
         assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
         text(&reply.body["uri"])
     }
@@ -161,7 +191,7 @@ impl Cloud {
     async fn password(&self, project: &str, branch: &str) -> String {
         let path =
             format!("/projects/{project}/branches/{branch}/roles/neondb_owner/reveal_password");
-        let reply = self.neon(Method::GET, &path, None).await;
+        let reply = self.neon_get(&path).await;
         assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
         text(&reply.body["password"])
     }
@@ -175,6 +205,16 @@ impl Cloud {
             )
             .await;
         assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    }
+
+    /// Create a machine that runs plain `nginx`; returns its id.
+    async fn nginx_machine(&self, app: &str) -> String {
+        text(
+            &self
+                .machine(app, json!({"config": {"image": "nginx"}}))
+                .await
+                .body["id"],
+        )
     }
 
     /// Create a machine; returns the reply.
@@ -224,19 +264,11 @@ async fn a_branch_inherits_its_parents_roles_passwords_and_databases() {
     let (project, main) = cloud.project().await;
     let child = cloud.branch(&project, &main, "rekey-1").await;
     let roles = cloud
-        .neon(
-            Method::GET,
-            &format!("/projects/{project}/branches/{child}/roles"),
-            None,
-        )
+        .neon_get(&format!("/projects/{project}/branches/{child}/roles"))
         .await;
     assert_eq!(roles.body["roles"][0]["name"], "neondb_owner");
     let databases = cloud
-        .neon(
-            Method::GET,
-            &format!("/projects/{project}/branches/{child}/databases"),
-            None,
-        )
+        .neon_get(&format!("/projects/{project}/branches/{child}/databases"))
         .await;
     assert_eq!(databases.body["databases"][0]["name"], "neondb");
     assert_eq!(databases.body["databases"][0]["owner_name"], "neondb_owner");
@@ -245,11 +277,7 @@ async fn a_branch_inherits_its_parents_roles_passwords_and_databases() {
         cloud.password(&project, &child).await
     );
     let branch = cloud
-        .neon(
-            Method::GET,
-            &format!("/projects/{project}/branches/{child}"),
-            None,
-        )
+        .neon_get(&format!("/projects/{project}/branches/{child}"))
         .await;
     assert_eq!(branch.body["branch"]["parent_id"], json!(main));
 }
@@ -260,10 +288,9 @@ async fn a_duplicate_branch_name_is_refused_with_409() {
     let (project, main) = cloud.project().await;
     cloud.branch(&project, &main, "rekey-1").await;
     let again = cloud
-        .neon(
-            Method::POST,
-            &format!("/projects/{project}/branches"),
-            Some(json!({"branch": {"parent_id": main, "name": "rekey-1"}})),
+        .create_branch(
+            &project,
+            json!({"branch": {"parent_id": main, "name": "rekey-1"}}),
         )
         .await;
     assert_eq!(again.status, StatusCode::CONFLICT);
@@ -292,20 +319,12 @@ async fn deleting_a_branch_with_children_is_refused() {
     let parent = cloud.branch(&project, &main, "parent").await;
     let child = cloud.branch(&project, &parent, "child").await;
     let refused = cloud
-        .neon(
-            Method::DELETE,
-            &format!("/projects/{project}/branches/{parent}"),
-            None,
-        )
+        .neon_delete(&format!("/projects/{project}/branches/{parent}"))
         .await;
     assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(text(&refused.body["message"]).contains("child"));
     let deleted = cloud
-        .neon(
-            Method::DELETE,
-            &format!("/projects/{project}/branches/{child}"),
-            None,
-        )
+        .neon_delete(&format!("/projects/{project}/branches/{child}"))
         .await;
     assert_eq!(deleted.status, StatusCode::OK);
     assert_eq!(deleted.body["branch"]["id"], json!(child));
@@ -318,11 +337,7 @@ async fn deleting_a_branch_with_children_is_refused() {
         "{actions:?}"
     );
     let parent_now = cloud
-        .neon(
-            Method::DELETE,
-            &format!("/projects/{project}/branches/{parent}"),
-            None,
-        )
+        .neon_delete(&format!("/projects/{project}/branches/{parent}"))
         .await;
     assert_eq!(
         parent_now.status,
@@ -337,19 +352,13 @@ async fn deleting_a_leaf_branch_twice_answers_204_the_second_time() {
     let (project, main) = cloud.project().await;
     let leaf = cloud.branch(&project, &main, "leaf").await;
     let path = format!("/projects/{project}/branches/{leaf}");
-    assert_eq!(
-        cloud.neon(Method::DELETE, &path, None).await.status,
-        StatusCode::OK
-    );
-    let again = cloud.neon(Method::DELETE, &path, None).await;
+    assert_eq!(cloud.neon_delete(&path).await.status, StatusCode::OK);
+    let again = cloud.neon_delete(&path).await;
     assert_eq!(again.status, StatusCode::NO_CONTENT);
     assert_eq!(again.body, Value::Null);
-    assert_eq!(
-        cloud.neon(Method::GET, &path, None).await.status,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(cloud.neon_get(&path).await.status, StatusCode::NOT_FOUND);
     let endpoints = cloud
-        .neon(Method::GET, &format!("/projects/{project}/endpoints"), None)
+        .neon_get(&format!("/projects/{project}/endpoints"))
         .await;
     assert_eq!(
         endpoints.body["endpoints"].as_array().map(Vec::len),
@@ -363,11 +372,7 @@ async fn deleting_the_default_branch_is_refused() {
     let cloud = fast_cloud().await;
     let (project, main) = cloud.project().await;
     let reply = cloud
-        .neon(
-            Method::DELETE,
-            &format!("/projects/{project}/branches/{main}"),
-            None,
-        )
+        .neon_delete(&format!("/projects/{project}/branches/{main}"))
         .await;
     assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
 }
@@ -393,17 +398,13 @@ async fn mutations_get_423_while_an_operation_runs_and_succeed_after_it_finishes
         "project already has running operations, scheduling of new ones is prohibited"
     );
     let created = cloud
-        .neon(
-            Method::GET,
-            &format!("/projects/{project}/operations"),
-            None,
-        )
+        .neon_get(&format!("/projects/{project}/operations"))
         .await;
     cloud.finish(&project, &created.body).await;
     let after = create("in-time").await;
     assert_eq!(after.status, StatusCode::CREATED, "{:?}", after.body);
     let reads = cloud
-        .neon(Method::GET, &format!("/projects/{project}/branches"), None)
+        .neon_get(&format!("/projects/{project}/branches"))
         .await;
     assert_eq!(reads.status, StatusCode::OK, "reads are never locked");
 }
@@ -424,11 +425,7 @@ async fn operations_go_from_running_to_finished() {
     assert_eq!(statuses, ["running", "scheduling"]);
     cloud.finish(&project, &reply.body).await;
     let listed = cloud
-        .neon(
-            Method::GET,
-            &format!("/projects/{project}/operations"),
-            None,
-        )
+        .neon_get(&format!("/projects/{project}/operations"))
         .await;
     for op in listed.body["operations"]
         .as_array()
@@ -452,13 +449,7 @@ async fn a_password_reset_takes_effect_when_its_operations_finish() {
     let old = text(&created.body["roles"][0]["password"]);
     cloud.finish(&project, &created.body).await;
 
-    let reset = cloud
-        .neon(
-            Method::POST,
-            &format!("/projects/{project}/branches/{main}/roles/neondb_owner/reset_password"),
-            None,
-        )
-        .await;
+    let reset = cloud.reset_password(&project, &main, "neondb_owner").await;
     assert_eq!(reset.status, StatusCode::OK, "{:?}", reset.body);
     let new = text(&reset.body["role"]["password"]);
     assert_ne!(new, old);
@@ -479,13 +470,7 @@ async fn a_password_reset_leaves_the_parent_and_child_branches_alone() {
     let (project, main) = cloud.project().await;
     let child = cloud.branch(&project, &main, "rekey-1").await;
     let before = cloud.connection_uri(&project, &main).await;
-    let reset = cloud
-        .neon(
-            Method::POST,
-            &format!("/projects/{project}/branches/{child}/roles/neondb_owner/reset_password"),
-            None,
-        )
-        .await;
+    let reset = cloud.reset_password(&project, &child, "neondb_owner").await;
     assert_eq!(reset.status, StatusCode::OK);
     assert_eq!(cloud.connection_uri(&project, &main).await, before);
     assert_ne!(cloud.connection_uri(&project, &child).await, before);
@@ -496,10 +481,9 @@ async fn connection_uri_is_404_for_a_branch_without_a_read_write_endpoint() {
     let cloud = fast_cloud().await;
     let (project, main) = cloud.project().await;
     let bare = cloud
-        .neon(
-            Method::POST,
-            &format!("/projects/{project}/branches"),
-            Some(json!({"branch": {"parent_id": main, "name": "no-compute"}})),
+        .create_branch(
+            &project,
+            json!({"branch": {"parent_id": main, "name": "no-compute"}}),
         )
         .await;
     let branch = text(&bare.body["branch"]["id"]);
@@ -507,10 +491,7 @@ async fn connection_uri_is_404_for_a_branch_without_a_read_write_endpoint() {
     let path = format!(
         "/projects/{project}/connection_uri?branch_id={branch}&database_name=neondb&role_name=neondb_owner"
     );
-    assert_eq!(
-        cloud.neon(Method::GET, &path, None).await.status,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(cloud.neon_get(&path).await.status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
@@ -520,7 +501,7 @@ async fn connection_uri_uses_the_pooler_host_when_pooled() {
     let path = format!(
         "/projects/{project}/connection_uri?branch_id={main}&database_name=neondb&role_name=neondb_owner&pooled=true"
     );
-    let uri = text(&cloud.neon(Method::GET, &path, None).await.body["uri"]);
+    let uri = text(&cloud.neon_get(&path).await.body["uri"]);
     assert!(uri.contains("-pooler."), "{uri}");
 }
 
@@ -537,11 +518,7 @@ async fn create_branch_omits_connection_uris_when_the_parent_has_two_roles() {
         .await;
     assert_eq!(role.status, StatusCode::CREATED, "{:?}", role.body);
     let reply = cloud
-        .neon(
-            Method::POST,
-            &format!("/projects/{project}/branches"),
-            Some(json!({"branch": {"parent_id": main, "name": "two-roles"}, "endpoints": [{"type": "read_write"}]})),
-        )
+        .create_branch(&project, json!({"branch": {"parent_id": main, "name": "two-roles"}, "endpoints": [{"type": "read_write"}]}))
         .await;
     assert_eq!(reply.status, StatusCode::CREATED);
     assert!(reply.body.get("connection_uris").is_none());
@@ -561,19 +538,11 @@ async fn branch_search_matches_name_or_id_and_pages_with_a_cursor() {
         );
     }
     let search = cloud
-        .neon(
-            Method::GET,
-            &format!("/projects/{project}/branches?search=REKEY-RUN-3"),
-            None,
-        )
+        .neon_get(&format!("/projects/{project}/branches?search=REKEY-RUN-3"))
         .await;
     assert_eq!(search.body["branches"].as_array().map(Vec::len), Some(1));
     let by_id = cloud
-        .neon(
-            Method::GET,
-            &format!("/projects/{project}/branches?search={}", ids[2]),
-            None,
-        )
+        .neon_get(&format!("/projects/{project}/branches?search={}", ids[2]))
         .await;
     assert_eq!(by_id.body["branches"][0]["name"], "rekey-run-2");
 
@@ -583,7 +552,7 @@ async fn branch_search_matches_name_or_id_and_pages_with_a_cursor() {
         let path = format!(
             "/projects/{project}/branches?search=rekey-run&sort_by=name&sort_order=asc&limit=2&cursor={cursor}"
         );
-        let page = cloud.neon(Method::GET, &path, None).await;
+        let page = cloud.neon_get(&path).await;
         assert_eq!(page.status, StatusCode::OK, "{:?}", page.body);
         for b in page.body["branches"]
             .as_array()
@@ -614,27 +583,15 @@ async fn annotations_are_returned_with_the_branch() {
     let cloud = fast_cloud().await;
     let (project, main) = cloud.project().await;
     let reply = cloud
-        .neon(
-            Method::POST,
-            &format!("/projects/{project}/branches"),
-            Some(json!({"branch": {"parent_id": main, "name": "tagged"}, "annotation_value": {"rekey_run": "r1"}})),
-        )
+        .create_branch(&project, json!({"branch": {"parent_id": main, "name": "tagged"}, "annotation_value": {"rekey_run": "r1"}}))
         .await;
     let branch = text(&reply.body["branch"]["id"]);
     let got = cloud
-        .neon(
-            Method::GET,
-            &format!("/projects/{project}/branches/{branch}"),
-            None,
-        )
+        .neon_get(&format!("/projects/{project}/branches/{branch}"))
         .await;
     assert_eq!(got.body["annotation"]["value"]["rekey_run"], "r1");
     let listed = cloud
-        .neon(
-            Method::GET,
-            &format!("/projects/{project}/branches?search=tagged"),
-            None,
-        )
+        .neon_get(&format!("/projects/{project}/branches?search=tagged"))
         .await;
     assert_eq!(
         listed.body["annotations"][&branch]["value"]["rekey_run"],
@@ -645,21 +602,13 @@ async fn annotations_are_returned_with_the_branch() {
 #[tokio::test]
 async fn unknown_things_are_404_in_neons_error_shape_with_a_request_id() {
     let cloud = fast_cloud().await;
-    let reply = cloud
-        .neon(Method::GET, "/projects/no-such-project", None)
-        .await;
+    let reply = cloud.neon_get("/projects/no-such-project").await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert_eq!(reply.body["code"], "");
     assert_eq!(reply.body["message"], "project not found");
     assert!(reply.body["request_id"].is_string());
     let (project, main) = cloud.project().await;
-    let role = cloud
-        .neon(
-            Method::POST,
-            &format!("/projects/{project}/branches/{main}/roles/nobody/reset_password"),
-            None,
-        )
-        .await;
+    let role = cloud.reset_password(&project, &main, "nobody").await;
     assert_eq!(role.status, StatusCode::NOT_FOUND);
     assert!(text(&role.body["message"]).starts_with("role not found for branch"));
 }
@@ -703,18 +652,14 @@ async fn a_machine_is_created_then_started_and_wait_says_ok() {
     assert_eq!(id.len(), 14);
     let instance = text(&created.body["instance_id"]);
     let wait = cloud
-        .fly(
-            Method::GET,
-            &format!(
-                "/apps/tenant-1/machines/{id}/wait?state=started&timeout=10&instance_id={instance}"
-            ),
-            None,
-        )
+        .fly_get(&format!(
+            "/apps/tenant-1/machines/{id}/wait?state=started&timeout=10&instance_id={instance}"
+        ))
         .await;
     assert_eq!(wait.status, StatusCode::OK, "{:?}", wait.body);
     assert_eq!(wait.body, json!({"ok": true}));
     let got = cloud
-        .fly(Method::GET, &format!("/apps/tenant-1/machines/{id}"), None)
+        .fly_get(&format!("/apps/tenant-1/machines/{id}"))
         .await;
     assert_eq!(got.body["state"], "started");
 }
@@ -732,11 +677,9 @@ async fn a_machine_created_with_skip_launch_stays_created_and_wait_times_out_wit
     let id = text(&created.body["id"]);
     let started = Instant::now();
     let wait = cloud
-        .fly(
-            Method::GET,
-            &format!("/apps/tenant-1/machines/{id}/wait?state=started&timeout=1"),
-            None,
-        )
+        .fly_get(&format!(
+            "/apps/tenant-1/machines/{id}/wait?state=started&timeout=1"
+        ))
         .await;
     assert_eq!(wait.status, StatusCode::REQUEST_TIMEOUT);
     assert!(started.elapsed() >= millis(900));
@@ -782,9 +725,7 @@ async fn duplicate_machine_names_are_accepted_when_configured() {
         StatusCode::OK
     );
     assert_eq!(cloud.machine("tenant-1", body).await.status, StatusCode::OK);
-    let listed = cloud
-        .fly(Method::GET, "/apps/tenant-1/machines", None)
-        .await;
+    let listed = cloud.fly_get("/apps/tenant-1/machines").await;
     assert_eq!(listed.body.as_array().map(Vec::len), Some(2));
 }
 
@@ -799,11 +740,7 @@ async fn machines_are_listed_by_metadata_and_region() {
     let id = text(&cloud.machine("tenant-1", tagged).await.body["id"]);
     cloud.machine("tenant-1", other).await;
     let by_tag = cloud
-        .fly(
-            Method::GET,
-            "/apps/tenant-1/machines?metadata.rekey_run=r1",
-            None,
-        )
+        .fly_get("/apps/tenant-1/machines?metadata.rekey_run=r1")
         .await;
     let ids: Vec<String> = by_tag
         .body
@@ -811,16 +748,10 @@ async fn machines_are_listed_by_metadata_and_region() {
         .map(|ms| ms.iter().map(|m| text(&m["id"])).collect())
         .unwrap_or_default();
     assert_eq!(ids, [id]);
-    let by_region = cloud
-        .fly(Method::GET, "/apps/tenant-1/machines?region=ams", None)
-        .await;
+    let by_region = cloud.fly_get("/apps/tenant-1/machines?region=ams").await;
     assert_eq!(by_region.body[0]["config"]["metadata"]["rekey_run"], "r2");
     let none = cloud
-        .fly(
-            Method::GET,
-            "/apps/tenant-1/machines?metadata.rekey_run=r3",
-            None,
-        )
+        .fly_get("/apps/tenant-1/machines?metadata.rekey_run=r3")
         .await;
     assert_eq!(none.body, json!([]));
 }
@@ -829,47 +760,30 @@ async fn machines_are_listed_by_metadata_and_region() {
 async fn destroying_a_running_machine_needs_force() {
     let cloud = fast_cloud().await;
     cloud.app("tenant-1").await;
-    let id = text(
-        &cloud
-            .machine("tenant-1", json!({"config": {"image": "nginx"}}))
-            .await
-            .body["id"],
-    );
+    let id = cloud.nginx_machine("tenant-1").await;
     let path = format!("/apps/tenant-1/machines/{id}");
-    let refused = cloud.fly(Method::DELETE, &path, None).await;
+    let refused = cloud.fly_delete(&path).await;
     assert_eq!(refused.status, StatusCode::PRECONDITION_FAILED);
     assert!(refused.body["error"].is_string());
-    let forced = cloud
-        .fly(Method::DELETE, &format!("{path}?force=true"), None)
-        .await;
+    let forced = cloud.fly_delete(&format!("{path}?force=true")).await;
     assert_eq!(forced.status, StatusCode::OK);
     assert_eq!(forced.body, json!({"ok": true}));
 
-    let listed = cloud
-        .fly(Method::GET, "/apps/tenant-1/machines", None)
-        .await;
+    let listed = cloud.fly_get("/apps/tenant-1/machines").await;
     assert_eq!(
         listed.body,
         json!([]),
         "destroyed machines leave the default listing"
     );
     let with_deleted = cloud
-        .fly(
-            Method::GET,
-            "/apps/tenant-1/machines?include_deleted=true",
-            None,
-        )
+        .fly_get("/apps/tenant-1/machines?include_deleted=true")
         .await;
     assert_eq!(with_deleted.body.as_array().map(Vec::len), Some(1));
-    let got = cloud.fly(Method::GET, &path, None).await;
+    let got = cloud.fly_get(&path).await;
     assert_eq!(got.body["state"], "destroyed");
-    let wait = cloud
-        .fly(Method::GET, &format!("{path}/wait?state=destroyed"), None)
-        .await;
+    let wait = cloud.fly_get(&format!("{path}/wait?state=destroyed")).await;
     assert_eq!(wait.status, StatusCode::OK);
-    let hopeless = cloud
-        .fly(Method::GET, &format!("{path}/wait?state=started"), None)
-        .await;
+    let hopeless = cloud.fly_get(&format!("{path}/wait?state=started")).await;
     assert_eq!(
         hopeless.status,
         StatusCode::BAD_REQUEST,
@@ -881,18 +795,9 @@ async fn destroying_a_running_machine_needs_force() {
 async fn kill_true_is_accepted_like_force_true() {
     let cloud = fast_cloud().await;
     cloud.app("tenant-1").await;
-    let id = text(
-        &cloud
-            .machine("tenant-1", json!({"config": {"image": "nginx"}}))
-            .await
-            .body["id"],
-    );
+    let id = cloud.nginx_machine("tenant-1").await;
     let reply = cloud
-        .fly(
-            Method::DELETE,
-            &format!("/apps/tenant-1/machines/{id}?kill=true"),
-            None,
-        )
+        .fly_delete(&format!("/apps/tenant-1/machines/{id}?kill=true"))
         .await;
     assert_eq!(reply.status, StatusCode::OK);
 }
@@ -919,11 +824,9 @@ async fn a_stopped_machine_can_be_destroyed_without_force_and_started_again_befo
         StatusCode::OK
     );
     let stopped = cloud
-        .fly(
-            Method::GET,
-            &format!("{path}/wait?state=stopped&instance_id={instance}&timeout=10"),
-            None,
-        )
+        .fly_get(&format!(
+            "{path}/wait?state=stopped&instance_id={instance}&timeout=10"
+        ))
         .await;
     assert_eq!(stopped.status, StatusCode::OK, "{:?}", stopped.body);
     let start = cloud
@@ -931,43 +834,25 @@ async fn a_stopped_machine_can_be_destroyed_without_force_and_started_again_befo
         .await;
     assert_eq!(start.body["previous_state"], "stopped");
     let started = cloud
-        .fly(
-            Method::GET,
-            &format!("{path}/wait?state=started&timeout=10"),
-            None,
-        )
+        .fly_get(&format!("{path}/wait?state=started&timeout=10"))
         .await;
     assert_eq!(started.status, StatusCode::OK);
     cloud.fly(Method::POST, &format!("{path}/stop"), None).await;
     cloud
-        .fly(
-            Method::GET,
-            &format!("{path}/wait?state=stopped&instance_id={instance}&timeout=10"),
-            None,
-        )
+        .fly_get(&format!(
+            "{path}/wait?state=stopped&instance_id={instance}&timeout=10"
+        ))
         .await;
-    assert_eq!(
-        cloud.fly(Method::DELETE, &path, None).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(cloud.fly_delete(&path).await.status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn waiting_for_stopped_without_instance_id_is_400() {
     let cloud = fast_cloud().await;
     cloud.app("tenant-1").await;
-    let id = text(
-        &cloud
-            .machine("tenant-1", json!({"config": {"image": "nginx"}}))
-            .await
-            .body["id"],
-    );
+    let id = cloud.nginx_machine("tenant-1").await;
     let reply = cloud
-        .fly(
-            Method::GET,
-            &format!("/apps/tenant-1/machines/{id}/wait?state=stopped"),
-            None,
-        )
+        .fly_get(&format!("/apps/tenant-1/machines/{id}/wait?state=stopped"))
         .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
 }
@@ -977,20 +862,12 @@ async fn wait_on_an_unknown_machine_is_404_unless_waiting_for_destroyed() {
     let cloud = fast_cloud().await;
     cloud.app("tenant-1").await;
     let unknown = cloud
-        .fly(
-            Method::GET,
-            "/apps/tenant-1/machines/00000000000000/wait?state=started",
-            None,
-        )
+        .fly_get("/apps/tenant-1/machines/00000000000000/wait?state=started")
         .await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     assert_eq!(unknown.body["error"], "machine not found");
     let gone = cloud
-        .fly(
-            Method::GET,
-            "/apps/tenant-1/machines/00000000000000/wait?state=destroyed",
-            None,
-        )
+        .fly_get("/apps/tenant-1/machines/00000000000000/wait?state=destroyed")
         .await;
     assert_eq!(gone.status, StatusCode::OK);
 }
@@ -1008,7 +885,7 @@ async fn a_taken_app_name_is_422_name_taken() {
         .await;
     assert_eq!(again.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(again.body["status"], "name_taken");
-    let missing = cloud.fly(Method::GET, "/apps/no-such-app", None).await;
+    let missing = cloud.fly_get("/apps/no-such-app").await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert_eq!(missing.body["error"], "app not found");
 }
@@ -1045,7 +922,7 @@ async fn calls_without_the_configured_credentials_get_401_in_each_apis_shape() {
         .await;
     assert_eq!(right.status, StatusCode::CREATED);
 
-    let fly = cloud.fly(Method::GET, "/apps/x", None).await;
+    let fly = cloud.fly_get("/apps/x").await;
     assert_eq!(fly.status, StatusCode::UNAUTHORIZED);
     assert!(fly.body["error"].is_string());
     let apps = format!("{}/apps", cloud.fake.fly_url());
@@ -1081,7 +958,7 @@ async fn beyond_the_rate_limit_calls_get_429_with_retry_after() {
     let mut statuses = Vec::new();
     let mut retry_after = None;
     for _ in 0..10 {
-        let reply = cloud.neon(Method::GET, "/projects/p-1", None).await;
+        let reply = cloud.neon_get("/projects/p-1").await;
         if reply.status == StatusCode::TOO_MANY_REQUESTS {
             retry_after = reply.retry_after.clone();
             assert_eq!(reply.body["message"], "rate limit exceeded");
@@ -1093,7 +970,7 @@ async fn beyond_the_rate_limit_calls_get_429_with_retry_after() {
     let limited = statuses.iter().filter(|&&s| s == 429).count();
     assert!(limited >= 5, "{statuses:?}");
     assert_eq!(retry_after.as_deref(), Some("1"));
-    let fly = cloud.fly(Method::GET, "/apps/a", None).await;
+    let fly = cloud.fly_get("/apps/a").await;
     assert_eq!(
         fly.status,
         StatusCode::NOT_FOUND,
@@ -1109,8 +986,8 @@ async fn a_429_carries_no_retry_after_when_switched_off() {
         ..FakeConfig::default()
     })
     .await;
-    cloud.fly(Method::GET, "/apps/a", None).await;
-    let limited = cloud.fly(Method::GET, "/apps/a", None).await;
+    cloud.fly_get("/apps/a").await;
+    let limited = cloud.fly_get("/apps/a").await;
     assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(limited.retry_after, None);
     assert!(limited.body["error"].is_string());
@@ -1127,7 +1004,7 @@ async fn injected_errors_come_at_roughly_the_configured_share() {
     let total = 400;
     let mut failures = 0;
     for _ in 0..total {
-        let reply = cloud.neon(Method::GET, "/projects/p-1", None).await;
+        let reply = cloud.neon_get("/projects/p-1").await;
         match reply.status.as_u16() {
             500 | 503 => failures += 1,
             404 => {}
@@ -1147,19 +1024,14 @@ async fn an_error_after_commit_still_applies_the_change() {
         ..FakeConfig::default()
     });
     let reply = cloud
-        .neon(
-            Method::POST,
-            &format!("/projects/{project}/branches"),
-            Some(json!({"branch": {"parent_id": main, "name": "ambiguous"}})),
+        .create_branch(
+            &project,
+            json!({"branch": {"parent_id": main, "name": "ambiguous"}}),
         )
         .await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     let reads = cloud
-        .neon(
-            Method::GET,
-            &format!("/projects/{project}/branches?search=ambiguous"),
-            None,
-        )
+        .neon_get(&format!("/projects/{project}/branches?search=ambiguous"))
         .await;
     assert_eq!(reads.status, StatusCode::OK, "reads are not affected");
     assert_eq!(
@@ -1177,7 +1049,7 @@ async fn latency_is_added_to_every_call() {
     })
     .await;
     let started = Instant::now();
-    cloud.neon(Method::GET, "/projects/p-1", None).await;
+    cloud.neon_get("/projects/p-1").await;
     assert!(started.elapsed() >= millis(150));
 }
 
@@ -1211,32 +1083,18 @@ async fn bulk_registration_creates_ten_thousand_tenants_under_their_exact_ids() 
     assert_eq!(reply.body["registered"], 10_000);
     assert!(took < Duration::from_secs(20), "took {took:?}");
 
-    let project = cloud
-        .neon(Method::GET, "/projects/tenant-project-777", None)
-        .await;
+    let project = cloud.neon_get("/projects/tenant-project-777").await;
     assert_eq!(project.status, StatusCode::OK);
     let branch = cloud
-        .neon(
-            Method::GET,
-            "/projects/tenant-project-777/branches/br-tenant-777",
-            None,
-        )
+        .neon_get("/projects/tenant-project-777/branches/br-tenant-777")
         .await;
     assert_eq!(branch.body["branch"]["default"], true);
     let uri = cloud
-        .neon(
-            Method::GET,
-            "/projects/tenant-project-777/connection_uri?branch_id=br-tenant-777&database_name=app&role_name=app_owner",
-            None,
-        )
+        .neon_get("/projects/tenant-project-777/connection_uri?branch_id=br-tenant-777&database_name=app&role_name=app_owner")
         .await;
     assert!(text(&uri.body["uri"]).contains(":old-password-777@"));
     let machine = cloud
-        .fly(
-            Method::GET,
-            &format!("/apps/tenant-app-777/machines/{:014x}", 777),
-            None,
-        )
+        .fly_get(&format!("/apps/tenant-app-777/machines/{:014x}", 777))
         .await;
     assert_eq!(machine.body["state"], "started");
     assert_eq!(machine.body["region"], "ord");
@@ -1263,7 +1121,7 @@ async fn bulk_registration_refuses_a_taken_id_and_registers_nothing() {
     assert!(reply.body["problems"][0]
         .as_str()
         .is_some_and(|p| p.contains("br-one")));
-    let absent = cloud.neon(Method::GET, "/projects/p-two", None).await;
+    let absent = cloud.neon_get("/projects/p-two").await;
     assert_eq!(absent.status, StatusCode::NOT_FOUND, "all or nothing");
 }
 
@@ -1299,9 +1157,7 @@ async fn tenants_sharing_a_project_get_branches_under_its_default_branch() {
             .status,
         StatusCode::OK
     );
-    let b = cloud
-        .neon(Method::GET, "/projects/shared/branches/br-b", None)
-        .await;
+    let b = cloud.neon_get("/projects/shared/branches/br-b").await;
     assert_eq!(b.body["branch"]["parent_id"], "br-a");
     assert_eq!(b.body["branch"]["default"], false);
 }
@@ -1318,7 +1174,7 @@ async fn state_lists_everything_held_and_counts_requests() {
             json!({"name": "m", "config": {"image": "nginx", "metadata": {"k": "v"}}}),
         )
         .await;
-    cloud.neon(Method::GET, "/projects/nope", None).await;
+    cloud.neon_get("/projects/nope").await;
 
     let state = cloud.admin(Method::GET, "/state", None).await.body;
     assert_eq!(
@@ -1362,12 +1218,12 @@ async fn config_can_be_changed_over_http() {
         !set.body.to_string().contains("secret-key"),
         "credentials are never echoed"
     );
-    let refused = cloud.neon(Method::GET, "/projects/p", None).await;
+    let refused = cloud.neon_get("/projects/p").await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
     cloud
         .admin(Method::POST, "/config", Some(json!({"neon_api_key": null})))
         .await;
-    let failing = cloud.neon(Method::GET, "/projects/p", None).await;
+    let failing = cloud.neon_get("/projects/p").await;
     assert!(failing.status.is_server_error());
     let bad = cloud
         .admin(Method::POST, "/config", Some(json!({"error_rate": 2})))
@@ -1377,7 +1233,7 @@ async fn config_can_be_changed_over_http() {
         .admin(Method::POST, "/config", Some(json!({"error_rate": 0})))
         .await;
     assert_eq!(
-        cloud.neon(Method::GET, "/projects/p", None).await.status,
+        cloud.neon_get("/projects/p").await.status,
         StatusCode::NOT_FOUND
     );
 }

@@ -408,20 +408,19 @@ async fn writes_of_another_connection_during_a_run_are_never_lost(pool: PgPool) 
     // One worker, batches of 100: a batch's read and write are far enough
     // apart that the writer often lands in between, so an engine without
     // row locks and compare-and-swap fails this test.
-    let mut args: Vec<String> = [
-        "run",
-        "--mode",
-        "reencrypt",
-        "--workers",
-        "1",
-        "--batch-size",
-        "100",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(key_args(&keys));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let args = args_with_keys(
+        &[
+            "run",
+            "--mode",
+            "reencrypt",
+            "--workers",
+            "1",
+            "--batch-size",
+            "100",
+        ],
+        &keys,
+    );
+    let args = strs(&args);
     let mut child = rekey_cmd(&url, &args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -562,12 +561,11 @@ async fn two_processes_share_one_run_and_never_rewrite_a_row_twice(pool: PgPool)
     let keys = Keys::new();
     let tenants = seed_fleet(&pool, &table, &keys.old, 4_000).await;
     let url = db_url(&pool);
-    let mut args: Vec<String> = ["run", "--json", "--workers", "2", "--batch-size", "25"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    args.extend(key_args(&keys));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let args = args_with_keys(
+        &["run", "--json", "--workers", "2", "--batch-size", "25"],
+        &keys,
+    );
+    let args = strs(&args);
     let spawn = || {
         rekey_cmd(&url, &args)
             .stdout(std::process::Stdio::piped())
@@ -621,12 +619,8 @@ async fn processes_starting_together_on_a_fresh_database_all_join_one_run(pool: 
     let keys = Keys::new();
     let tenants = seed_fleet(&pool, &table, &keys.old, 300).await;
     let url = db_url(&pool);
-    let mut args: Vec<String> = ["run", "--workers", "1", "--batch-size", "20"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    args.extend(key_args(&keys));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let args = args_with_keys(&["run", "--workers", "1", "--batch-size", "20"], &keys);
+    let args = strs(&args);
     // Spawned back to back, they reach the journal's migration together:
     // the first one to run on a database creates schema rekey.
     let children: Vec<_> = (0..6)

@@ -390,22 +390,21 @@ async fn metrics_file_exists_and_parses_throughout_the_run(pool: PgPool) {
     let keys = Keys::new();
     seed_fleet(&pool, &table, &keys.old, 30_000).await;
     let file = keys.dir.path().join("progress.prom");
-    let mut args: Vec<String> = [
-        "run",
-        "--mode",
-        "reencrypt",
-        "--workers",
-        "1",
-        "--batch-size",
-        "50",
-        "--metrics-file",
-        path_str(&file),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(key_args(&keys));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let args = args_with_keys(
+        &[
+            "run",
+            "--mode",
+            "reencrypt",
+            "--workers",
+            "1",
+            "--batch-size",
+            "50",
+            "--metrics-file",
+            path_str(&file),
+        ],
+        &keys,
+    );
+    let args = strs(&args);
     let mut child = rekey_cmd(&db_url(&pool), &args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -499,24 +498,23 @@ async fn metrics_file_counts_tenants_reprovisioned_through_the_fake_cloud(pool: 
         .expect("register tenants");
 
     let file = keys.dir.path().join("reprovision.prom");
-    let mut args: Vec<String> = [
-        "run",
-        "--json",
-        "--neon-api-url",
-        &cloud.neon_url(),
-        "--fly-api-url",
-        &cloud.fly_url(),
-        "--poll-ms",
-        "20",
-        "--lookup-settle-ms",
-        "50",
-        "--metrics-file",
-        path_str(&file),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(key_args(&keys));
+    let args = args_with_keys(
+        &[
+            "run",
+            "--json",
+            "--neon-api-url",
+            &cloud.neon_url(),
+            "--fly-api-url",
+            &cloud.fly_url(),
+            "--poll-ms",
+            "20",
+            "--lookup-settle-ms",
+            "50",
+            "--metrics-file",
+            path_str(&file),
+        ],
+        &keys,
+    );
     let mut cmd = rekey_cmd(&db_url(&pool), &[]);
     cmd.args(&args)
         .env("NEON_API_KEY", "fake-neon-key")

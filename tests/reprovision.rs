@@ -166,22 +166,12 @@ async fn spawn_and_kill(pool: &PgPool, mut cmd: std::process::Command, at: KillA
         KillAt::Reached { step, more } => {
             let deadline = Instant::now() + Duration::from_secs(60);
             while tenants_reached(pool, step).await < baseline + more {
-                assert!(Instant::now() < deadline, "no progress to kill in");
-                assert!(
-                    child.try_wait().expect("poll").is_none(),
-                    "rekey finished before {at:?}"
-                );
+                assert_still_waiting_to_kill(&mut child, deadline, &at);
                 tokio::time::sleep(Duration::from_millis(3)).await;
             }
         }
     }
-    assert!(
-        child.try_wait().expect("poll").is_none(),
-        "rekey finished before it could be killed at {at:?}"
-    );
-    child.kill().expect("SIGKILL");
-    let status = child.wait().expect("reap");
-    assert_eq!(status.code(), None, "killed by a signal");
+    sigkill_running(&mut child, &at);
 }
 
 /// Seeds a fleet with no old key, runs and kills the binary at each of

@@ -28,6 +28,36 @@ pub fn db_url(pool: &PgPool) -> String {
     url.to_string()
 }
 
+/// One poll while waiting for the moment to kill `child` at `at`: fails
+/// the test when the wait has run past `deadline` or the child has already
+/// exited (a kill test whose target finished first tests nothing).
+pub fn assert_still_waiting_to_kill(
+    child: &mut std::process::Child,
+    deadline: std::time::Instant,
+    at: &impl std::fmt::Debug,
+) {
+    assert!(
+        std::time::Instant::now() < deadline,
+        "no progress to kill in"
+    );
+    assert!(
+        child.try_wait().expect("poll").is_none(),
+        "rekey finished before {at:?}"
+    );
+}
+
+/// Kills `child` with SIGKILL at `at` and reaps it, asserting that it was
+/// still running and that the signal, not an exit, ended it.
+pub fn sigkill_running(child: &mut std::process::Child, at: &impl std::fmt::Debug) {
+    assert!(
+        child.try_wait().expect("poll").is_none(),
+        "rekey finished before it could be killed at {at:?}"
+    );
+    child.kill().expect("SIGKILL");
+    let status = child.wait().expect("reap");
+    assert_eq!(status.code(), None, "killed by a signal");
+}
+
 /// Applies the reference `org_instances` schema and resolves the table.
 pub async fn reference_table(pool: &PgPool) -> Table {
     sqlx::raw_sql(SCHEMA)
@@ -190,6 +220,13 @@ pub async fn seed_fleet_with(
     tenants
 }
 
+/// `args`, then `key_args(keys)`, owned: the arguments of a spawned run.
+pub fn args_with_keys(args: &[&str], keys: &Keys) -> Vec<String> {
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.extend(key_args(keys));
+    all
+}
+
 /// `--old-key-file OLD --new-key-file NEW` for the binary.
 pub fn key_args(keys: &Keys) -> Vec<String> {
     vec![
@@ -235,19 +272,26 @@ pub async fn journal_schema_exists(pool: &PgPool) -> bool {
         .expect("query pg_namespace")
 }
 
-/// Number of runs in the journal (0 when the journal does not exist).
-pub async fn run_count(pool: &PgPool) -> i64 {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('rekey.runs') IS NOT NULL")
-        .fetch_one(pool)
-        .await
-        .expect("to_regclass");
+/// Rows in the journal table `rekey.{table}` (0 before the binary has
+/// created it).
+pub async fn journal_rows(pool: &PgPool, table: &str) -> i64 {
+    let exists: bool =
+        sqlx::query_scalar(&format!("SELECT to_regclass('rekey.{table}') IS NOT NULL"))
+            .fetch_one(pool)
+            .await
+            .expect("to_regclass");
     if !exists {
         return 0;
     }
-    sqlx::query_scalar("SELECT count(*) FROM rekey.runs")
+    sqlx::query_scalar(&format!("SELECT count(*) FROM rekey.{table}"))
         .fetch_one(pool)
         .await
-        .expect("count runs")
+        .unwrap_or_else(|e| panic!("count rekey.{table}: {e}"))
+}
+
+/// Number of runs in the journal (0 when the journal does not exist).
+pub async fn run_count(pool: &PgPool) -> i64 {
+    journal_rows(pool, "runs").await
 }
 
 /// The states of every run, in id order.

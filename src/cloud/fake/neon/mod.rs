@@ -9,6 +9,7 @@ mod render;
 mod requests;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
@@ -19,6 +20,7 @@ use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 
 use crate::cloud::fake::http::{parse_body, NeonError, Now, Query};
+use crate::cloud::fake::ids::Ids;
 use crate::cloud::fake::Shared;
 
 pub(crate) use model::{Neon, Project, TenantBranch, DEFAULT_REGION};
@@ -76,6 +78,47 @@ fn ok(body: Value) -> Answer {
 
 fn created(body: Value) -> Answer {
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// One change to a project under the state lock: the project, the id
+/// source, the request's clock and the configured operation duration.
+struct Change<'w> {
+    project: &'w mut Project,
+    ids: &'w mut Ids,
+    now: Now,
+    op: Duration,
+}
+
+impl Change<'_> {
+    /// `{key: value, "operations": [...]}`: the answer of a change that
+    /// started operations.
+    fn answer(&self, key: &str, value: Value, operations: &[usize]) -> Value {
+        json!({
+            key: value,
+            "operations": render::operations(self.project, operations, &self.now),
+        })
+    }
+}
+
+/// Runs `change` on one project: the shared part of every handler that
+/// changes a project. The config is read before the state lock is taken,
+/// so the two locks are never held together.
+fn change_project(
+    shared: &Shared,
+    project_id: &str,
+    change: impl FnOnce(Change<'_>) -> Answer,
+) -> Answer {
+    let op = shared.config().op_duration;
+    let now = Now::new();
+    let mut world = shared.world();
+    let world = &mut *world;
+    let project = world.neon.project_mut(project_id)?;
+    change(Change {
+        project,
+        ids: &mut world.ids,
+        now,
+        op,
+    })
 }
 
 async fn create_project(State(shared): State<Arc<Shared>>, body: Bytes) -> Answer {
@@ -158,13 +201,10 @@ async fn create_branch(
     body: Bytes,
 ) -> Answer {
     let body: requests::CreateBranch = parse_body(&body).map_err(NeonError::bad_request)?;
-    let op = shared.config().op_duration;
-    let now = Now::new();
-    let mut world = shared.world();
-    let world = &mut *world;
-    let project = world.neon.project_mut(&project_id)?;
-    let made = project.create_branch(&mut world.ids, &now, op, body)?;
-    created(created_branch(project, &made, &now, false)?)
+    change_project(&shared, &project_id, |c| {
+        let made = c.project.create_branch(c.ids, &c.now, c.op, body)?;
+        created(created_branch(c.project, &made, &c.now, false)?)
+    })
 }
 
 /// `sort_by`, `sort_order`, `limit`, `cursor` and `search` of a branch list.
@@ -302,18 +342,15 @@ async fn delete_branch(
     State(shared): State<Arc<Shared>>,
     Path((project_id, branch_id)): Path<(String, String)>,
 ) -> Answer {
-    let op = shared.config().op_duration;
-    let now = Now::new();
-    let mut world = shared.world();
-    let world = &mut *world;
-    let project = world.neon.project_mut(&project_id)?;
-    match project.delete_branch(&mut world.ids, &now, op, &branch_id)? {
-        None => Ok(StatusCode::NO_CONTENT.into_response()),
-        Some((branch, operations)) => ok(json!({
-            "branch": render::branch(&project.id, &branch, &now),
-            "operations": render::operations(project, &operations, &now),
-        })),
-    }
+    change_project(&shared, &project_id, |c| {
+        let Some((branch, operations)) =
+            c.project.delete_branch(c.ids, &c.now, c.op, &branch_id)?
+        else {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        };
+        let branch = render::branch(&c.project.id, &branch, &c.now);
+        ok(c.answer("branch", branch, &operations))
+    })
 }
 
 async fn list_roles(
@@ -339,36 +376,28 @@ async fn create_role(
     let spec = body
         .role
         .ok_or_else(|| NeonError::bad_request("role with a name is required"))?;
-    let op = shared.config().op_duration;
-    let now = Now::new();
-    let mut world = shared.world();
-    let world = &mut *world;
-    let project = world.neon.project_mut(&project_id)?;
-    let (password, operations) =
-        project.create_role(&mut world.ids, &now, op, &branch_id, &spec.name)?;
-    let role = project.branch(&branch_id)?.role(&spec.name, &branch_id)?;
-    created(json!({
-        "role": render::role(&branch_id, role, Some(&password)),
-        "operations": render::operations(project, &operations, &now),
-    }))
+    change_project(&shared, &project_id, |c| {
+        let (password, operations) = c
+            .project
+            .create_role(c.ids, &c.now, c.op, &branch_id, &spec.name)?;
+        let role = c.project.branch(&branch_id)?.role(&spec.name, &branch_id)?;
+        let role = render::role(&branch_id, role, Some(&password));
+        created(c.answer("role", role, &operations))
+    })
 }
 
 async fn reset_password(
     State(shared): State<Arc<Shared>>,
     Path((project_id, branch_id, role_name)): Path<(String, String, String)>,
 ) -> Answer {
-    let op = shared.config().op_duration;
-    let now = Now::new();
-    let mut world = shared.world();
-    let world = &mut *world;
-    let project = world.neon.project_mut(&project_id)?;
-    let (password, operations) =
-        project.reset_password(&mut world.ids, &now, op, &branch_id, &role_name)?;
-    let role = project.branch(&branch_id)?.role(&role_name, &branch_id)?;
-    ok(json!({
-        "role": render::role(&branch_id, role, Some(&password)),
-        "operations": render::operations(project, &operations, &now),
-    }))
+    change_project(&shared, &project_id, |c| {
+        let (password, operations) = c
+            .project
+            .reset_password(c.ids, &c.now, c.op, &branch_id, &role_name)?;
+        let role = c.project.branch(&branch_id)?.role(&role_name, &branch_id)?;
+        let role = render::role(&branch_id, role, Some(&password));
+        ok(c.answer("role", role, &operations))
+    })
 }
 
 /// The password the role answers to now: until a reset's operations
@@ -447,17 +476,11 @@ async fn create_endpoint(
     let spec = body
         .endpoint
         .ok_or_else(|| NeonError::bad_request("endpoint with branch_id and type is required"))?;
-    let op = shared.config().op_duration;
-    let now = Now::new();
-    let mut world = shared.world();
-    let world = &mut *world;
-    let project = world.neon.project_mut(&project_id)?;
-    let (endpoint_id, operations) = project.create_endpoint(&mut world.ids, &now, op, spec)?;
-    let endpoint = project.endpoint(&endpoint_id)?;
-    created(json!({
-        "endpoint": render::endpoint(project, endpoint, &now),
-        "operations": render::operations(project, &operations, &now),
-    }))
+    change_project(&shared, &project_id, |c| {
+        let (endpoint_id, operations) = c.project.create_endpoint(c.ids, &c.now, c.op, spec)?;
+        let endpoint = render::endpoint(c.project, c.project.endpoint(&endpoint_id)?, &c.now);
+        created(c.answer("endpoint", endpoint, &operations))
+    })
 }
 
 async fn get_endpoint(
@@ -477,34 +500,26 @@ async fn update_endpoint(
     body: Bytes,
 ) -> Answer {
     let body: requests::UpdateEndpoint = parse_body(&body).map_err(NeonError::bad_request)?;
-    let op = shared.config().op_duration;
-    let now = Now::new();
-    let mut world = shared.world();
-    let world = &mut *world;
-    let project = world.neon.project_mut(&project_id)?;
-    let operations =
-        project.update_endpoint(&mut world.ids, &now, op, &endpoint_id, body.endpoint)?;
-    let endpoint = project.endpoint(&endpoint_id)?;
-    ok(json!({
-        "endpoint": render::endpoint(project, endpoint, &now),
-        "operations": render::operations(project, &operations, &now),
-    }))
+    change_project(&shared, &project_id, |c| {
+        let operations =
+            c.project
+                .update_endpoint(c.ids, &c.now, c.op, &endpoint_id, body.endpoint)?;
+        let endpoint = render::endpoint(c.project, c.project.endpoint(&endpoint_id)?, &c.now);
+        ok(c.answer("endpoint", endpoint, &operations))
+    })
 }
 
 async fn delete_endpoint(
     State(shared): State<Arc<Shared>>,
     Path((project_id, endpoint_id)): Path<(String, String)>,
 ) -> Answer {
-    let op = shared.config().op_duration;
-    let now = Now::new();
-    let mut world = shared.world();
-    let world = &mut *world;
-    let project = world.neon.project_mut(&project_id)?;
-    let (endpoint, operations) = project.delete_endpoint(&mut world.ids, &now, op, &endpoint_id)?;
-    ok(json!({
-        "endpoint": render::endpoint(project, &endpoint, &now),
-        "operations": render::operations(project, &operations, &now),
-    }))
+    change_project(&shared, &project_id, |c| {
+        let (endpoint, operations) =
+            c.project
+                .delete_endpoint(c.ids, &c.now, c.op, &endpoint_id)?;
+        let endpoint = render::endpoint(c.project, &endpoint, &c.now);
+        ok(c.answer("endpoint", endpoint, &operations))
+    })
 }
 
 async fn get_operation(
