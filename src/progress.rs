@@ -55,6 +55,8 @@ struct Totals {
     tenants_failed: u64,
     /// Seconds the first pass took, once it is over (freezes the rate).
     in_place_secs: Option<f64>,
+    /// Each tenant in flight and the step it is at.
+    in_flight: std::collections::HashMap<String, String>,
 }
 
 impl Totals {
@@ -77,17 +79,27 @@ impl Totals {
                 self.queued += b.queued;
                 self.left += b.left;
             }
-            Event::Tenant { outcome, .. } => match outcome {
-                TenantOutcome::Done => self.tenants_done += 1,
-                TenantOutcome::GivenUp => self.tenants_failed += 1,
-                _ => {}
+            Event::Tenant {
+                org_id,
+                step,
+                outcome,
+                ..
+            } => match outcome {
+                TenantOutcome::Done | TenantOutcome::GivenUp | TenantOutcome::Retrying => {
+                    self.in_flight.remove(org_id);
+                    self.tenants_done += u64::from(*outcome == TenantOutcome::Done);
+                    self.tenants_failed += u64::from(*outcome == TenantOutcome::GivenUp);
+                }
+                TenantOutcome::Started | TenantOutcome::Stepped => {
+                    self.in_flight.insert(org_id.clone(), step.clone());
+                }
             },
             _ => {}
         }
     }
 
     fn actions_line(&self) -> String {
-        format!(
+        let mut line = format!(
             "reencrypted {}, skipped {}, queued {}, left {}; tenants re-provisioned {}/{} (failed {})",
             self.reencrypted,
             self.skipped,
@@ -96,7 +108,32 @@ impl Totals {
             self.tenants_done,
             self.to_reprovision.max(self.queued),
             self.tenants_failed
-        )
+        );
+        line.push_str(&self.steps_line());
+        line
+    }
+
+    /// Tenants in flight per step, in the state machine's order.
+    fn steps_line(&self) -> String {
+        const ORDER: [&str; 8] = [
+            "queued", "branch", "password", "machine", "started", "row", "cleanup", "done",
+        ];
+        let count = |step: &str| {
+            self.in_flight
+                .values()
+                .filter(|s| s.as_str() == step)
+                .count()
+        };
+        let parts: Vec<String> = ORDER
+            .iter()
+            .filter(|s| count(s) > 0)
+            .map(|s| format!("{s} {}", count(s)))
+            .collect();
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("; in flight: {}", parts.join(", "))
+        }
     }
 }
 
@@ -291,5 +328,37 @@ impl Drop for Bars {
     fn drop(&mut self) {
         self.rows.finish();
         self.tenants.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(org: &str, step: &str, outcome: TenantOutcome) -> Event {
+        Event::Tenant {
+            org_id: org.into(),
+            step: step.into(),
+            outcome,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn progress_counts_tenants_in_flight_per_step() {
+        let mut t = Totals::default();
+        t.absorb(&tenant("a", "queued", TenantOutcome::Started));
+        t.absorb(&tenant("b", "queued", TenantOutcome::Started));
+        t.absorb(&tenant("a", "machine", TenantOutcome::Stepped));
+        assert!(
+            t.actions_line()
+                .ends_with("; in flight: queued 1, machine 1"),
+            "{}",
+            t.actions_line()
+        );
+        t.absorb(&tenant("a", "done", TenantOutcome::Done));
+        t.absorb(&tenant("b", "branch", TenantOutcome::Retrying));
+        assert_eq!(t.steps_line(), "");
+        assert_eq!((t.tenants_done, t.tenants_failed), (1, 0));
     }
 }
