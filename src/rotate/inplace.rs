@@ -80,7 +80,7 @@ impl PassTally {
         self.reencrypted + self.queued
     }
 
-    fn absorb(&mut self, other: PassTally) {
+    pub fn absorb(&mut self, other: PassTally) {
         self.rows += other.rows;
         self.skipped += other.skipped;
         self.reencrypted += other.reencrypted;
@@ -169,10 +169,6 @@ impl InPlace {
             let report = self.write(&mut tx, worker, &rows, &decision).await?;
             let written = Instant::now();
             tx.commit().await?;
-            tally.phases.claim += claimed - started;
-            tally.phases.crypto += decided - claimed;
-            tally.phases.write += written - decided;
-            tally.phases.commit += written.elapsed();
             self.refund(
                 reserved,
                 report.reencrypted + report.queued + report.conflicts,
@@ -182,14 +178,22 @@ impl InPlace {
                 ..report
             };
             self.sink.emit(&Event::Batch(report.clone()));
-            tally.rows += report.rows;
-            tally.skipped += report.skipped;
-            tally.reencrypted += report.reencrypted;
-            tally.queued += report.queued;
-            tally.conflicts += report.conflicts;
-            tally.fields.merge(&decision.fields);
-            tally.left.extend(decision.left);
-            tally.batch_latencies.push(report.latency);
+            tally.absorb(PassTally {
+                rows: report.rows,
+                skipped: report.skipped,
+                reencrypted: report.reencrypted,
+                queued: report.queued,
+                conflicts: report.conflicts,
+                left: decision.left,
+                fields: decision.fields,
+                batch_latencies: vec![report.latency],
+                phases: Phases {
+                    claim: claimed - started,
+                    crypto: decided - claimed,
+                    write: written - decided,
+                    commit: written.elapsed(),
+                },
+            });
         }
         Ok(tally)
     }

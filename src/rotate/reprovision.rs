@@ -472,25 +472,20 @@ impl Reprovisioner {
     }
 
     async fn steps(&self, item: &mut Item) -> Result<(), StepError> {
-        let mut uri: Option<(Secret, String)> = None;
+        // Fetched once per attempt; after a resume, again from Neon.
+        let mut uri: Option<Secret> = None;
         loop {
             match item.step.as_str() {
                 "queued" => self.step_queued(item).await?,
                 "branch" => self.step_branch(item).await?,
                 "password" => uri = Some(self.step_password(item).await?),
                 "machine" => {
-                    if uri.is_none() {
-                        uri = Some(self.current_uri(item).await?);
-                    }
-                    let (u, _) = uri.as_ref().expect("set just above");
+                    let u = self.ensure_uri(item, &mut uri).await?;
                     self.step_machine(item, u).await?
                 }
                 "started" => self.step_started(item).await?,
                 "row" => {
-                    if uri.is_none() {
-                        uri = Some(self.current_uri(item).await?);
-                    }
-                    let (u, _) = uri.as_ref().expect("set just above");
+                    let u = self.ensure_uri(item, &mut uri).await?;
                     self.step_row(item, u).await?
                 }
                 "cleanup" => self.step_cleanup(item).await?,
@@ -581,7 +576,7 @@ impl Reprovisioner {
         }
     }
 
-    async fn step_password(&self, item: &mut Item) -> Result<(Secret, String), StepError> {
+    async fn step_password(&self, item: &mut Item) -> Result<Secret, StepError> {
         let deadline = Instant::now() + self.settings.step_deadline;
         let branch = self.target_branch(item).to_string();
         let (database, role) = self.database_and_role(item, &branch).await?;
@@ -597,19 +592,31 @@ impl Reprovisioner {
             .connection_uri(&item.project, &branch, &database, &role, false)
             .await?;
         self.persist(item, "machine", "").await?;
-        Ok((uri, role))
+        Ok(uri)
     }
 
     /// The connection URI as Neon stores it now (after a resume: the
     /// password set by this tenant's reset, fetched again, never journaled).
-    async fn current_uri(&self, item: &Item) -> Result<(Secret, String), StepError> {
+    async fn current_uri(&self, item: &Item) -> Result<Secret, StepError> {
         let branch = self.target_branch(item).to_string();
         let (database, role) = self.database_and_role(item, &branch).await?;
         let uri = self
             .neon
             .connection_uri(&item.project, &branch, &database, &role, false)
             .await?;
-        Ok((uri, role))
+        Ok(uri)
+    }
+
+    /// The URI fetched earlier in this attempt, or fetched now.
+    async fn ensure_uri<'u>(
+        &self,
+        item: &Item,
+        uri: &'u mut Option<Secret>,
+    ) -> Result<&'u Secret, StepError> {
+        if uri.is_none() {
+            *uri = Some(self.current_uri(item).await?);
+        }
+        Ok(uri.as_ref().expect("set just above"))
     }
 
     fn machine_tag(item: &Item) -> String {
@@ -951,8 +958,6 @@ impl Reprovisioner {
 /// endpoint, polls); Fly get, list by tag, create, wait, destroy.
 pub const NEON_CALLS_PER_TENANT: f64 = 14.0;
 pub const FLY_CALLS_PER_TENANT: f64 = 5.0;
-/// Calls a tenant makes one after another (its critical path).
-pub const SEQUENTIAL_CALLS_PER_TENANT: f64 = NEON_CALLS_PER_TENANT + FLY_CALLS_PER_TENANT;
 
 /// The re-provision throughput a configuration allows, with how it was reckoned.
 pub struct ThroughputBound {
@@ -973,18 +978,6 @@ pub fn throughput_bound(args: &crate::cli::ProvisionArgs) -> ThroughputBound {
             args.neon_rps, NEON_CALLS_PER_TENANT, args.fly_rps, FLY_CALLS_PER_TENANT
         ),
     }
-}
-
-/// The bound when each call takes `latency`: `concurrency` tenants in
-/// flight, each making its calls one after another, capped by the rate limits.
-pub fn latency_bound(
-    concurrency: usize,
-    latency: Duration,
-    args: &crate::cli::ProvisionArgs,
-) -> f64 {
-    let per_tenant = SEQUENTIAL_CALLS_PER_TENANT * latency.as_secs_f64();
-    let by_latency = concurrency as f64 / per_tenant.max(1e-9);
-    by_latency.min(throughput_bound(args).tenants_per_sec)
 }
 
 /// Builds the re-provisioner from the environment (NEON_API_KEY,

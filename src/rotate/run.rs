@@ -291,7 +291,9 @@ async fn walk(
         });
         let changed = tally.changed();
         let secs = started.elapsed().as_secs_f64();
-        absorb(&mut total, tally);
+        // The last pass says what is still left.
+        total.left.clear();
+        total.absorb(tally);
         // A pass that skipped locked rows proves nothing by changing
         // nothing: the rows may be in another process's batch. Only a
         // re-walk that waited for them ends the walk on a quiet pass.
@@ -327,18 +329,6 @@ async fn walk(
     }
     let secs = started.elapsed().as_secs_f64();
     Ok((total, passes, secs))
-}
-
-fn absorb(total: &mut PassTally, t: PassTally) {
-    total.rows += t.rows;
-    total.skipped += t.skipped;
-    total.reencrypted += t.reencrypted;
-    total.queued += t.queued;
-    total.conflicts += t.conflicts;
-    total.left = t.left; // the last pass says what is still left
-    total.fields.merge(&t.fields);
-    total.batch_latencies.extend(t.batch_latencies);
-    total.phases.add(&t.phases);
 }
 
 #[allow(clippy::too_many_arguments)]

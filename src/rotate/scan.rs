@@ -49,11 +49,7 @@ pub async fn scan(
     loop {
         let rows = scan_page(pool, table, after.as_deref(), filter, PAGE).await?;
         if let Some(job) = pending.take() {
-            merge(
-                &mut result,
-                job.await
-                    .map_err(|e| SetupError::Refused(format!("scan task crashed: {e}")))?,
-            );
+            merge(&mut result, joined(job).await?);
         }
         let Some(last) = rows.last() else { break };
         after = Some(last.id.clone());
@@ -63,17 +59,18 @@ pub async fn scan(
             classify_page(&keyring, &rows, mode)
         }));
         if !full {
-            if let Some(job) = pending.take() {
-                merge(
-                    &mut result,
-                    job.await
-                        .map_err(|e| SetupError::Refused(format!("scan task crashed: {e}")))?,
-                );
-            }
             break;
         }
     }
+    if let Some(job) = pending.take() {
+        merge(&mut result, joined(job).await?);
+    }
     Ok(result)
+}
+
+async fn joined(job: tokio::task::JoinHandle<ScanResult>) -> Result<ScanResult, SetupError> {
+    job.await
+        .map_err(|e| SetupError::Refused(format!("scan task crashed: {e}")))
 }
 
 fn classify_page(keyring: &Keyring, rows: &[StoredRow], mode: Mode) -> ScanResult {
