@@ -19,7 +19,7 @@ use crate::error::{Outcome, SetupError};
 use crate::keys::Key;
 use crate::report;
 use crate::rotate::events::NullSink;
-use crate::rotate::run::{self, RunContext, RunOptions};
+use crate::rotate::run::{self, PhaseSecs, RunContext, RunOptions};
 use crate::rotate::scan::scan;
 
 /// The reference schema the scratch database gets.
@@ -73,6 +73,11 @@ pub struct InPlaceFigure {
     pub batch_p50_ms: f64,
     pub batch_p99_ms: f64,
     pub verified: bool,
+    /// WAL the run generated per row walked (row versions, index entries,
+    /// tuple locks, the backup): what the server writes for each tenant.
+    pub wal_bytes_per_row: f64,
+    /// Where the batches' time went, summed over workers.
+    pub phase_secs: PhaseSecs,
 }
 
 /// Everything fleet-bench measured.
@@ -218,12 +223,21 @@ async fn measure(url: &str, args: &BenchArgs) -> Result<BenchReport, SetupError>
             limit: None,
             confirm_reprovision: None,
         };
+        let wal_before: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+            .fetch_one(&pool)
+            .await?;
         let r = run::run(&ctx, &opts).await?;
+        let wal_bytes: f64 =
+            sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::float8")
+                .bind(&wal_before)
+                .fetch_one(&pool)
+                .await?;
+        let wal_bytes_per_row = wal_bytes / r.rows_walked.max(1) as f64;
         let check = scan(&pool, &table, &keyring, Mode::Auto, &RowFilter::default()).await?;
         let verified = check.fields.current + check.fields.empty == 2 * args.rows;
         eprintln!(
             "fleet-bench: {workers} workers: {:.0} rows/s, batch p50 {:.1} ms p99 {:.1} ms, verified {verified}; \
-             batch time: claim {:.2}s crypto {:.2}s write {:.2}s commit {:.2}s",
+             batch time: claim {:.2}s crypto {:.2}s write {:.2}s commit {:.2}s; WAL {wal_bytes_per_row:.0} B/row",
             r.rows_per_sec,
             r.batch_p50_ms,
             r.batch_p99_ms,
@@ -240,6 +254,8 @@ async fn measure(url: &str, args: &BenchArgs) -> Result<BenchReport, SetupError>
             batch_p50_ms: r.batch_p50_ms,
             batch_p99_ms: r.batch_p99_ms,
             verified,
+            wal_bytes_per_row,
+            phase_secs: r.phase_secs,
         });
     }
     let key = fresh_fleet(&pool, &table, &tenants).await?;
@@ -487,14 +503,19 @@ fn text(b: &BenchReport) -> String {
     );
     let _ = writeln!(
         out,
-        "  {:>8} {:>12} {:>10} {:>10} {:>9}",
-        "workers", "rows/s", "p50 ms", "p99 ms", "verified"
+        "  {:>8} {:>12} {:>10} {:>10} {:>9} {:>10}",
+        "workers", "rows/s", "p50 ms", "p99 ms", "verified", "WAL B/row"
     );
     for f in &b.in_place {
         let _ = writeln!(
             out,
-            "  {:>8} {:>12.0} {:>10.1} {:>10.1} {:>9}",
-            f.workers, f.rows_per_sec, f.batch_p50_ms, f.batch_p99_ms, f.verified
+            "  {:>8} {:>12.0} {:>10.1} {:>10.1} {:>9} {:>10.0}",
+            f.workers,
+            f.rows_per_sec,
+            f.batch_p50_ms,
+            f.batch_p99_ms,
+            f.verified,
+            f.wal_bytes_per_row
         );
     }
     let _ = writeln!(
