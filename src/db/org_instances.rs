@@ -90,16 +90,59 @@ async fn fetch_page<'c, E: sqlx::PgExecutor<'c>>(
 }
 
 fn decode_rows(rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<StoredRow>, sqlx::Error> {
-    rows.into_iter()
-        .map(|r| {
-            Ok(StoredRow {
-                id: r.try_get("id")?,
-                tid: r.try_get("tid")?,
-                db: r.try_get("db")?,
-                redis: r.try_get("redis")?,
-            })
-        })
-        .collect()
+    rows.into_iter().map(decode_row).collect()
+}
+
+fn decode_row(r: sqlx::postgres::PgRow) -> Result<StoredRow, sqlx::Error> {
+    Ok(StoredRow {
+        id: r.try_get("id")?,
+        tid: r.try_get("tid")?,
+        db: r.try_get("db")?,
+        redis: r.try_get("redis")?,
+    })
+}
+
+/// Reads every row of the table in one statement, without locking and in
+/// no particular order, handing them to `page` `page_size` at a time.
+///
+/// For reads of the whole table (plan, verify, the convergence check): one
+/// sequential scan streamed over one connection instead of keyset pages,
+/// each of which walks the primary key and fetches its rows from the heap
+/// one by one (measured: see README, Performance). The statement's single
+/// snapshot is also a consistent view of the table.
+pub async fn scan_all<F>(
+    pool: &PgPool,
+    table: &Table,
+    page_size: usize,
+    mut page: F,
+) -> Result<(), sqlx::Error>
+where
+    F: AsyncFnMut(Vec<StoredRow>),
+{
+    use futures::TryStreamExt;
+    let sql = format!(
+        "SELECT {id}::text AS id, NULL::text AS tid, {db} AS db, {redis} AS redis FROM {t}",
+        id = table.id,
+        db = table.db,
+        redis = table.redis,
+        t = table.name
+    );
+    let mut rows = sqlx::query(&sql).fetch(pool);
+    let mut buffer = Vec::with_capacity(page_size);
+    while let Some(row) = rows.try_next().await? {
+        buffer.push(decode_row(row)?);
+        if buffer.len() == page_size {
+            page(std::mem::replace(
+                &mut buffer,
+                Vec::with_capacity(page_size),
+            ))
+            .await;
+        }
+    }
+    if !buffer.is_empty() {
+        page(buffer).await;
+    }
+    Ok(())
 }
 
 /// Locks and returns up to `limit` rows after `after` in key order,

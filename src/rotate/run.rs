@@ -168,11 +168,28 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, Setup
             .map_err(|e| SetupError::Refused(format!("re-provisioning crashed: {e}")))??,
         None => ProvisionTally::default(),
     };
-    let (tally, passes, in_place_secs) = walked?;
+    let Walk {
+        tally,
+        passes,
+        secs: in_place_secs,
+        last_scan,
+    } = walked?;
     // `--max-tenants` is as deliberate a stop as `--limit`: the tenants it
     // left are for the next invocation, not reasons to fail the run.
     let partial = opts.limit.is_some() || !opts.orgs.is_empty() || provisioned.capped;
-    let check = scan(&ctx.pool, &ctx.table, &ctx.keyring, opts.mode, &filter).await?;
+    // The walk ended on a full read that found nothing left to do; if
+    // nothing has written rows since (no tenant re-provisioned, no stop
+    // mid-way), that read is the conclusion's, and a second full read of the
+    // table would only add to the outage.
+    let quiet_since = provisioned.done == 0
+        && provisioned.failed == 0
+        && !provisioned.capped
+        && !provisioned.canary_failed
+        && !ctx.stop.load(Ordering::SeqCst);
+    let check = match last_scan {
+        Some(check) if quiet_since => check,
+        _ => scan(&ctx.pool, &ctx.table, &ctx.keyring, opts.mode, &filter).await?,
+    };
     let report = conclude(
         ctx,
         opts,
@@ -269,13 +286,22 @@ pub fn gate_trips(opened: u64, unopened: u64) -> bool {
     unopened > 0 && opened < unopened
 }
 
+/// What the in-place walk did.
+struct Walk {
+    tally: PassTally,
+    passes: u32,
+    secs: f64,
+    /// The full read that ended the walk, when one did.
+    last_scan: Option<ScanResult>,
+}
+
 /// In-place passes until a pass changes nothing, or the pass limit.
 async fn walk(
     ctx: &RunContext,
     inplace: &Arc<InPlace>,
     opts: &RunOptions,
     filter: &RowFilter,
-) -> Result<(PassTally, u32, f64), SetupError> {
+) -> Result<Walk, SetupError> {
     let started = Instant::now();
     let mut total = PassTally::default();
     let mut pass_filter = filter.clone();
@@ -298,13 +324,18 @@ async fn walk(
         // nothing: the rows may be in another process's batch. Only a
         // re-walk that waited for them ends the walk on a quiet pass.
         if opts.limit.is_some() || (changed == 0 && pass_filter.wait_for_locked) {
-            return Ok((total, passes, secs));
+            return Ok(Walk {
+                tally: total,
+                passes,
+                secs,
+                last_scan: None,
+            });
         }
         // Rows the control plane wrote under the old key meanwhile, or that
         // another process held locked, are found by a read without locks and
         // walked again; everything else is not touched twice.
         let check = scan(&ctx.pool, &ctx.table, &ctx.keyring, opts.mode, filter).await?;
-        let mut again = check.reencrypt_ids;
+        let mut again = check.reencrypt_ids.clone();
         if opts.mode != Mode::Reencrypt {
             let queued =
                 journal::queued_among(&ctx.pool, inplace.run_id, &check.reprovision_ids).await?;
@@ -312,12 +343,18 @@ async fn walk(
             again.extend(
                 check
                     .reprovision_ids
-                    .into_iter()
-                    .filter(|id| !queued.contains(id)),
+                    .iter()
+                    .filter(|id| !queued.contains(*id))
+                    .cloned(),
             );
         }
         if again.is_empty() {
-            return Ok((total, passes, secs));
+            return Ok(Walk {
+                tally: total,
+                passes,
+                secs: started.elapsed().as_secs_f64(),
+                last_scan: Some(check),
+            });
         }
         // Waiting, not skipping: a row still locked here is in another
         // process's batch, and only its commit says whether it is done.
@@ -327,8 +364,12 @@ async fn walk(
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let secs = started.elapsed().as_secs_f64();
-    Ok((total, passes, secs))
+    Ok(Walk {
+        secs: started.elapsed().as_secs_f64(),
+        tally: total,
+        passes,
+        last_scan: None,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]

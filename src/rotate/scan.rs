@@ -1,9 +1,10 @@
 //! Read-only walks over the whole table: the classification behind
 //! `plan`, `verify`, the wrong-old-key gate and a run's final check.
 //!
-//! Pages are read in key order without locks (a consistent snapshot is not
-//! needed: a run re-checks what it finds) and classified on rayon's pool
-//! while the next page is fetched.
+//! The whole table is read in one streamed sequential scan; a list of ids
+//! (`--org`, a run's re-walk) in key-ordered pages. Either way without locks
+//! (a run re-checks what it finds), and each page is classified on rayon's
+//! pool while the next one arrives.
 
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use rayon::prelude::*;
 use sqlx::PgPool;
 
 use super::batch::{classify_row, ActionCounts, FieldCounts};
-use crate::db::org_instances::{scan_page, RowFilter, StoredRow};
+use crate::db::org_instances::{scan_all, scan_page, RowFilter, StoredRow};
 use crate::db::Table;
 use crate::envelope::{FieldClass, Keyring, Mode, RowAction};
 use crate::error::SetupError;
@@ -44,8 +45,39 @@ pub async fn scan(
     filter: &RowFilter,
 ) -> Result<ScanResult, SetupError> {
     let mut result = ScanResult::default();
-    let mut after: Option<String> = None;
     let mut pending: Option<tokio::task::JoinHandle<ScanResult>> = None;
+    if filter.ids.is_none() {
+        // The whole table: one streamed sequential scan; each page is
+        // classified on rayon while the next one arrives.
+        let mut failed = None;
+        scan_all(pool, table, PAGE as usize, async |rows| {
+            if let Some(job) = pending.take() {
+                match joined(job).await {
+                    Ok(page) => merge(&mut result, page),
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+            let keyring = Arc::clone(keyring);
+            pending = Some(tokio::task::spawn_blocking(move || {
+                classify_page(&keyring, &rows, mode)
+            }));
+        })
+        .await?;
+        if let Some(job) = pending.take() {
+            merge(&mut result, joined(job).await?);
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        // The scan's order is the heap's; sorted, reports list rows in the
+        // same order from one invocation to the next.
+        result.reencrypt_ids.sort_unstable();
+        result.reprovision_ids.sort_unstable();
+        return Ok(result);
+    }
+    let mut after: Option<String> = None;
     loop {
         let rows = scan_page(pool, table, after.as_deref(), filter, PAGE).await?;
         if let Some(job) = pending.take() {
