@@ -394,3 +394,46 @@ async fn a_key_file_readable_by_others_gets_a_warning(pool: PgPool) {
         text(&out)
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn seed_fills_an_empty_table_and_refuses_one_with_rows(pool: PgPool) {
+    let keys = Keys::new();
+    reference_table(&pool).await;
+    let url = db_url(&pool);
+    let seed = |rows: &str| {
+        rekey(
+            &url,
+            &[
+                "seed",
+                "--rows",
+                rows,
+                "--key-file",
+                path_str(&keys.old_file),
+            ],
+        )
+    };
+
+    let out = seed("60");
+    assert_exit(&out, 0, "seed into an empty table");
+    let before = snapshot(&pool).await;
+    assert_eq!(before.len(), 60);
+    let opened = open_all(&before, &rekey::envelope::Cipher::new(&keys.old));
+    for (id, (db, _)) in &opened {
+        let url = String::from_utf8(
+            db.clone()
+                .expect("every database URL opens under the seed key"),
+        )
+        .expect("UTF-8");
+        assert!(url.starts_with("postgres"), "{id}: not a database URL");
+    }
+
+    let out = seed("10");
+    assert_exit(&out, 2, "seed into a table with rows");
+    let all = text(&out);
+    assert!(all.contains("already has 60 rows"), "{all}");
+    assert_eq!(
+        snapshot(&pool).await,
+        before,
+        "the refused seed changed the table"
+    );
+}
