@@ -16,9 +16,11 @@ use crate::db::Table;
 use crate::envelope::{Keyring, Mode};
 use crate::error::SetupError;
 
-/// In-place rows per second assumed by the estimate: the figure
-/// `rekey fleet-bench --rows 100000` measured on the reference 2-core
-/// machine (README, "Performance"). Override with `--in-place-rate`.
+/// In-place rows per second assumed by the estimate: a round figure below
+/// what `rekey fleet-bench --rows 100000` measured end to end on the
+/// reference 2-core machine (97k-107k rows/s at 4 workers; README,
+/// "Performance"), since an outage estimate should not be optimistic.
+/// Servers differ: measure yours and pass `--in-place-rate`.
 pub const DEFAULT_IN_PLACE_RATE: f64 = 80_000.0;
 
 /// What `plan` found and advises.
