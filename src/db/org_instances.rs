@@ -37,14 +37,7 @@ pub struct RowFilter {
 /// present (PostgreSQL refuses a bind count that differs from the text's):
 /// the cursor if `after`, the id list if filtered, and always the limit last.
 fn select_sql(table: &Table, after: bool, filter: &RowFilter, lock: bool) -> String {
-    let mut sql = format!(
-        "SELECT {id}::text AS id, {tid} AS tid, {db} AS db, {redis} AS redis FROM {t} WHERE true",
-        tid = if lock { "ctid::text" } else { "NULL::text" },
-        id = table.id,
-        db = table.db,
-        redis = table.redis,
-        t = table.name
-    );
+    let mut sql = format!("{} WHERE true", select_rows(table, lock));
     let mut n = 0;
     if after {
         n += 1;
@@ -69,6 +62,19 @@ fn select_sql(table: &Table, after: bool, filter: &RowFilter, lock: bool) -> Str
         sql.push_str(" FOR NO KEY UPDATE SKIP LOCKED");
     }
     sql
+}
+
+/// The SELECT list and FROM every read of rows shares; the row's address
+/// only under a lock, where it stays valid.
+fn select_rows(table: &Table, lock: bool) -> String {
+    format!(
+        "SELECT {id}::text AS id, {tid} AS tid, {db} AS db, {redis} AS redis FROM {t}",
+        tid = if lock { "ctid::text" } else { "NULL::text" },
+        id = table.id,
+        db = table.db,
+        redis = table.redis,
+        t = table.name
+    )
 }
 
 /// Runs a claim or scan SELECT with exactly the binds its text names.
@@ -103,30 +109,26 @@ fn decode_row(r: sqlx::postgres::PgRow) -> Result<StoredRow, sqlx::Error> {
 }
 
 /// Reads every row of the table in one statement, without locking and in
-/// no particular order, handing them to `page` `page_size` at a time.
+/// no particular order, handing them to `page` `page_size` at a time; the
+/// first error `page` returns ends the read.
 ///
 /// For reads of the whole table (plan, verify, the convergence check): one
 /// sequential scan streamed over one connection instead of keyset pages,
 /// each of which walks the primary key and fetches its rows from the heap
 /// one by one (measured: see README, Performance). The statement's single
 /// snapshot is also a consistent view of the table.
-pub async fn scan_all<F>(
+pub async fn scan_all<F, E>(
     pool: &PgPool,
     table: &Table,
     page_size: usize,
     mut page: F,
-) -> Result<(), sqlx::Error>
+) -> Result<(), E>
 where
-    F: AsyncFnMut(Vec<StoredRow>),
+    F: AsyncFnMut(Vec<StoredRow>) -> Result<(), E>,
+    E: From<sqlx::Error>,
 {
     use futures::TryStreamExt;
-    let sql = format!(
-        "SELECT {id}::text AS id, NULL::text AS tid, {db} AS db, {redis} AS redis FROM {t}",
-        id = table.id,
-        db = table.db,
-        redis = table.redis,
-        t = table.name
-    );
+    let sql = select_rows(table, false);
     let mut rows = sqlx::query(&sql).fetch(pool);
     let mut buffer = Vec::with_capacity(page_size);
     while let Some(row) = rows.try_next().await? {
@@ -136,11 +138,11 @@ where
                 &mut buffer,
                 Vec::with_capacity(page_size),
             ))
-            .await;
+            .await?;
         }
     }
     if !buffer.is_empty() {
-        page(buffer).await;
+        page(buffer).await?;
     }
     Ok(())
 }

@@ -44,33 +44,19 @@ pub async fn scan(
     mode: Mode,
     filter: &RowFilter,
 ) -> Result<ScanResult, SetupError> {
-    let mut result = ScanResult::default();
-    let mut pending: Option<tokio::task::JoinHandle<ScanResult>> = None;
+    let mut pages = Pages {
+        keyring,
+        mode,
+        pending: None,
+        result: ScanResult::default(),
+    };
     if filter.ids.is_none() {
-        // The whole table: one streamed sequential scan; each page is
-        // classified on rayon while the next one arrives.
-        let mut failed = None;
+        // The whole table: one streamed sequential scan.
         scan_all(pool, table, PAGE as usize, async |rows| {
-            if let Some(job) = pending.take() {
-                match joined(job).await {
-                    Ok(page) => merge(&mut result, page),
-                    Err(e) => {
-                        failed.get_or_insert(e);
-                    }
-                }
-            }
-            let keyring = Arc::clone(keyring);
-            pending = Some(tokio::task::spawn_blocking(move || {
-                classify_page(&keyring, &rows, mode)
-            }));
+            pages.push(rows).await
         })
         .await?;
-        if let Some(job) = pending.take() {
-            merge(&mut result, joined(job).await?);
-        }
-        if let Some(e) = failed {
-            return Err(e);
-        }
+        let mut result = pages.finish().await?;
         // The scan's order is the heap's; sorted, reports list rows in the
         // same order from one invocation to the next.
         result.reencrypt_ids.sort_unstable();
@@ -80,29 +66,50 @@ pub async fn scan(
     let mut after: Option<String> = None;
     loop {
         let rows = scan_page(pool, table, after.as_deref(), filter, PAGE).await?;
-        if let Some(job) = pending.take() {
-            merge(&mut result, joined(job).await?);
-        }
         let Some(last) = rows.last() else { break };
         after = Some(last.id.clone());
         let full = rows.len() as i64 == PAGE;
-        let keyring = Arc::clone(keyring);
-        pending = Some(tokio::task::spawn_blocking(move || {
-            classify_page(&keyring, &rows, mode)
-        }));
+        pages.push(rows).await?;
         if !full {
             break;
         }
     }
-    if let Some(job) = pending.take() {
-        merge(&mut result, joined(job).await?);
-    }
-    Ok(result)
+    pages.finish().await
 }
 
-async fn joined(job: tokio::task::JoinHandle<ScanResult>) -> Result<ScanResult, SetupError> {
-    job.await
-        .map_err(|e| SetupError::Refused(format!("scan task crashed: {e}")))
+/// Classifies pages on rayon's pool, each while the next one is read.
+struct Pages<'k> {
+    keyring: &'k Arc<Keyring>,
+    mode: Mode,
+    pending: Option<tokio::task::JoinHandle<ScanResult>>,
+    result: ScanResult,
+}
+
+impl Pages<'_> {
+    async fn push(&mut self, rows: Vec<StoredRow>) -> Result<(), SetupError> {
+        self.merge_pending().await?;
+        let keyring = Arc::clone(self.keyring);
+        let mode = self.mode;
+        self.pending = Some(tokio::task::spawn_blocking(move || {
+            classify_page(&keyring, &rows, mode)
+        }));
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<ScanResult, SetupError> {
+        self.merge_pending().await?;
+        Ok(self.result)
+    }
+
+    async fn merge_pending(&mut self) -> Result<(), SetupError> {
+        if let Some(job) = self.pending.take() {
+            let page = job
+                .await
+                .map_err(|e| SetupError::Refused(format!("scan task crashed: {e}")))?;
+            merge(&mut self.result, page);
+        }
+        Ok(())
+    }
 }
 
 fn classify_page(keyring: &Keyring, rows: &[StoredRow], mode: Mode) -> ScanResult {
