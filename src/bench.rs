@@ -441,7 +441,7 @@ async fn fresh_fleet(
     // the last checkpoint, so the run's first change to each page logs the
     // whole page (full_page_writes). Without this checkpoint the pages the
     // seed just wrote would be spared that, and the WAL and the rate would
-    // look better than the real day: measured 786 against 1,251 WAL bytes
+    // look better than the real day: measured 786 against 1,249 WAL bytes
     // per row. CHECKPOINT needs superuser or pg_checkpoint; without it the
     // figures are flagged as optimistic.
     if let Err(e) = sqlx::raw_sql("CHECKPOINT").execute(pool).await {
