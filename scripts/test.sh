@@ -18,4 +18,4 @@ if ! python3 -c 'import cryptography.hazmat.primitives.ciphers.aead' 2>/dev/null
     python3 -m pip install --quiet cryptography
 fi
 
-cargo test --locked "$@"
+cargo test --locked --workspace "$@"

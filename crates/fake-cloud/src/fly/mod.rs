@@ -1,0 +1,294 @@
+//! The fake's Fly Machines API routes (under `/v1`): apps, machine create,
+//! list (with `include_deleted`, `region` and `metadata.<key>` filters),
+//! get, start, stop, destroy, and `/wait`.
+//!
+//! `/wait` is the one handler that awaits: it re-checks the machine whenever
+//! a Fly change is announced or a scheduled transition falls due, never
+//! holding the state lock while it sleeps.
+
+mod model;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use crate::http::{parse_body, FlyError, Now, Query};
+use crate::Shared;
+
+pub(crate) use model::{
+    tenant_config, valid_app_name, App, Fly, MachineState, TenantMachine, DEFAULT_REGION,
+};
+
+type Answer = Result<Response, FlyError>;
+
+/// The longest a single `/wait` holds, as on Fly.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+pub(crate) fn routes() -> Router<Arc<Shared>> {
+    let machine = "/apps/{app}/machines/{machine_id}";
+    Router::new()
+        .route("/apps", post(create_app))
+        .route("/apps/{app}", get(get_app))
+        .route(
+            "/apps/{app}/machines",
+            get(list_machines).post(create_machine),
+        )
+        .route(machine, get(get_machine).delete(destroy_machine))
+        .route(&format!("{machine}/wait"), get(wait))
+        .route(&format!("{machine}/start"), post(start_machine))
+        .route(&format!("{machine}/stop"), post(stop_machine))
+}
+
+/// Any path under `/v1` the fake does not serve.
+pub(crate) async fn unknown_route() -> FlyError {
+    FlyError::not_found("not found")
+}
+
+fn ok(body: Value) -> Answer {
+    Ok(Json(body).into_response())
+}
+
+async fn create_app(State(shared): State<Arc<Shared>>, body: Bytes) -> Answer {
+    let body: model::CreateApp = parse_body(&body).map_err(FlyError::bad_request)?;
+    let now = Now::new();
+    let mut world = shared.world();
+    let world = &mut *world;
+    let app = world.fly.create_app(&mut world.ids, &now, body)?;
+    Ok((StatusCode::CREATED, Json(app.to_json())).into_response())
+}
+
+async fn get_app(State(shared): State<Arc<Shared>>, Path(app): Path<String>) -> Answer {
+    let world = shared.world();
+    ok(world.fly.app(&app)?.to_json())
+}
+
+async fn create_machine(
+    State(shared): State<Arc<Shared>>,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> Answer {
+    let body: model::CreateMachine = parse_body(&body).map_err(FlyError::bad_request)?;
+    let config = shared.config();
+    let now = Now::new();
+    let answer = {
+        let mut world = shared.world();
+        let world = &mut *world;
+        let app = world.fly.app_mut(&app)?;
+        app.settle(&now);
+        let unique_names = !config.fly_duplicate_names;
+        let machine = app.create_machine(
+            &mut world.ids,
+            &now,
+            config.boot_duration,
+            unique_names,
+            body,
+        )?;
+        machine.to_json()
+    };
+    shared.fly_changed.notify_waiters();
+    ok(answer)
+}
+
+async fn list_machines(
+    State(shared): State<Arc<Shared>>,
+    Path(app): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Answer {
+    let query = Query::parse(raw.as_deref());
+    let now = Now::new();
+    let mut world = shared.world();
+    let app = world.fly.app_mut(&app)?;
+    app.settle(&now);
+    let machines: Vec<Value> = app
+        .list(&query)
+        .into_iter()
+        .map(model::Machine::to_json)
+        .collect();
+    ok(Value::Array(machines))
+}
+
+async fn get_machine(
+    State(shared): State<Arc<Shared>>,
+    Path((app, machine_id)): Path<(String, String)>,
+) -> Answer {
+    let now = Now::new();
+    let mut world = shared.world();
+    let app = world.fly.app_mut(&app)?;
+    app.settle(&now);
+    ok(app.machine(&machine_id)?.to_json())
+}
+
+async fn start_machine(
+    State(shared): State<Arc<Shared>>,
+    Path((app, machine_id)): Path<(String, String)>,
+) -> Answer {
+    let boot = shared.config().boot_duration;
+    let now = Now::new();
+    let previous = {
+        let mut world = shared.world();
+        world.fly.app_mut(&app)?.start(&now, boot, &machine_id)?
+    };
+    shared.fly_changed.notify_waiters();
+    ok(json!({"previous_state": previous.as_str(), "migrated": false, "new_host": ""}))
+}
+
+async fn stop_machine(
+    State(shared): State<Arc<Shared>>,
+    Path((app, machine_id)): Path<(String, String)>,
+) -> Answer {
+    let boot = shared.config().boot_duration;
+    let now = Now::new();
+    {
+        let mut world = shared.world();
+        world.fly.app_mut(&app)?.stop(&now, boot, &machine_id)?;
+    }
+    shared.fly_changed.notify_waiters();
+    ok(json!({"ok": true}))
+}
+
+/// `force=true` or `kill=true` destroys a running machine; without either
+/// only a machine that is not running can go.
+async fn destroy_machine(
+    State(shared): State<Arc<Shared>>,
+    Path((app, machine_id)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> Answer {
+    let query = Query::parse(raw.as_deref());
+    let force = query.flag("force") || query.flag("kill");
+    let now = Now::new();
+    {
+        let mut world = shared.world();
+        world.fly.app_mut(&app)?.destroy(&now, &machine_id, force)?;
+    }
+    shared.fly_changed.notify_waiters();
+    ok(json!({"ok": true}))
+}
+
+/// What a `/wait` call asks for.
+struct WaitFor {
+    target: MachineState,
+    timeout: Duration,
+    version: Option<String>,
+}
+
+impl WaitFor {
+    fn parse(query: &Query) -> Result<WaitFor, FlyError> {
+        let target = match query.get("state") {
+            None => MachineState::Started,
+            Some(state) => MachineState::wait_target(state).ok_or_else(|| {
+                FlyError::bad_request("state must be one of started, stopped, suspended, destroyed")
+            })?,
+        };
+        let timeout = match query.get("timeout") {
+            None => MAX_WAIT,
+            Some(raw) => parse_seconds(raw)
+                .ok_or_else(|| FlyError::bad_request("timeout must be a number of seconds"))?
+                .min(MAX_WAIT),
+        };
+        let version = query
+            .get("instance_id")
+            .or_else(|| query.get("version"))
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned);
+        if target == MachineState::Stopped && version.is_none() {
+            return Err(FlyError::bad_request(
+                "instance_id is required when waiting for the stopped state",
+            ));
+        }
+        Ok(WaitFor {
+            target,
+            timeout,
+            version,
+        })
+    }
+}
+
+/// `30` or `30s`.
+fn parse_seconds(raw: &str) -> Option<Duration> {
+    raw.strip_suffix('s')
+        .unwrap_or(raw)
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// 200 `{"ok":true}` once the machine is in the state; 408 when `timeout`
+/// passes first; 400 when the state can no longer be reached; 404 for an
+/// unknown machine, except that an absent machine is `destroyed`.
+async fn wait(
+    State(shared): State<Arc<Shared>>,
+    Path((app, machine_id)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> Answer {
+    let query = Query::parse(raw.as_deref());
+    let wait = WaitFor::parse(&query)?;
+    let deadline = Instant::now() + wait.timeout;
+    loop {
+        // Registered before looking, so a change made between the look and
+        // the sleep still wakes us.
+        let changed = shared.fly_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if shared.is_closing() {
+            return Err(FlyError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server shutting down",
+            ));
+        }
+        let next_change = match look(&shared, &app, &machine_id, &wait)? {
+            model::WaitVerdict::Reached => return ok(json!({"ok": true})),
+            model::WaitVerdict::Unreachable(message) => return Err(FlyError::bad_request(message)),
+            model::WaitVerdict::Pending(next_change) => next_change,
+        };
+        if Instant::now() >= deadline {
+            return Err(FlyError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "deadline_exceeded: machine did not reach state {} within {}s",
+                    wait.target.as_str(),
+                    wait.timeout.as_secs()
+                ),
+            ));
+        }
+        let wake = next_change.map_or(deadline, |at| at.min(deadline));
+        tokio::select! {
+            _ = &mut changed => {}
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+    }
+}
+
+/// One look at the machine for `/wait`, under the lock.
+fn look(
+    shared: &Shared,
+    app: &str,
+    machine_id: &str,
+    wait: &WaitFor,
+) -> Result<model::WaitVerdict, FlyError> {
+    let now = Now::new();
+    let mut world = shared.world();
+    let app = world.fly.app_mut(app)?;
+    app.settle(&now);
+    let Ok(machine) = app.machine(machine_id) else {
+        if wait.target == MachineState::Destroyed {
+            return Ok(model::WaitVerdict::Reached);
+        }
+        return Err(FlyError::not_found("machine not found"));
+    };
+    if let Some(version) = &wait.version {
+        if version != &machine.instance_id {
+            return Err(FlyError::bad_request(format!(
+                "instance_id {version} is not the machine's current version"
+            )));
+        }
+    }
+    Ok(machine.wait_verdict(wait.target))
+}

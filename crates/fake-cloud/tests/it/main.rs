@@ -1,0 +1,1354 @@
+//! Integration tests of the fake cloud: each test starts the fake in-process
+//! on a loopback port and speaks raw HTTP to it with reqwest, the way the
+//! real clients will, without any of the project's client code. Two tests
+//! run the `fake-cloud` binary itself (its listening line, SIGTERM, and its
+//! refusal of non-loopback addresses).
+//!
+//! The tests are the fake's specification: each name states one behaviour
+//! of Neon or Fly that the fake must reproduce.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use fake_cloud::{FakeCloud, FakeConfig};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+/// A running fake and a client for it.
+struct Cloud {
+    fake: FakeCloud,
+    http: reqwest::Client,
+}
+
+/// An answer: status, `Retry-After` if any, and the body as JSON (`Null`
+/// when empty).
+#[derive(Debug)]
+struct Reply {
+    status: StatusCode,
+    retry_after: Option<String>,
+    body: Value,
+}
+
+async fn cloud(config: FakeConfig) -> Cloud {
+    let fake = FakeCloud::start(config)
+        .await
+        .unwrap_or_else(|e| panic!("fake cloud did not start: {e}"));
+    Cloud {
+        fake,
+        http: reqwest::Client::new(),
+    }
+}
+
+async fn fast_cloud() -> Cloud {
+    cloud(FakeConfig::default()).await
+}
+
+impl Cloud {
+    async fn call(
+        &self,
+        method: Method,
+        url: String,
+        body: Option<Value>,
+        auth: Option<&str>,
+    ) -> Reply {
+        let mut request = self.http.request(method, &url);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        if let Some(auth) = auth {
+            request = request.header("Authorization", auth);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = response
+            .bytes()
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("{url}: not JSON ({e}): {bytes:?}"))
+        };
+        Reply {
+            status,
+            retry_after,
+            body,
+        }
+    }
+
+    async fn neon(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+        self.call(
+            method,
+            format!("{}{path}", self.fake.neon_url()),
+            body,
+            None,
+        )
+        .await
+    }
+
+    async fn fly(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+        self.call(method, format!("{}{path}", self.fake.fly_url()), body, None)
+            .await
+    }
+
+    async fn neon_get(&self, path: &str) -> Reply {
+        self.neon(Method::GET, path, None).await
+    }
+
+    async fn neon_delete(&self, path: &str) -> Reply {
+        self.neon(Method::DELETE, path, None).await
+    }
+
+    async fn fly_get(&self, path: &str) -> Reply {
+        self.fly(Method::GET, path, None).await
+    }
+
+    async fn fly_delete(&self, path: &str) -> Reply {
+        self.fly(Method::DELETE, path, None).await
+    }
+
+    async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+        let url = format!("http://{}/_fake{path}", self.fake.addr());
+        self.call(method, url, body, None).await
+    }
+
+    /// `POST /projects`; returns (project id, default branch id).
+    async fn project(&self) -> (String, String) {
+        let reply = self.neon(Method::POST, "/projects", None).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        (
+            text(&reply.body["project"]["id"]),
+            text(&reply.body["branch"]["id"]),
+        )
+    }
+
+    /// A child branch with a read-write endpoint; returns its id.
+    async fn branch(&self, project: &str, parent: &str, name: &str) -> String {
+        let body = json!({
+            "branch": {"parent_id": parent, "name": name},
+            "endpoints": [{"type": "read_write"}],
+        });
+        let reply = self.create_branch(project, body).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        text(&reply.body["branch"]["id"])
+    }
+
+    /// `POST /projects/{project}/branches` with `body`, as given.
+    async fn create_branch(&self, project: &str, body: Value) -> Reply {
+        self.neon(
+            Method::POST,
+            &format!("/projects/{project}/branches"),
+            Some(body),
+        )
+        .await
+    }
+
+    /// `reset_password` of `role` on a branch.
+    async fn reset_password(&self, project: &str, branch: &str, role: &str) -> Reply {
+        self.neon(
+            Method::POST,
+            &format!("/projects/{project}/branches/{branch}/roles/{role}/reset_password"),
+            None,
+        )
+        .await
+    }
+
+    /// Poll every operation in `reply.operations` until it is finished.
+    async fn finish(&self, project: &str, reply: &Value) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for op in reply["operations"].as_array().cloned().unwrap_or_default() {
+            let path = format!("/projects/{project}/operations/{}", text(&op["id"]));
+            loop {
+                let polled = self.neon_get(&path).await;
+                assert_eq!(polled.status, StatusCode::OK, "{:?}", polled.body);
+                if polled.body["operation"]["status"] == "finished" {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "operation never finished");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    }
+
+    async fn connection_uri(&self, project: &str, branch: &str) -> String {
+        let path = format!(
+            "/projects/{project}/connection_uri?branch_id={branch}&database_name=neondb&role_name=neondb_owner"
+        );
+        let reply = self.neon_get(&path).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        text(&reply.body["uri"])
+    }
+
+    /// `reveal_password` of `neondb_owner` on a branch.
+    async fn password(&self, project: &str, branch: &str) -> String {
+        let path =
+            format!("/projects/{project}/branches/{branch}/roles/neondb_owner/reveal_password");
+        let reply = self.neon_get(&path).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        text(&reply.body["password"])
+    }
+
+    async fn app(&self, name: &str) {
+        let reply = self
+            .fly(
+                Method::POST,
+                "/apps",
+                Some(json!({"app_name": name, "org_slug": "personal"})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    }
+
+    /// Create a machine that runs plain `nginx`; returns its id.
+    async fn nginx_machine(&self, app: &str) -> String {
+        text(
+            &self
+                .machine(app, json!({"config": {"image": "nginx"}}))
+                .await
+                .body["id"],
+        )
+    }
+
+    /// Create a machine; returns the reply.
+    async fn machine(&self, app: &str, body: Value) -> Reply {
+        self.fly(Method::POST, &format!("/apps/{app}/machines"), Some(body))
+            .await
+    }
+}
+
+fn text(value: &Value) -> String {
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("expected a string, got {value}"))
+        .to_owned()
+}
+
+fn millis(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+// ---------------------------------------------------------------- Neon
+
+#[tokio::test]
+async fn a_new_project_has_a_main_branch_owner_role_database_and_endpoint() {
+    let cloud = fast_cloud().await;
+    let reply = cloud.neon(Method::POST, "/projects", None).await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    let body = &reply.body;
+    assert_eq!(body["branch"]["name"], "main");
+    assert_eq!(body["branch"]["default"], true);
+    assert!(text(&body["branch"]["id"]).starts_with("br-"));
+    assert_eq!(body["roles"][0]["name"], "neondb_owner");
+    assert!(body["roles"][0]["password"].is_string());
+    assert_eq!(body["databases"][0]["name"], "neondb");
+    assert_eq!(body["endpoints"][0]["type"], "read_write");
+    assert!(text(&body["endpoints"][0]["id"]).starts_with("ep-"));
+    let uri = text(&body["connection_uris"][0]["connection_uri"]);
+    assert!(uri.starts_with("postgresql://neondb_owner:npg_"), "{uri}");
+    assert!(uri.ends_with("/neondb?sslmode=require"), "{uri}");
+    let op = text(&body["operations"][0]["id"]);
+    assert!(uuid::Uuid::parse_str(&op).is_ok());
+}
+
+#[tokio::test]
+async fn a_branch_inherits_its_parents_roles_passwords_and_databases() {
+    let cloud = fast_cloud().await;
+    let (project, main) = cloud.project().await;
+    let child = cloud.branch(&project, &main, "rekey-1").await;
+    let roles = cloud
+        .neon_get(&format!("/projects/{project}/branches/{child}/roles"))
+        .await;
+    assert_eq!(roles.body["roles"][0]["name"], "neondb_owner");
+    let databases = cloud
+        .neon_get(&format!("/projects/{project}/branches/{child}/databases"))
+        .await;
+    assert_eq!(databases.body["databases"][0]["name"], "neondb");
+    assert_eq!(databases.body["databases"][0]["owner_name"], "neondb_owner");
+    assert_eq!(
+        cloud.password(&project, &main).await,
+        cloud.password(&project, &child).await
+    );
+    let branch = cloud
+        .neon_get(&format!("/projects/{project}/branches/{child}"))
+        .await;
+    assert_eq!(branch.body["branch"]["parent_id"], json!(main));
+}
+
+#[tokio::test]
+async fn a_duplicate_branch_name_is_refused_with_409() {
+    let cloud = fast_cloud().await;
+    let (project, main) = cloud.project().await;
+    cloud.branch(&project, &main, "rekey-1").await;
+    let again = cloud
+        .create_branch(
+            &project,
+            json!({"branch": {"parent_id": main, "name": "rekey-1"}}),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert_eq!(again.body["code"], "");
+    assert!(text(&again.body["message"]).contains("already exists"));
+}
+
+#[tokio::test]
+async fn a_second_read_write_endpoint_on_a_branch_is_refused_with_409() {
+    let cloud = fast_cloud().await;
+    let (project, main) = cloud.project().await;
+    let reply = cloud
+        .neon(
+            Method::POST,
+            &format!("/projects/{project}/endpoints"),
+            Some(json!({"endpoint": {"branch_id": main, "type": "read_write"}})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CONFLICT, "{:?}", reply.body);
+}
+
+#[tokio::test]
+async fn deleting_a_branch_with_children_is_refused() {
+    let cloud = fast_cloud().await;
+    let (project, main) = cloud.project().await;
+    let parent = cloud.branch(&project, &main, "parent").await;
+    let child = cloud.branch(&project, &parent, "child").await;
+    let refused = cloud
+        .neon_delete(&format!("/projects/{project}/branches/{parent}"))
+        .await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(text(&refused.body["message"]).contains("child"));
+    let deleted = cloud
+        .neon_delete(&format!("/projects/{project}/branches/{child}"))
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    assert_eq!(deleted.body["branch"]["id"], json!(child));
+    let actions: Vec<String> = deleted.body["operations"]
+        .as_array()
+        .map(|ops| ops.iter().map(|op| text(&op["action"])).collect())
+        .unwrap_or_default();
+    assert!(
+        actions.contains(&"delete_timeline".to_owned()),
+        "{actions:?}"
+    );
+    let parent_now = cloud
+        .neon_delete(&format!("/projects/{project}/branches/{parent}"))
+        .await;
+    assert_eq!(
+        parent_now.status,
+        StatusCode::OK,
+        "a leaf again, so deletable"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_leaf_branch_twice_answers_204_the_second_time() {
+    let cloud = fast_cloud().await;
+    let (project, main) = cloud.project().await;
+    let leaf = cloud.branch(&project, &main, "leaf").await;
+    let path = format!("/projects/{project}/branches/{leaf}");
+    assert_eq!(cloud.neon_delete(&path).await.status, StatusCode::OK);
+    let again = cloud.neon_delete(&path).await;
+    assert_eq!(again.status, StatusCode::NO_CONTENT);
+    assert_eq!(again.body, Value::Null);
+    assert_eq!(cloud.neon_get(&path).await.status, StatusCode::NOT_FOUND);
+    let endpoints = cloud
+        .neon_get(&format!("/projects/{project}/endpoints"))
+        .await;
+    assert_eq!(
+        endpoints.body["endpoints"].as_array().map(Vec::len),
+        Some(1),
+        "the leaf's endpoint went with it"
+    );
+}
+
+#[tokio::test]
+async fn deleting_the_default_branch_is_refused() {
+    let cloud = fast_cloud().await;
+    let (project, main) = cloud.project().await;
+    let reply = cloud
+        .neon_delete(&format!("/projects/{project}/branches/{main}"))
+        .await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn mutations_get_423_while_an_operation_runs_and_succeed_after_it_finishes() {
+    let cloud = cloud(FakeConfig {
+        op_duration: millis(400),
+        ..FakeConfig::default()
+    })
+    .await;
+    let (project, main) = cloud.project().await;
+    let create = |name: &'static str| {
+        let body = json!({"branch": {"parent_id": main, "name": name}});
+        let path = format!("/projects/{project}/branches");
+        let cloud = &cloud;
+        async move { cloud.neon(Method::POST, &path, Some(body)).await }
+    };
+    let locked = create("too-early").await;
+    assert_eq!(locked.status, StatusCode::LOCKED);
+    assert_eq!(
+        locked.body["message"],
+        "project already has running operations, scheduling of new ones is prohibited"
+    );
+    let created = cloud
+        .neon_get(&format!("/projects/{project}/operations"))
+        .await;
+    cloud.finish(&project, &created.body).await;
+    let after = create("in-time").await;
+    assert_eq!(after.status, StatusCode::CREATED, "{:?}", after.body);
+    let reads = cloud
+        .neon_get(&format!("/projects/{project}/branches"))
+        .await;
+    assert_eq!(reads.status, StatusCode::OK, "reads are never locked");
+}
+
+#[tokio::test]
+async fn operations_go_from_running_to_finished() {
+    let cloud = cloud(FakeConfig {
+        op_duration: millis(300),
+        ..FakeConfig::default()
+    })
+    .await;
+    let reply = cloud.neon(Method::POST, "/projects", None).await;
+    let project = text(&reply.body["project"]["id"]);
+    let statuses: Vec<String> = reply.body["operations"]
+        .as_array()
+        .map(|ops| ops.iter().map(|op| text(&op["status"])).collect())
+        .unwrap_or_default();
+    assert_eq!(statuses, ["running", "scheduling"]);
+    cloud.finish(&project, &reply.body).await;
+    let listed = cloud
+        .neon_get(&format!("/projects/{project}/operations"))
+        .await;
+    for op in listed.body["operations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        assert_eq!(op["status"], "finished");
+    }
+}
+
+#[tokio::test]
+async fn a_password_reset_takes_effect_when_its_operations_finish() {
+    let cloud = cloud(FakeConfig {
+        op_duration: millis(400),
+        ..FakeConfig::default()
+    })
+    .await;
+    let created = cloud.neon(Method::POST, "/projects", None).await;
+    let project = text(&created.body["project"]["id"]);
+    let main = text(&created.body["branch"]["id"]);
+    let old = text(&created.body["roles"][0]["password"]);
+    cloud.finish(&project, &created.body).await;
+
+    let reset = cloud.reset_password(&project, &main, "neondb_owner").await;
+    assert_eq!(reset.status, StatusCode::OK, "{:?}", reset.body);
+    let new = text(&reset.body["role"]["password"]);
+    assert_ne!(new, old);
+    let before = cloud.connection_uri(&project, &main).await;
+    assert!(
+        before.contains(&old),
+        "old password holds until the ops finish: {before}"
+    );
+    cloud.finish(&project, &reset.body).await;
+    let after = cloud.connection_uri(&project, &main).await;
+    assert!(after.contains(&new), "{after}");
+    assert!(!after.contains(&old));
+}
+
+#[tokio::test]
+async fn a_password_reset_leaves_the_parent_and_child_branches_alone() {
+    let cloud = fast_cloud().await;
+    let (project, main) = cloud.project().await;
+    let child = cloud.branch(&project, &main, "rekey-1").await;
+    let before = cloud.connection_uri(&project, &main).await;
+    let reset = cloud.reset_password(&project, &child, "neondb_owner").await;
+    assert_eq!(reset.status, StatusCode::OK);
+    assert_eq!(cloud.connection_uri(&project, &main).await, before);
+    assert_ne!(cloud.connection_uri(&project, &child).await, before);
+}
+
+#[tokio::test]
+async fn connection_uri_is_404_for_a_branch_without_a_read_write_endpoint() {
+    let cloud = fast_cloud().await;
+    let (project, main) = cloud.project().await;
+    let bare = cloud
+        .create_branch(
+            &project,
+            json!({"branch": {"parent_id": main, "name": "no-compute"}}),
+        )
+        .await;
+    let branch = text(&bare.body["branch"]["id"]);
+    assert!(bare.body.get("connection_uris").is_none());
+    let path = format!(
+        "/projects/{project}/connection_uri?branch_id={branch}&database_name=neondb&role_name=neondb_owner"
+    );
+    assert_eq!(cloud.neon_get(&path).await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn connection_uri_uses_the_pooler_host_when_pooled() {
+    let cloud = fast_cloud().await;
+    let (project, main) = cloud.project().await;
+    let path = format!(
+        "/projects/{project}/connection_uri?branch_id={main}&database_name=neondb&role_name=neondb_owner&pooled=true"
+    );
+    let uri = text(&cloud.neon_get(&path).await.body["uri"]);
+    assert!(uri.contains("-pooler."), "{uri}");
+}
+
+#[tokio::test]
+async fn create_branch_omits_connection_uris_when_the_parent_has_two_roles() {
+    let cloud = fast_cloud().await;
+    let (project, main) = cloud.project().await;
+    let role = cloud
+        .neon(
+            Method::POST,
+            &format!("/projects/{project}/branches/{main}/roles"),
+            Some(json!({"role": {"name": "app"}})),
+        )
+        .await;
+    assert_eq!(role.status, StatusCode::CREATED, "{:?}", role.body);
+    let reply = cloud
+        .create_branch(&project, json!({"branch": {"parent_id": main, "name": "two-roles"}, "endpoints": [{"type": "read_write"}]}))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    assert!(reply.body.get("connection_uris").is_none());
+    assert_eq!(reply.body["roles"].as_array().map(Vec::len), Some(2));
+}
+
+#[tokio::test]
+async fn branch_search_matches_name_or_id_and_pages_with_a_cursor() {
+    let cloud = fast_cloud().await;
+    let (project, main) = cloud.project().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            cloud
+                .branch(&project, &main, &format!("rekey-run-{i}"))
+                .await,
+        );
+    }
+    let search = cloud
+        .neon_get(&format!("/projects/{project}/branches?search=REKEY-RUN-3"))
+        .await;
+    assert_eq!(search.body["branches"].as_array().map(Vec::len), Some(1));
+    let by_id = cloud
+        .neon_get(&format!("/projects/{project}/branches?search={}", ids[2]))
+        .await;
+    assert_eq!(by_id.body["branches"][0]["name"], "rekey-run-2");
+
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let path = format!(
+            "/projects/{project}/branches?search=rekey-run&sort_by=name&sort_order=asc&limit=2&cursor={cursor}"
+        );
+        let page = cloud.neon_get(&path).await;
+        assert_eq!(page.status, StatusCode::OK, "{:?}", page.body);
+        for b in page.body["branches"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            seen.push(text(&b["name"]));
+        }
+        match page.body["pagination"]["next"].as_str() {
+            Some(next) => cursor = next.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "rekey-run-0",
+            "rekey-run-1",
+            "rekey-run-2",
+            "rekey-run-3",
+            "rekey-run-4"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn annotations_are_returned_with_the_branch() {
+    let cloud = fast_cloud().await;
+    let (project, main) = cloud.project().await;
+    let reply = cloud
+        .create_branch(&project, json!({"branch": {"parent_id": main, "name": "tagged"}, "annotation_value": {"rekey_run": "r1"}}))
+        .await;
+    let branch = text(&reply.body["branch"]["id"]);
+    let got = cloud
+        .neon_get(&format!("/projects/{project}/branches/{branch}"))
+        .await;
+    assert_eq!(got.body["annotation"]["value"]["rekey_run"], "r1");
+    let listed = cloud
+        .neon_get(&format!("/projects/{project}/branches?search=tagged"))
+        .await;
+    assert_eq!(
+        listed.body["annotations"][&branch]["value"]["rekey_run"],
+        "r1"
+    );
+}
+
+#[tokio::test]
+async fn unknown_things_are_404_in_neons_error_shape_with_a_request_id() {
+    let cloud = fast_cloud().await;
+    let reply = cloud.neon_get("/projects/no-such-project").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(reply.body["code"], "");
+    assert_eq!(reply.body["message"], "project not found");
+    assert!(reply.body["request_id"].is_string());
+    let (project, main) = cloud.project().await;
+    let role = cloud.reset_password(&project, &main, "nobody").await;
+    assert_eq!(role.status, StatusCode::NOT_FOUND);
+    assert!(text(&role.body["message"]).starts_with("role not found for branch"));
+}
+
+#[tokio::test]
+async fn a_malformed_body_is_400_not_a_crash() {
+    let cloud = fast_cloud().await;
+    let (project, _) = cloud.project().await;
+    let url = format!("{}/projects/{project}/branches", cloud.fake.neon_url());
+    let response = cloud
+        .http
+        .post(url)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}
+
+// ---------------------------------------------------------------- Fly
+
+#[tokio::test]
+async fn a_machine_is_created_then_started_and_wait_says_ok() {
+    let cloud = cloud(FakeConfig {
+        boot_duration: millis(300),
+        ..FakeConfig::default()
+    })
+    .await;
+    cloud.app("tenant-1").await;
+    let created = cloud
+        .machine(
+            "tenant-1",
+            json!({"region": "ord", "config": {"image": "registry.fly.io/tenant-1:v1"}}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::OK, "{:?}", created.body);
+    assert_eq!(created.body["state"], "created");
+    assert_eq!(created.body["region"], "ord");
+    let id = text(&created.body["id"]);
+    assert_eq!(id.len(), 14);
+    let instance = text(&created.body["instance_id"]);
+    let wait = cloud
+        .fly_get(&format!(
+            "/apps/tenant-1/machines/{id}/wait?state=started&timeout=10&instance_id={instance}"
+        ))
+        .await;
+    assert_eq!(wait.status, StatusCode::OK, "{:?}", wait.body);
+    assert_eq!(wait.body, json!({"ok": true}));
+    let got = cloud
+        .fly_get(&format!("/apps/tenant-1/machines/{id}"))
+        .await;
+    assert_eq!(got.body["state"], "started");
+}
+
+#[tokio::test]
+async fn a_machine_created_with_skip_launch_stays_created_and_wait_times_out_with_408() {
+    let cloud = fast_cloud().await;
+    cloud.app("tenant-1").await;
+    let created = cloud
+        .machine(
+            "tenant-1",
+            json!({"skip_launch": true, "config": {"image": "nginx"}}),
+        )
+        .await;
+    let id = text(&created.body["id"]);
+    let started = Instant::now();
+    let wait = cloud
+        .fly_get(&format!(
+            "/apps/tenant-1/machines/{id}/wait?state=started&timeout=1"
+        ))
+        .await;
+    assert_eq!(wait.status, StatusCode::REQUEST_TIMEOUT);
+    assert!(started.elapsed() >= millis(900));
+    assert!(wait.body["error"].is_string());
+}
+
+#[tokio::test]
+async fn a_machine_create_without_an_image_is_400() {
+    let cloud = fast_cloud().await;
+    cloud.app("tenant-1").await;
+    let reply = cloud
+        .machine("tenant-1", json!({"config": {"env": {"A": "b"}}}))
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(reply.body["error"].is_string());
+}
+
+#[tokio::test]
+async fn a_duplicate_machine_name_is_refused_with_409() {
+    let cloud = fast_cloud().await;
+    cloud.app("tenant-1").await;
+    let body = json!({"name": "web-rekey", "config": {"image": "nginx"}});
+    assert_eq!(
+        cloud.machine("tenant-1", body.clone()).await.status,
+        StatusCode::OK
+    );
+    let again = cloud.machine("tenant-1", body).await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert_eq!(again.body["status"], "name_taken");
+}
+
+#[tokio::test]
+async fn duplicate_machine_names_are_accepted_when_configured() {
+    let cloud = cloud(FakeConfig {
+        fly_duplicate_names: true,
+        ..FakeConfig::default()
+    })
+    .await;
+    cloud.app("tenant-1").await;
+    let body = json!({"name": "web-rekey", "config": {"image": "nginx"}});
+    assert_eq!(
+        cloud.machine("tenant-1", body.clone()).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(cloud.machine("tenant-1", body).await.status, StatusCode::OK);
+    let listed = cloud.fly_get("/apps/tenant-1/machines").await;
+    assert_eq!(listed.body.as_array().map(Vec::len), Some(2));
+}
+
+#[tokio::test]
+async fn machines_are_listed_by_metadata_and_region() {
+    let cloud = fast_cloud().await;
+    cloud.app("tenant-1").await;
+    let tagged =
+        json!({"region": "ord", "config": {"image": "nginx", "metadata": {"rekey_run": "r1"}}});
+    let other =
+        json!({"region": "ams", "config": {"image": "nginx", "metadata": {"rekey_run": "r2"}}});
+    let id = text(&cloud.machine("tenant-1", tagged).await.body["id"]);
+    cloud.machine("tenant-1", other).await;
+    let by_tag = cloud
+        .fly_get("/apps/tenant-1/machines?metadata.rekey_run=r1")
+        .await;
+    let ids: Vec<String> = by_tag
+        .body
+        .as_array()
+        .map(|ms| ms.iter().map(|m| text(&m["id"])).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, [id]);
+    let by_region = cloud.fly_get("/apps/tenant-1/machines?region=ams").await;
+    assert_eq!(by_region.body[0]["config"]["metadata"]["rekey_run"], "r2");
+    let none = cloud
+        .fly_get("/apps/tenant-1/machines?metadata.rekey_run=r3")
+        .await;
+    assert_eq!(none.body, json!([]));
+}
+
+#[tokio::test]
+async fn destroying_a_running_machine_needs_force() {
+    let cloud = fast_cloud().await;
+    cloud.app("tenant-1").await;
+    let id = cloud.nginx_machine("tenant-1").await;
+    let path = format!("/apps/tenant-1/machines/{id}");
+    let refused = cloud.fly_delete(&path).await;
+    assert_eq!(refused.status, StatusCode::PRECONDITION_FAILED);
+    assert!(refused.body["error"].is_string());
+    let forced = cloud.fly_delete(&format!("{path}?force=true")).await;
+    assert_eq!(forced.status, StatusCode::OK);
+    assert_eq!(forced.body, json!({"ok": true}));
+
+    let listed = cloud.fly_get("/apps/tenant-1/machines").await;
+    assert_eq!(
+        listed.body,
+        json!([]),
+        "destroyed machines leave the default listing"
+    );
+    let with_deleted = cloud
+        .fly_get("/apps/tenant-1/machines?include_deleted=true")
+        .await;
+    assert_eq!(with_deleted.body.as_array().map(Vec::len), Some(1));
+    let got = cloud.fly_get(&path).await;
+    assert_eq!(got.body["state"], "destroyed");
+    let wait = cloud.fly_get(&format!("{path}/wait?state=destroyed")).await;
+    assert_eq!(wait.status, StatusCode::OK);
+    let hopeless = cloud.fly_get(&format!("{path}/wait?state=started")).await;
+    assert_eq!(
+        hopeless.status,
+        StatusCode::BAD_REQUEST,
+        "a destroyed machine never starts"
+    );
+}
+
+#[tokio::test]
+async fn kill_true_is_accepted_like_force_true() {
+    let cloud = fast_cloud().await;
+    cloud.app("tenant-1").await;
+    let id = cloud.nginx_machine("tenant-1").await;
+    let reply = cloud
+        .fly_delete(&format!("/apps/tenant-1/machines/{id}?kill=true"))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_stopped_machine_can_be_destroyed_without_force_and_started_again_before() {
+    let cloud = cloud(FakeConfig {
+        boot_duration: millis(100),
+        ..FakeConfig::default()
+    })
+    .await;
+    cloud.app("tenant-1").await;
+    let created = cloud
+        .machine("tenant-1", json!({"config": {"image": "nginx"}}))
+        .await;
+    let id = text(&created.body["id"]);
+    let instance = text(&created.body["instance_id"]);
+    let path = format!("/apps/tenant-1/machines/{id}");
+    assert_eq!(
+        cloud
+            .fly(Method::POST, &format!("{path}/stop"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let stopped = cloud
+        .fly_get(&format!(
+            "{path}/wait?state=stopped&instance_id={instance}&timeout=10"
+        ))
+        .await;
+    assert_eq!(stopped.status, StatusCode::OK, "{:?}", stopped.body);
+    let start = cloud
+        .fly(Method::POST, &format!("{path}/start"), None)
+        .await;
+    assert_eq!(start.body["previous_state"], "stopped");
+    let started = cloud
+        .fly_get(&format!("{path}/wait?state=started&timeout=10"))
+        .await;
+    assert_eq!(started.status, StatusCode::OK);
+    cloud.fly(Method::POST, &format!("{path}/stop"), None).await;
+    cloud
+        .fly_get(&format!(
+            "{path}/wait?state=stopped&instance_id={instance}&timeout=10"
+        ))
+        .await;
+    assert_eq!(cloud.fly_delete(&path).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn waiting_for_stopped_without_instance_id_is_400() {
+    let cloud = fast_cloud().await;
+    cloud.app("tenant-1").await;
+    let id = cloud.nginx_machine("tenant-1").await;
+    let reply = cloud
+        .fly_get(&format!("/apps/tenant-1/machines/{id}/wait?state=stopped"))
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn wait_on_an_unknown_machine_is_404_unless_waiting_for_destroyed() {
+    let cloud = fast_cloud().await;
+    cloud.app("tenant-1").await;
+    let unknown = cloud
+        .fly_get("/apps/tenant-1/machines/00000000000000/wait?state=started")
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.body["error"], "machine not found");
+    let gone = cloud
+        .fly_get("/apps/tenant-1/machines/00000000000000/wait?state=destroyed")
+        .await;
+    assert_eq!(gone.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_taken_app_name_is_422_name_taken() {
+    let cloud = fast_cloud().await;
+    cloud.app("tenant-1").await;
+    let again = cloud
+        .fly(
+            Method::POST,
+            "/apps",
+            Some(json!({"app_name": "tenant-1", "org_slug": "personal"})),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(again.body["status"], "name_taken");
+    let missing = cloud.fly_get("/apps/no-such-app").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.body["error"], "app not found");
+}
+
+// ---------------------------------------------------------------- auth, limits, injection
+
+#[tokio::test]
+async fn calls_without_the_configured_credentials_get_401_in_each_apis_shape() {
+    let cloud = cloud(FakeConfig {
+        neon_api_key: Some("napi_test".into()),
+        fly_api_token: Some("fm2_test".into()),
+        ..FakeConfig::default()
+    })
+    .await;
+    let neon = cloud.neon(Method::POST, "/projects", None).await;
+    assert_eq!(neon.status, StatusCode::UNAUTHORIZED);
+    assert!(neon.body["message"].is_string() && neon.body["code"].is_string());
+    let wrong = cloud
+        .call(
+            Method::POST,
+            format!("{}/projects", cloud.fake.neon_url()),
+            None,
+            Some("Bearer nope"),
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    let right = cloud
+        .call(
+            Method::POST,
+            format!("{}/projects", cloud.fake.neon_url()),
+            None,
+            Some("Bearer napi_test"),
+        )
+        .await;
+    assert_eq!(right.status, StatusCode::CREATED);
+
+    let fly = cloud.fly_get("/apps/x").await;
+    assert_eq!(fly.status, StatusCode::UNAUTHORIZED);
+    assert!(fly.body["error"].is_string());
+    let apps = format!("{}/apps", cloud.fake.fly_url());
+    let body = json!({"app_name": "a1", "org_slug": "personal"});
+    let flyv1 = cloud
+        .call(
+            Method::POST,
+            apps.clone(),
+            Some(body),
+            Some("FlyV1 fm2_test"),
+        )
+        .await;
+    assert_eq!(flyv1.status, StatusCode::CREATED);
+    let bearer = cloud
+        .call(
+            Method::GET,
+            format!("{apps}/a1"),
+            None,
+            Some("Bearer fm2_test"),
+        )
+        .await;
+    assert_eq!(bearer.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn beyond_the_rate_limit_calls_get_429_with_retry_after() {
+    let cloud = cloud(FakeConfig {
+        rate_limit: Some((1, 3)),
+        retry_after: true,
+        ..FakeConfig::default()
+    })
+    .await;
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..10 {
+        let reply = cloud.neon_get("/projects/p-1").await;
+        if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            retry_after = reply.retry_after.clone();
+            assert_eq!(reply.body["message"], "rate limit exceeded");
+        }
+        statuses.push(reply.status.as_u16());
+    }
+    assert_eq!(statuses[..3], [404, 404, 404], "the burst passes");
+    // One token a second comes back: ten quick calls cannot all pass.
+    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    assert!(limited >= 5, "{statuses:?}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    let fly = cloud.fly_get("/apps/a").await;
+    assert_eq!(
+        fly.status,
+        StatusCode::NOT_FOUND,
+        "each API has its own bucket"
+    );
+}
+
+#[tokio::test]
+async fn a_429_carries_no_retry_after_when_switched_off() {
+    let cloud = cloud(FakeConfig {
+        rate_limit: Some((1, 1)),
+        retry_after: false,
+        ..FakeConfig::default()
+    })
+    .await;
+    cloud.fly_get("/apps/a").await;
+    let limited = cloud.fly_get("/apps/a").await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.retry_after, None);
+    assert!(limited.body["error"].is_string());
+}
+
+#[tokio::test]
+async fn injected_errors_come_at_roughly_the_configured_share() {
+    let cloud = cloud(FakeConfig {
+        error_rate: 0.3,
+        seed: 42,
+        ..FakeConfig::default()
+    })
+    .await;
+    let total = 400;
+    let mut failures = 0;
+    for _ in 0..total {
+        let reply = cloud.neon_get("/projects/p-1").await;
+        match reply.status.as_u16() {
+            500 | 503 => failures += 1,
+            404 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    let share = f64::from(failures) / f64::from(total);
+    assert!((0.2..=0.4).contains(&share), "share of 5xx was {share}");
+}
+
+#[tokio::test]
+async fn an_error_after_commit_still_applies_the_change() {
+    let cloud = fast_cloud().await;
+    let (project, main) = cloud.project().await;
+    cloud.fake.set_config(FakeConfig {
+        error_after_commit_rate: 1.0,
+        ..FakeConfig::default()
+    });
+    let reply = cloud
+        .create_branch(
+            &project,
+            json!({"branch": {"parent_id": main, "name": "ambiguous"}}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    let reads = cloud
+        .neon_get(&format!("/projects/{project}/branches?search=ambiguous"))
+        .await;
+    assert_eq!(reads.status, StatusCode::OK, "reads are not affected");
+    assert_eq!(
+        reads.body["branches"].as_array().map(Vec::len),
+        Some(1),
+        "the branch exists"
+    );
+}
+
+#[tokio::test]
+async fn latency_is_added_to_every_call() {
+    let cloud = cloud(FakeConfig {
+        latency: millis(150),
+        ..FakeConfig::default()
+    })
+    .await;
+    let started = Instant::now();
+    cloud.neon_get("/projects/p-1").await;
+    assert!(started.elapsed() >= millis(150));
+}
+
+// ---------------------------------------------------------------- /_fake
+
+#[tokio::test]
+async fn bulk_registration_creates_ten_thousand_tenants_under_their_exact_ids() {
+    let cloud = fast_cloud().await;
+    let tenants: Vec<Value> = (0..10_000)
+        .map(|i| {
+            json!({
+                "project_id": format!("tenant-project-{i}"),
+                "branch_id": format!("br-tenant-{i}"),
+                "role": "app_owner",
+                "database": "app",
+                "password": format!("old-password-{i}"),
+                "app": format!("tenant-app-{i}"),
+                "machine_id": format!("{i:014x}"),
+                "region": "ord",
+                "image": "registry.fly.io/tenant:v1",
+                "env": {"DATABASE_URL": format!("postgresql://app_owner:old-password-{i}@host/app")},
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let reply = cloud
+        .admin(Method::POST, "/tenants", Some(json!({"tenants": tenants})))
+        .await;
+    let took = started.elapsed();
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body["error"]);
+    assert_eq!(reply.body["registered"], 10_000);
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+
+    let project = cloud.neon_get("/projects/tenant-project-777").await;
+    assert_eq!(project.status, StatusCode::OK);
+    let branch = cloud
+        .neon_get("/projects/tenant-project-777/branches/br-tenant-777")
+        .await;
+    assert_eq!(branch.body["branch"]["default"], true);
+    let uri = cloud
+        .neon_get("/projects/tenant-project-777/connection_uri?branch_id=br-tenant-777&database_name=app&role_name=app_owner")
+        .await;
+    assert!(text(&uri.body["uri"]).contains(":old-password-777@"));
+    let machine = cloud
+        .fly_get(&format!("/apps/tenant-app-777/machines/{:014x}", 777))
+        .await;
+    assert_eq!(machine.body["state"], "started");
+    assert_eq!(machine.body["region"], "ord");
+    assert!(text(&machine.body["config"]["env"]["DATABASE_URL"]).contains("old-password-777"));
+}
+
+#[tokio::test]
+async fn bulk_registration_refuses_a_taken_id_and_registers_nothing() {
+    let cloud = fast_cloud().await;
+    let first = json!({"tenants": [{"project_id": "p-one", "branch_id": "br-one", "app": "a-one", "machine_id": "m1"}]});
+    assert_eq!(
+        cloud
+            .admin(Method::POST, "/tenants", Some(first))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let second = json!({"tenants": [
+        {"project_id": "p-two", "branch_id": "br-two"},
+        {"project_id": "p-three", "branch_id": "br-one"},
+    ]});
+    let reply = cloud.admin(Method::POST, "/tenants", Some(second)).await;
+    assert_eq!(reply.status, StatusCode::CONFLICT);
+    assert!(reply.body["problems"][0]
+        .as_str()
+        .is_some_and(|p| p.contains("br-one")));
+    let absent = cloud.neon_get("/projects/p-two").await;
+    assert_eq!(absent.status, StatusCode::NOT_FOUND, "all or nothing");
+}
+
+#[tokio::test]
+async fn a_registered_tenant_keeps_the_endpoint_its_stored_uri_names() {
+    let cloud = fast_cloud().await;
+    let body = json!({"tenants": [{
+        "project_id": "proj-0000001", "branch_id": "br-seed-0000001",
+        "endpoint_id": "ep-cool-0000abcd", "password": "pw",
+    }]});
+    let reply = cloud.admin(Method::POST, "/tenants", Some(body)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let uri = cloud
+        .connection_uri("proj-0000001", "br-seed-0000001")
+        .await;
+    assert_eq!(
+        uri,
+        "postgresql://neondb_owner:pw@ep-cool-0000abcd.us-east-2.aws.neon.tech/neondb?sslmode=require"
+    );
+}
+
+#[tokio::test]
+async fn tenants_sharing_a_project_get_branches_under_its_default_branch() {
+    let cloud = fast_cloud().await;
+    let body = json!({"tenants": [
+        {"project_id": "shared", "branch_id": "br-a", "password": "pa"},
+        {"project_id": "shared", "branch_id": "br-b", "password": "pb"},
+    ]});
+    assert_eq!(
+        cloud
+            .admin(Method::POST, "/tenants", Some(body))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let b = cloud.neon_get("/projects/shared/branches/br-b").await;
+    assert_eq!(b.body["branch"]["parent_id"], "br-a");
+    assert_eq!(b.body["branch"]["default"], false);
+}
+
+#[tokio::test]
+async fn state_lists_everything_held_and_counts_requests() {
+    let cloud = fast_cloud().await;
+    let (project, main) = cloud.project().await;
+    let child = cloud.branch(&project, &main, "rekey-1").await;
+    cloud.app("tenant-1").await;
+    cloud
+        .machine(
+            "tenant-1",
+            json!({"name": "m", "config": {"image": "nginx", "metadata": {"k": "v"}}}),
+        )
+        .await;
+    cloud.neon_get("/projects/nope").await;
+
+    let state = cloud.admin(Method::GET, "/state", None).await.body;
+    assert_eq!(
+        state,
+        cloud.fake.state(),
+        "the handle and the endpoint agree"
+    );
+    let projects = &state["neon"]["projects"];
+    assert_eq!(projects[0]["id"], json!(project));
+    let branches = projects[0]["branches"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let child_state = branches
+        .iter()
+        .find(|b| b["id"] == json!(child))
+        .unwrap_or_else(|| panic!("child branch missing from state"));
+    assert_eq!(child_state["parent_id"], json!(main));
+    assert!(child_state["roles"][0]["password"].is_string());
+    assert_eq!(child_state["endpoints"].as_array().map(Vec::len), Some(1));
+    let machine = &state["fly"]["apps"][0]["machines"][0];
+    assert_eq!(machine["metadata"]["k"], "v");
+    assert_eq!(machine["state"], "started");
+    assert_eq!(state["requests"]["by_api"]["neon"]["404"], 1);
+    assert_eq!(state["requests"]["by_api"]["neon"]["201"], 2);
+}
+
+#[tokio::test]
+async fn config_can_be_changed_over_http() {
+    let cloud = fast_cloud().await;
+    let set = cloud
+        .admin(
+            Method::POST,
+            "/config",
+            Some(json!({"error_rate": 1.0, "neon_api_key": "secret-key"})),
+        )
+        .await;
+    assert_eq!(set.status, StatusCode::OK);
+    assert_eq!(set.body["neon_api_key_set"], true);
+    assert!(
+        !set.body.to_string().contains("secret-key"),
+        "credentials are never echoed"
+    );
+    let refused = cloud.neon_get("/projects/p").await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    cloud
+        .admin(Method::POST, "/config", Some(json!({"neon_api_key": null})))
+        .await;
+    let failing = cloud.neon_get("/projects/p").await;
+    assert!(failing.status.is_server_error());
+    let bad = cloud
+        .admin(Method::POST, "/config", Some(json!({"error_rate": 2})))
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    cloud
+        .admin(Method::POST, "/config", Some(json!({"error_rate": 0})))
+        .await;
+    assert_eq!(
+        cloud.neon_get("/projects/p").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn the_same_seed_gives_the_same_ids() {
+    let first = cloud(FakeConfig {
+        seed: 9,
+        ..FakeConfig::default()
+    })
+    .await;
+    let second = cloud(FakeConfig {
+        seed: 9,
+        ..FakeConfig::default()
+    })
+    .await;
+    assert_eq!(first.project().await, second.project().await);
+}
+
+#[tokio::test]
+async fn shutdown_ends_a_pending_wait_promptly() {
+    let cloud = fast_cloud().await;
+    cloud.app("tenant-1").await;
+    let created = cloud
+        .machine(
+            "tenant-1",
+            json!({"skip_launch": true, "config": {"image": "nginx"}}),
+        )
+        .await;
+    let url = format!(
+        "{}/apps/tenant-1/machines/{}/wait?timeout=60",
+        cloud.fake.fly_url(),
+        text(&created.body["id"])
+    );
+    let waiting = tokio::spawn(reqwest::get(url));
+    tokio::time::sleep(millis(200)).await;
+    let started = Instant::now();
+    cloud.fake.shutdown().await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let answer = waiting.await.unwrap_or_else(|e| panic!("{e}"));
+    if let Ok(response) = answer {
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+}
+
+// ---------------------------------------------------------------- the binary
+
+/// A plain HTTP/1.1 GET over std, for tests outside a runtime.
+fn raw_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .unwrap_or_else(|e| panic!("{e}"));
+    answer
+}
+
+#[test]
+fn the_binary_prints_its_address_and_stops_cleanly_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fake-cloud"))
+        .args(["--listen", "127.0.0.1:0", "--seed", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run fake-cloud: {e}"));
+    let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = line
+        .trim_end()
+        .strip_prefix("listening on http://127.0.0.1:")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    assert!(addr.parse::<u16>().is_ok(), "{line:?}");
+    let state = raw_get(&format!("127.0.0.1:{addr}"), "/_fake/state");
+    assert!(state.starts_with("HTTP/1.1 200"), "{state}");
+    assert!(state.contains("\"projects\""), "{state}");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap_or_else(|e| panic!("{e}")) {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fake-cloud did not stop on SIGTERM"
+        );
+        std::thread::sleep(millis(50));
+    }
+}
+
+#[test]
+fn the_binary_refuses_a_non_loopback_address() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fake-cloud"))
+        .args(["--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run fake-cloud: {e}"));
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("loopback"));
+}

@@ -1,0 +1,494 @@
+//! `rekey fleet-bench`: capacity planning. Makes a scratch database, seeds
+//! a fleet with `COPY`, runs the real engine at several worker counts,
+//! verifies, measures a naive one-row-per-transaction loop on a sample in
+//! the same run (the peer baseline), and drops the database. Prints rows/s,
+//! batch latency percentiles and projected wall times for fleet sizes.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sqlx::{Connection, PgPool};
+
+use crate::cloud::register::{FakeCloudProcess, RegisterError};
+use crate::db::{self, org_instances::RowFilter, DbError};
+use crate::envelope::{Cipher, Keyring, Mode};
+use crate::keys::Key;
+use crate::rotate::events::NullSink;
+use crate::rotate::run::{self, PhaseSecs, RunContext, RunOptions};
+use crate::rotate::scan::scan;
+use crate::rotate::RunError;
+
+/// Why fleet-bench could not measure.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(transparent)]
+    FakeCloud(#[from] RegisterError),
+    #[error("the admin URL is not a URL")]
+    BadAdminUrl,
+}
+
+impl From<sqlx::Error> for BenchError {
+    fn from(e: sqlx::Error) -> BenchError {
+        BenchError::Db(e.into())
+    }
+}
+
+/// The reference schema the scratch database gets.
+const SCHEMA: &str = include_str!("../../../scripts/schema.sql");
+
+/// Fleet sizes the projection covers.
+pub const PROJECTED_FLEETS: [u64; 4] = [1_000, 10_000, 100_000, 1_000_000];
+
+/// What fleet-bench measures, and where.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Maintenance database used to create and drop the scratch database.
+    pub admin_url: String,
+    /// Tenants in the scratch fleet.
+    pub rows: u64,
+    /// Rows per in-place batch.
+    pub batch_size: i64,
+    /// Worker counts to measure.
+    pub workers: Vec<usize>,
+    /// Rows in the naive one-row-per-transaction baseline sample.
+    pub naive_sample: u64,
+    /// Keep the scratch database instead of dropping it.
+    pub keep: bool,
+    /// Tenants to re-provision against a fake cloud (0: skip).
+    pub provision_tenants: u64,
+    /// Tenants re-provisioned at once in that measurement.
+    pub provision_concurrency: usize,
+    /// Fixed latency of every fake-cloud call.
+    pub cloud_latency: Duration,
+    /// The `fake-cloud` binary to start for the re-provision measurement.
+    pub fake_cloud_bin: PathBuf,
+}
+
+/// One worker count's measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct InPlaceFigure {
+    pub workers: usize,
+    pub rows: u64,
+    pub secs: f64,
+    pub rows_per_sec: f64,
+    pub batch_p50_ms: f64,
+    pub batch_p99_ms: f64,
+    pub verified: bool,
+    /// WAL the run generated per row walked (row versions, index entries,
+    /// tuple locks, the backup): what the server writes for each tenant.
+    pub wal_bytes_per_row: f64,
+    /// Where the batches' time went, summed over workers.
+    pub phase_secs: PhaseSecs,
+}
+
+/// Everything fleet-bench measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub rows: u64,
+    pub batch_size: i64,
+    pub seed_secs: f64,
+    pub in_place: Vec<InPlaceFigure>,
+    /// The best in-place figure's rows/s.
+    pub rows_per_sec: f64,
+    pub naive_sample: u64,
+    pub naive_rows_per_sec: f64,
+    pub speedup_over_naive: f64,
+    /// Projected in-place wall seconds per fleet size.
+    pub projection: Vec<(u64, f64)>,
+    pub naive_projection: Vec<(u64, f64)>,
+    /// The re-provision measurement, when one was asked for.
+    pub reprovision: Option<ProvisionFigure>,
+}
+
+/// Re-provisioning against the fake cloud at a fixed latency per call.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProvisionFigure {
+    pub tenants: u64,
+    pub done: u64,
+    pub concurrency: usize,
+    pub latency_ms: u64,
+    pub secs: f64,
+    pub tenants_per_sec: f64,
+    /// API calls per tenant, counted by the fake cloud.
+    pub calls_per_tenant: f64,
+    /// concurrency / (calls per tenant x latency): what the latency allows.
+    pub bound_tenants_per_sec: f64,
+    /// tenants_per_sec / bound.
+    pub efficiency: f64,
+    pub projection: Vec<(u64, f64)>,
+}
+
+/// Makes the scratch database, measures, and drops it (unless kept).
+pub async fn fleet_bench(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
+    let admin_url = &opts.admin_url;
+    let scratch = format!(
+        "rekey_bench_{}_{}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    let mut admin =
+        tokio::time::timeout(db::CONNECT_TIMEOUT, sqlx::PgConnection::connect(admin_url))
+            .await
+            .map_err(|_| DbError::Connect {
+                url: crate::redact::url(admin_url),
+                message: format!("no answer within {} s", db::CONNECT_TIMEOUT.as_secs()),
+            })?
+            .map_err(|e| DbError::Connect {
+                url: crate::redact::url(admin_url),
+                message: db::short_db_error(&e),
+            })?;
+    sqlx::query(&format!("CREATE DATABASE {scratch}"))
+        .execute(&mut admin)
+        .await?;
+    let scratch_url = replace_database(admin_url, &scratch)?;
+    eprintln!("fleet-bench: scratch database {scratch}");
+    let result = measure(&scratch_url, opts).await;
+    if !opts.keep {
+        let drop = sqlx::query(&format!("DROP DATABASE IF EXISTS {scratch} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
+        if let Err(e) = drop {
+            eprintln!(
+                "warning: could not drop scratch database {scratch}: {}",
+                db::short_db_error(&e)
+            );
+        }
+    }
+    result
+}
+
+fn replace_database(url: &str, database: &str) -> Result<String, BenchError> {
+    let mut parsed = url::Url::parse(url).map_err(|_| BenchError::BadAdminUrl)?;
+    parsed.set_path(&format!("/{database}"));
+    Ok(parsed.to_string())
+}
+
+async fn measure(url: &str, args: &BenchOptions) -> Result<BenchReport, BenchError> {
+    let max_workers = args.workers.iter().copied().max().unwrap_or(1);
+    let pool = db::connect(url, max_workers as u32 + 4).await?;
+    sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+    db::migrate(&pool).await?;
+    let table = db::resolve_table(&pool, &db::TableSpec::default()).await?;
+    let seed_started = Instant::now();
+    let tenants = db::seed::tenants(&db::seed::SeedSpec {
+        rows: args.rows,
+        undecryptable_share: 0.0,
+        kms_share: 0.0,
+        null_redis_share: 0.0,
+        seed: 7,
+    });
+    let mut key = fresh_fleet(&pool, &table, &tenants).await?;
+    let seed_secs = seed_started.elapsed().as_secs_f64();
+    eprintln!("fleet-bench: seeded {} rows in {seed_secs:.1} s", args.rows);
+
+    // Every measurement starts from the same state: a freshly loaded
+    // (densely packed) table under a fresh old key, as on the incident day.
+    // Rotating an already-rotated table would measure half-empty pages and
+    // HOT updates instead, which production will not see the first time.
+    let mut figures = Vec::new();
+    let mut first = true;
+    for &workers in &args.workers {
+        if !std::mem::take(&mut first) {
+            key = fresh_fleet(&pool, &table, &tenants).await?;
+        }
+        let new = Key::generate().map_err(|_| RunError::NoRandomness)?;
+        let keyring = Arc::new(Keyring::new(&new, Some(&key)));
+        let ctx = RunContext {
+            pool: pool.clone(),
+            table: table.clone(),
+            keyring: Arc::clone(&keyring),
+            sink: Arc::new(NullSink),
+            reprovisioner: None,
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let opts = RunOptions {
+            mode: Mode::Reencrypt,
+            workers,
+            batch_size: args.batch_size,
+            orgs: Vec::new(),
+            limit: None,
+            confirm_reprovision: None,
+        };
+        let wal_before: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+            .fetch_one(&pool)
+            .await?;
+        let r = run::run(&ctx, &opts).await?;
+        let wal_bytes: f64 =
+            sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::float8")
+                .bind(&wal_before)
+                .fetch_one(&pool)
+                .await?;
+        let wal_bytes_per_row = wal_bytes / r.rows_walked.max(1) as f64;
+        // End to end: the whole `run`, from the open-run check to the run
+        // recorded as finished, including the read that proves nothing is
+        // left; not only the batches.
+        let rows_per_sec = args.rows as f64 / r.elapsed_secs.max(1e-9);
+        let check = scan(&pool, &table, &keyring, Mode::Auto, &RowFilter::default()).await?;
+        let verified = check.fields.current + check.fields.empty == 2 * args.rows;
+        eprintln!(
+            "fleet-bench: {workers} workers: {:.0} rows/s, batch p50 {:.1} ms p99 {:.1} ms, verified {verified}; \
+             batch time: claim {:.2}s crypto {:.2}s write {:.2}s commit {:.2}s; WAL {wal_bytes_per_row:.0} B/row",
+            rows_per_sec,
+            r.batch_p50_ms,
+            r.batch_p99_ms,
+            r.phase_secs.claim,
+            r.phase_secs.crypto,
+            r.phase_secs.write,
+            r.phase_secs.commit
+        );
+        figures.push(InPlaceFigure {
+            workers,
+            rows: r.rows_walked,
+            secs: r.elapsed_secs,
+            rows_per_sec,
+            batch_p50_ms: r.batch_p50_ms,
+            batch_p99_ms: r.batch_p99_ms,
+            verified,
+            wal_bytes_per_row,
+            phase_secs: r.phase_secs,
+        });
+    }
+    let key = fresh_fleet(&pool, &table, &tenants).await?;
+    let naive_rows_per_sec = naive_loop(&pool, &table, &key, args.naive_sample).await?;
+    let reprovision = if args.provision_tenants > 0 {
+        Some(measure_reprovision(&pool, &table, args).await?)
+    } else {
+        None
+    };
+    let best = figures.iter().map(|f| f.rows_per_sec).fold(0.0, f64::max);
+    Ok(BenchReport {
+        rows: args.rows,
+        batch_size: args.batch_size,
+        seed_secs,
+        in_place: figures,
+        rows_per_sec: best,
+        naive_sample: args.naive_sample,
+        naive_rows_per_sec,
+        speedup_over_naive: if naive_rows_per_sec > 0.0 {
+            best / naive_rows_per_sec
+        } else {
+            0.0
+        },
+        projection: PROJECTED_FLEETS
+            .iter()
+            .map(|&n| (n, n as f64 / best.max(1e-9)))
+            .collect(),
+        naive_projection: PROJECTED_FLEETS
+            .iter()
+            .map(|&n| (n, n as f64 / naive_rows_per_sec.max(1e-9)))
+            .collect(),
+        reprovision,
+    })
+}
+
+/// Re-provisions a fleet that no key opens, against a `fake-cloud`
+/// process answering every call after a fixed latency, through the real
+/// engine and clients.
+async fn measure_reprovision(
+    pool: &PgPool,
+    table: &db::Table,
+    args: &BenchOptions,
+) -> Result<ProvisionFigure, BenchError> {
+    use crate::cloud::Secret;
+    use crate::rotate::reprovision::{
+        self, CloudAccess, CloudLimits, NeonStrategy, ProvisionSettings,
+    };
+
+    sqlx::raw_sql(&format!("TRUNCATE {}", table.name))
+        .execute(pool)
+        .await?;
+    let fake = FakeCloudProcess::spawn(
+        &args.fake_cloud_bin,
+        &[
+            "--op-ms".into(),
+            "10".into(),
+            "--boot-ms".into(),
+            "10".into(),
+        ],
+    )
+    .await?;
+    let tenants = db::seed::tenants(&db::seed::SeedSpec {
+        rows: args.provision_tenants,
+        undecryptable_share: 0.0,
+        kms_share: 0.0,
+        null_redis_share: 0.0,
+        seed: 11,
+    });
+    // Sealed under a key the run does not have: every tenant re-provisions.
+    let lost = Key::generate().map_err(|_| RunError::NoRandomness)?;
+    db::seed::seed(pool, table, &lost, &tenants).await?;
+    crate::cloud::register::register_fake_tenants(fake.base_url(), &tenants).await?;
+    let before = fake.total_requests().await?;
+    let latency_ms = u64::try_from(args.cloud_latency.as_millis()).unwrap_or(u64::MAX);
+    fake.configure(&serde_json::json!({ "latency_ms": latency_ms }))
+        .await?;
+    let new = Key::generate().map_err(|_| RunError::NoRandomness)?;
+    let keyring = Arc::new(Keyring::new(&new, None));
+    let sink: Arc<dyn crate::rotate::events::EventSink> = Arc::new(NullSink);
+    let limits = CloudLimits {
+        // The rate limits are not what this measures: latency is.
+        neon_rps: 10_000,
+        fly_rps: 10_000,
+        poll: Duration::from_millis(10),
+        lookup_settle: Duration::from_millis(10),
+    };
+    let settings = ProvisionSettings {
+        concurrency: args.provision_concurrency,
+        strategy: NeonStrategy::NewBranch,
+        max_attempts: 5,
+        lease: Duration::from_secs(60),
+        step_deadline: Duration::from_secs(120),
+        max_tenants: None,
+        canary: None,
+    };
+    let access = CloudAccess {
+        neon_url: fake.neon_url(),
+        fly_url: fake.fly_url(),
+        neon_key: Secret::new("bench"),
+        fly_token: Secret::new("bench"),
+        redis_url: Secret::new("rediss://default:bench@tenant-redis.internal:6379"),
+    };
+    let reprovisioner =
+        reprovision::build(access, &limits, settings, pool, table, &keyring, &sink)?;
+    let ctx = RunContext {
+        pool: pool.clone(),
+        table: table.clone(),
+        keyring,
+        sink,
+        reprovisioner: Some(Arc::new(reprovisioner)),
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    let opts = RunOptions {
+        mode: Mode::Auto,
+        workers: 2,
+        batch_size: 1000,
+        orgs: Vec::new(),
+        limit: None,
+        confirm_reprovision: None,
+    };
+    let started = Instant::now();
+    let r = run::run(&ctx, &opts).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let calls = fake.total_requests().await?.saturating_sub(before) as f64;
+    fake.stop().await;
+    let calls_per_tenant = calls / (r.reprovisioned.max(1)) as f64;
+    let bound = args.provision_concurrency as f64
+        / (calls_per_tenant * args.cloud_latency.as_secs_f64()).max(1e-9);
+    let rate = r.reprovisioned as f64 / secs.max(1e-9);
+    eprintln!(
+        "fleet-bench: re-provisioned {}/{} tenants in {secs:.1} s: {rate:.2} tenants/s, {calls_per_tenant:.1} calls \
+         per tenant, bound {bound:.2} tenants/s ({:.0}%)",
+        r.reprovisioned,
+        args.provision_tenants,
+        100.0 * rate / bound
+    );
+    Ok(ProvisionFigure {
+        tenants: args.provision_tenants,
+        done: r.reprovisioned,
+        concurrency: args.provision_concurrency,
+        latency_ms,
+        secs,
+        tenants_per_sec: rate,
+        calls_per_tenant,
+        bound_tenants_per_sec: bound,
+        efficiency: rate / bound,
+        projection: PROJECTED_FLEETS
+            .iter()
+            .map(|&n| (n, n as f64 / rate.max(1e-9)))
+            .collect(),
+    })
+}
+
+/// Empties the table and the journal, loads `tenants` sealed under a fresh
+/// key, and returns that key.
+async fn fresh_fleet(
+    pool: &PgPool,
+    table: &db::Table,
+    tenants: &[db::seed::SeedTenant],
+) -> Result<Key, BenchError> {
+    sqlx::raw_sql(&format!(
+        "TRUNCATE {}; TRUNCATE rekey.backups, rekey.items, rekey.runs",
+        table.name
+    ))
+    .execute(pool)
+    .await?;
+    let key = Key::generate().map_err(|_| RunError::NoRandomness)?;
+    db::seed::seed(pool, table, &key, tenants).await?;
+    sqlx::raw_sql(&format!("VACUUM ANALYZE {}", table.name))
+        .execute(pool)
+        .await?;
+    // On the incident day the table's pages were last written long before
+    // the last checkpoint, so the run's first change to each page logs the
+    // whole page (full_page_writes). Without this checkpoint the pages the
+    // seed just wrote would be spared that, and the WAL and the rate would
+    // look better than the real day: measured 786 against 1,249 WAL bytes
+    // per row. CHECKPOINT needs superuser or pg_checkpoint; without it the
+    // figures are flagged as optimistic.
+    if let Err(e) = sqlx::raw_sql("CHECKPOINT").execute(pool).await {
+        eprintln!(
+            "warning: CHECKPOINT refused ({}): the figures will be optimistic, the run will not pay \
+             for the full-page images the incident day pays for",
+            db::short_db_error(&e)
+        );
+    }
+    Ok(key)
+}
+
+/// The peer baseline: what an ORM's `find_each` + `save` does, one SELECT
+/// and one UPDATE per row, each row its own transaction.
+async fn naive_loop(
+    pool: &PgPool,
+    table: &db::Table,
+    key: &Key,
+    sample: u64,
+) -> Result<f64, BenchError> {
+    let old = Cipher::new(key);
+    let new = Cipher::new(&Key::generate().map_err(|_| RunError::NoRandomness)?);
+    let ids: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT {id}::text FROM {t} ORDER BY {id} LIMIT $1",
+        id = table.id,
+        t = table.name
+    ))
+    .bind(sample as i64)
+    .fetch_all(pool)
+    .await?;
+    let select = format!(
+        "SELECT {db}, {redis} FROM {t} WHERE {id} = $1::text::{ty}",
+        db = table.db,
+        redis = table.redis,
+        t = table.name,
+        id = table.id,
+        ty = table.id_type
+    );
+    let update = format!(
+        "UPDATE {t} SET {db} = $2, {redis} = $3 WHERE {id} = $1::text::{ty}",
+        db = table.db,
+        redis = table.redis,
+        t = table.name,
+        id = table.id,
+        ty = table.id_type
+    );
+    let mut conn = pool.acquire().await?;
+    let started = Instant::now();
+    for id in &ids {
+        let mut tx = conn.begin().await?;
+        let (db_ct, redis_ct): (Option<Vec<u8>>, Option<Vec<u8>>) =
+            sqlx::query_as(&select).bind(id).fetch_one(&mut *tx).await?;
+        let reseal = |ct: Option<Vec<u8>>| ct.and_then(|c| old.open(&c)).map(|pt| new.seal(&pt));
+        sqlx::query(&update)
+            .bind(id)
+            .bind(reseal(db_ct))
+            .bind(reseal(redis_ct))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    }
+    Ok(ids.len() as f64 / started.elapsed().as_secs_f64().max(1e-9))
+}

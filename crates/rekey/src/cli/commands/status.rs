@@ -1,0 +1,29 @@
+//! `rekey status`.
+
+use crate::cli::args::{Global, StatusArgs};
+use crate::cli::output::report;
+use crate::cli::{config, CliError};
+use crate::db::{self, journal, DbError};
+use crate::rotate::Outcome;
+
+/// The top-level entry point for `rekey status`. Read-only.
+pub async fn status(global: &Global, args: &StatusArgs) -> Result<Outcome, CliError> {
+    let pool = db::connect(config::database_url(global)?, 2).await?;
+    if !db::journal_exists(&pool).await? {
+        return Err(DbError::NoRuns.into());
+    }
+    let run = journal::get_run(&pool, args.run).await?;
+    let counts = journal::run_counts(&pool, run.id).await?;
+    let failed = journal::failed_items(&pool, run.id, 50).await?;
+    let status = report::StatusReport {
+        run,
+        counts,
+        failed,
+    };
+    if global.json {
+        report::print_json(&status);
+    } else {
+        report::print(&report::status_text(&status));
+    }
+    Ok(Outcome::Done)
+}

@@ -1,0 +1,192 @@
+//! From what the operator typed and exported to what the engine takes: the
+//! one place that reads the environment (keys, cloud credentials) and turns
+//! clap's structs into the engine's option structs, the way ripgrep's
+//! low-level arguments become its high-level ones. Nothing here acts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::args::{BenchArgs, Global, ProvisionArgs, RunArgs, TableArgs, VerifyArgs};
+use super::CliError;
+use crate::bench::BenchOptions;
+use crate::cloud::Secret;
+use crate::db::TableSpec;
+use crate::envelope::Keyring;
+use crate::keys;
+use crate::rotate::connect::ConnectOptions;
+use crate::rotate::reprovision::{CloudAccess, CloudLimits, ProvisionSettings};
+use crate::rotate::run::RunOptions;
+
+pub const OLD_KEY_VAR: &str = "OLD_SECRETS_ENCRYPTION_KEY";
+pub const NEW_KEY_VAR: &str = "NEW_SECRETS_ENCRYPTION_KEY";
+/// The variables re-provisioning needs, all three or none.
+pub const CLOUD_VARS: [&str; 3] = ["NEON_API_KEY", "FLY_API_TOKEN", "TENANT_REDIS_URL"];
+
+/// Loads the new key (required) and the old key (optional); refuses one
+/// key given as both. Warnings about key files go to stderr.
+pub fn keyring(global: &Global) -> Result<Keyring, CliError> {
+    let new = keys::load(global.new_key_file.as_deref(), NEW_KEY_VAR)?.ok_or_else(|| {
+        CliError::Usage(
+            "no new key: pass --new-key-file FILE or set NEW_SECRETS_ENCRYPTION_KEY \
+             (make one with `rekey keygen --out FILE`)"
+                .into(),
+        )
+    })?;
+    let old = keys::load(global.old_key_file.as_deref(), OLD_KEY_VAR)?;
+    for w in new
+        .warnings
+        .iter()
+        .chain(old.iter().flat_map(|o| o.warnings.iter()))
+    {
+        eprintln!("warning: {w}");
+    }
+    if let Some(old) = &old {
+        if old.key.id() == new.key.id() {
+            return Err(CliError::Usage(format!(
+                "the old and new keys are the same key (id {}); a compromised key must be replaced \
+                 by a fresh one",
+                new.key.id()
+            )));
+        }
+    }
+    Ok(Keyring::new(&new.key, old.as_ref().map(|o| &o.key)))
+}
+
+/// The control-plane database URL, required by every command that reads it.
+pub fn database_url(global: &Global) -> Result<&str, CliError> {
+    global.database_url.as_deref().ok_or_else(|| {
+        CliError::Usage("no database: pass --database-url or set DATABASE_URL".into())
+    })
+}
+
+pub fn table_spec(t: &TableArgs) -> TableSpec {
+    TableSpec {
+        table: t.table.clone(),
+        id_column: t.id_column.clone(),
+        db_column: t.db_column.clone(),
+        redis_column: t.redis_column.clone(),
+        slug_column: t.slug_column.clone(),
+        neon_project_column: t.neon_project_column.clone(),
+        neon_branch_column: t.neon_branch_column.clone(),
+        fly_app_column: t.fly_app_column.clone(),
+        fly_machine_column: t.fly_machine_column.clone(),
+        updated_at_column: t.updated_at_column.clone(),
+    }
+}
+
+pub fn cloud_limits(p: &ProvisionArgs) -> CloudLimits {
+    CloudLimits {
+        neon_rps: p.neon_rps,
+        fly_rps: p.fly_rps,
+        poll: Duration::from_millis(p.poll_ms),
+        lookup_settle: Duration::from_millis(p.lookup_settle_ms),
+    }
+}
+
+pub fn provision_settings(args: &RunArgs) -> ProvisionSettings {
+    ProvisionSettings {
+        concurrency: args.provision.provision_concurrency.max(1),
+        strategy: args.neon_strategy.into(),
+        max_attempts: args.max_attempts,
+        lease: Duration::from_secs(args.lease_secs.max(1)),
+        step_deadline: Duration::from_secs(args.step_deadline_secs.max(1)),
+        max_tenants: args.max_tenants,
+        canary: args.canary,
+    }
+}
+
+/// The cloud endpoints and credentials from the environment. `None` when
+/// none of the three variables is set (then no tenant can be
+/// re-provisioned); a usage error when only some are.
+pub fn cloud_access(global: &Global) -> Result<Option<CloudAccess>, CliError> {
+    let var = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(Secret::new)
+    };
+    let [neon_key, fly_token, redis_url] = CLOUD_VARS.map(var);
+    let missing: Vec<&str> = CLOUD_VARS
+        .iter()
+        .zip([&neon_key, &fly_token, &redis_url])
+        .filter(|(_, v)| v.is_none())
+        .map(|(n, _)| *n)
+        .collect();
+    if missing.len() == CLOUD_VARS.len() {
+        return Ok(None);
+    }
+    let (Some(neon_key), Some(fly_token), Some(redis_url)) = (neon_key, fly_token, redis_url)
+    else {
+        return Err(CliError::Usage(format!(
+            "re-provisioning needs NEON_API_KEY, FLY_API_TOKEN and TENANT_REDIS_URL; missing: {}",
+            missing.join(", ")
+        )));
+    };
+    Ok(Some(CloudAccess {
+        neon_url: global.neon_api_url.clone(),
+        fly_url: global.fly_api_url.clone(),
+        neon_key,
+        fly_token,
+        redis_url,
+    }))
+}
+
+pub fn run_options(args: &RunArgs) -> Result<RunOptions, CliError> {
+    if args.batch_size < 1 || args.workers < 1 {
+        return Err(CliError::Usage(
+            "--workers and --batch-size must be at least 1".into(),
+        ));
+    }
+    Ok(RunOptions {
+        mode: args.mode.into(),
+        workers: args.workers,
+        batch_size: args.batch_size,
+        orgs: args.orgs.clone(),
+        limit: args.limit,
+        confirm_reprovision: args.confirm_reprovision,
+    })
+}
+
+pub fn connect_options(args: &VerifyArgs) -> ConnectOptions {
+    ConnectOptions {
+        concurrency: args.connect_concurrency.max(1),
+        timeout: Duration::from_secs(args.connect_timeout.max(1)),
+    }
+}
+
+pub fn bench_options(global: &Global, args: &BenchArgs) -> Result<BenchOptions, CliError> {
+    if args.batch_size < 1 || args.workers.contains(&0) {
+        return Err(CliError::Usage(
+            "--workers and --batch-size must be at least 1".into(),
+        ));
+    }
+    Ok(BenchOptions {
+        admin_url: args
+            .admin_url
+            .clone()
+            .or_else(|| global.database_url.clone())
+            .unwrap_or_else(|| "postgres://localhost/postgres".into()),
+        rows: args.rows,
+        batch_size: args.batch_size,
+        workers: args.workers.clone(),
+        naive_sample: args.naive_sample,
+        keep: args.keep,
+        provision_tenants: args.provision_tenants,
+        provision_concurrency: args.provision_concurrency.max(1),
+        cloud_latency: Duration::from_millis(args.cloud_latency_ms),
+        fake_cloud_bin: args
+            .fake_cloud_bin
+            .clone()
+            .unwrap_or_else(installed_fake_cloud),
+    })
+}
+
+/// `fake-cloud` beside the running `rekey` (cargo builds both into one
+/// folder; an install puts them side by side).
+fn installed_fake_cloud() -> PathBuf {
+    let name = format!("fake-cloud{}", std::env::consts::EXE_SUFFIX);
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(&name)))
+        .unwrap_or_else(|| PathBuf::from(name))
+}

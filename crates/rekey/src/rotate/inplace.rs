@@ -1,0 +1,275 @@
+//! The in-place path: workers claim batches of rows with
+//! `FOR UPDATE SKIP LOCKED` in key order, decide them on rayon's pool,
+//! and write each batch as one compare-and-swap `UPDATE … FROM UNNEST`
+//! with its backup and re-provision queue entries in the same transaction.
+//!
+//! A crash at any instant leaves either the whole batch (rows, backup,
+//! queue) or none of it. Re-provisioning itself lives in `reprovision`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use tokio::sync::Mutex;
+
+use super::batch::{decide_batch, BatchDecision, FieldCounts, LeftReason};
+use super::events::{BatchReport, Event, EventSink};
+use super::RunError;
+use crate::db::journal;
+use crate::db::org_instances::{claim_batch, swap_batch, RowFilter, StoredRow};
+use crate::db::Table;
+use crate::envelope::{Keyring, Mode};
+
+/// Everything an in-place pass needs, shared by its workers.
+pub struct InPlace {
+    pub pool: PgPool,
+    pub table: Table,
+    pub keyring: Arc<Keyring>,
+    pub run_id: i64,
+    pub mode: Mode,
+    pub workers: usize,
+    pub batch_size: i64,
+    pub sink: Arc<dyn EventSink>,
+    /// Rows this invocation may still act on (`--limit`); `None` = no cap.
+    pub budget: Option<Arc<AtomicU64>>,
+    /// Set to stop claiming new batches (Ctrl-C, or a worker's error).
+    pub stop: Arc<AtomicBool>,
+}
+
+/// What a pass did.
+#[derive(Debug, Default, Clone)]
+pub struct PassTally {
+    pub rows: u64,
+    pub skipped: u64,
+    pub reencrypted: u64,
+    pub queued: u64,
+    pub conflicts: u64,
+    pub left: Vec<(String, LeftReason)>,
+    pub fields: FieldCounts,
+    pub batch_latencies: Vec<Duration>,
+    /// Where the batches' time went, summed over batches.
+    pub phases: Phases,
+}
+
+/// Time spent per phase of a batch, summed: what bounds the in-place path.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct Phases {
+    /// BEGIN and the locking SELECT.
+    pub claim: Duration,
+    /// Classification, sealing and the check before write (rayon).
+    pub crypto: Duration,
+    /// The compare-and-swap UPDATE, backup and queue INSERTs.
+    pub write: Duration,
+    /// COMMIT (the WAL flush).
+    pub commit: Duration,
+}
+
+impl Phases {
+    pub fn add(&mut self, other: &Phases) {
+        self.claim += other.claim;
+        self.crypto += other.crypto;
+        self.write += other.write;
+        self.commit += other.commit;
+    }
+}
+
+impl PassTally {
+    /// Rows this pass changed or handed on: a pass with none means convergence.
+    pub fn changed(&self) -> u64 {
+        self.reencrypted + self.queued
+    }
+
+    pub fn absorb(&mut self, other: PassTally) {
+        self.rows += other.rows;
+        self.skipped += other.skipped;
+        self.reencrypted += other.reencrypted;
+        self.queued += other.queued;
+        self.conflicts += other.conflicts;
+        self.left.extend(other.left);
+        self.fields.merge(&other.fields);
+        self.batch_latencies.extend(other.batch_latencies);
+        self.phases.add(&other.phases);
+    }
+}
+
+impl InPlace {
+    /// Walks every row matching `filter` once, with `workers` workers
+    /// sharing one keyset cursor.
+    pub async fn pass(self: &Arc<Self>, filter: RowFilter) -> Result<PassTally, RunError> {
+        let cursor = Arc::new(Mutex::new(None::<String>));
+        let filter = Arc::new(filter);
+        let mut tasks = tokio::task::JoinSet::new();
+        for worker in 0..self.workers.max(1) {
+            let this = Arc::clone(self);
+            let cursor = Arc::clone(&cursor);
+            let filter = Arc::clone(&filter);
+            tasks.spawn(async move { this.worker(worker, &cursor, &filter).await });
+        }
+        let mut total = PassTally::default();
+        let mut first_error = None;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(tally)) => total.absorb(tally),
+                Ok(Err(e)) => {
+                    self.stop.store(true, Ordering::SeqCst);
+                    first_error.get_or_insert(e);
+                }
+                Err(join) => {
+                    self.stop.store(true, Ordering::SeqCst);
+                    first_error.get_or_insert(RunError::crashed("an in-place worker", &join));
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(total),
+        }
+    }
+
+    async fn worker(
+        &self,
+        worker: usize,
+        cursor: &Mutex<Option<String>>,
+        filter: &RowFilter,
+    ) -> Result<PassTally, RunError> {
+        let mut tally = PassTally::default();
+        while !self.stop.load(Ordering::SeqCst) {
+            let Some(reserved) = self.reserve() else {
+                break;
+            };
+            let started = Instant::now();
+            let mut tx = self.pool.begin().await?;
+            let rows = {
+                // Claiming under the cursor lock keeps this process's workers
+                // on disjoint key ranges; other processes are kept off our
+                // rows by the row locks themselves.
+                let mut after = cursor.lock().await;
+                let rows = claim_batch(
+                    &mut tx,
+                    &self.table,
+                    after.as_deref(),
+                    filter,
+                    self.batch_size,
+                )
+                .await?;
+                if let Some(last) = rows.last() {
+                    *after = Some(last.id.clone());
+                }
+                rows
+            };
+            if rows.is_empty() {
+                self.refund(reserved, 0);
+                break;
+            }
+            let claimed = Instant::now();
+            let (rows, decision) = self.decide(rows, reserved).await?;
+            let decided = Instant::now();
+            let report = self.write(&mut tx, worker, &rows, &decision).await?;
+            let written = Instant::now();
+            tx.commit().await?;
+            self.refund(
+                reserved,
+                report.reencrypted + report.queued + report.conflicts,
+            );
+            let report = BatchReport {
+                latency: started.elapsed(),
+                ..report
+            };
+            self.sink.emit(&Event::Batch(report.clone()));
+            tally.absorb(PassTally {
+                rows: report.rows,
+                skipped: report.skipped,
+                reencrypted: report.reencrypted,
+                queued: report.queued,
+                conflicts: report.conflicts,
+                left: decision.left,
+                fields: decision.fields,
+                batch_latencies: vec![report.latency],
+                phases: Phases {
+                    claim: claimed - started,
+                    crypto: decided - claimed,
+                    write: written - decided,
+                    commit: written.elapsed(),
+                },
+            });
+        }
+        Ok(tally)
+    }
+
+    /// Takes up to a batch's worth of the `--limit` budget.
+    fn reserve(&self) -> Option<u64> {
+        let Some(budget) = &self.budget else {
+            return Some(u64::MAX);
+        };
+        let want = self.batch_size as u64;
+        let got = budget
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                (left > 0).then(|| left - left.min(want))
+            })
+            .ok()?;
+        Some(got.min(want))
+    }
+
+    fn refund(&self, reserved: u64, used: u64) {
+        if let Some(budget) = &self.budget {
+            budget.fetch_add(reserved.saturating_sub(used), Ordering::SeqCst);
+        }
+    }
+
+    async fn decide(
+        &self,
+        rows: Vec<StoredRow>,
+        reserved: u64,
+    ) -> Result<(Vec<StoredRow>, BatchDecision), RunError> {
+        let keyring = Arc::clone(&self.keyring);
+        let mode = self.mode;
+        let budget = self.budget.as_ref().map(|_| reserved);
+        tokio::task::spawn_blocking(move || {
+            let decision = decide_batch(&keyring, &rows, mode, budget);
+            (rows, decision)
+        })
+        .await
+        .map_err(|e| RunError::crashed("the crypto task", &e))
+    }
+
+    async fn write(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        worker: usize,
+        rows: &[StoredRow],
+        decision: &BatchDecision,
+    ) -> Result<BatchReport, RunError> {
+        // The compare-and-swap and the backup of what it replaced, in one
+        // statement of this batch's transaction.
+        let written = swap_batch(tx, &self.table, self.run_id, &decision.swaps).await?;
+        let queued_rows: Vec<&StoredRow> = decision.queue.iter().map(|&i| &rows[i]).collect();
+        let queued = journal::queue_items(
+            tx,
+            self.run_id,
+            &queued_rows
+                .iter()
+                .map(|r| r.id.as_str())
+                .collect::<Vec<_>>(),
+            &queued_rows
+                .iter()
+                .map(|r| r.db.as_deref())
+                .collect::<Vec<_>>(),
+            &queued_rows
+                .iter()
+                .map(|r| r.redis.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .await?;
+        Ok(BatchReport {
+            worker,
+            rows: rows.len() as u64,
+            skipped: decision.skipped,
+            reencrypted: written.len() as u64,
+            queued,
+            left: decision.left.len() as u64,
+            conflicts: (decision.swaps.len() - written.len()) as u64,
+            latency: Duration::ZERO,
+        })
+    }
+}

@@ -1,0 +1,16 @@
+//! Rotation: deciding what each row needs (`batch`, `scan`), the in-place
+//! path (`inplace`), re-provisioning (`reprovision`), and the run that ties
+//! them together (`run`). `events` is what all of them report.
+
+pub mod batch;
+pub mod connect;
+mod error;
+pub mod events;
+pub mod inplace;
+pub mod plan;
+pub mod reprovision;
+pub mod run;
+pub mod scan;
+pub mod verify;
+
+pub use error::{Outcome, RunError};

@@ -1,0 +1,178 @@
+//! `rekey plan`: a read-only look at what a run would do. Plan never
+//! writes, not even the journal: it reads the journal only when the tool's
+//! schema already exists.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use sqlx::PgPool;
+
+use super::batch::{ActionCounts, FieldCounts};
+use super::run::gate_trips;
+use super::scan::scan;
+use super::RunError;
+use crate::db::journal::{self, RunRecord};
+use crate::db::org_instances::RowFilter;
+use crate::db::Table;
+use crate::envelope::{Keyring, Mode};
+
+/// In-place rows per second assumed by the estimate: a round figure below
+/// what `rekey fleet-bench --rows 100000` measured end to end on the
+/// reference 2-core machine (97k-107k rows/s at 4 workers; README,
+/// "Performance"), since an outage estimate should not be optimistic.
+/// Servers differ: measure yours and pass `--in-place-rate`.
+pub const DEFAULT_IN_PLACE_RATE: f64 = 80_000.0;
+
+/// What `plan` found and advises.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanReport {
+    pub table: String,
+    pub mode: Mode,
+    pub rows: u64,
+    pub actions: ActionCounts,
+    pub fields: FieldCounts,
+    pub kms_rows: u64,
+    pub new_key_id: String,
+    pub old_key_id: Option<String>,
+    pub open_run: Option<RunRecord>,
+    pub estimate: Estimate,
+    pub warnings: Vec<String>,
+    pub next_command: String,
+}
+
+/// Projected wall time, with what it assumes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Estimate {
+    pub in_place_secs: f64,
+    pub reprovision_secs: f64,
+    pub total_secs: f64,
+    pub assumptions: String,
+}
+
+/// Inputs to the estimate.
+#[derive(Debug, Clone)]
+pub struct EstimateInputs {
+    pub in_place_rate: f64,
+    /// Tenants re-provisioned per second (from `reprovision::throughput_bound`).
+    pub reprovision_rate: f64,
+    pub reprovision_note: String,
+}
+
+/// The top-level entry point for the `plan` computation.
+pub async fn plan(
+    pool: &PgPool,
+    table: &Table,
+    keyring: &Arc<Keyring>,
+    mode: Mode,
+    estimate: &EstimateInputs,
+) -> Result<PlanReport, RunError> {
+    let result = scan(pool, table, keyring, mode, &RowFilter::default()).await?;
+    let open_run = if crate::db::journal_exists(pool).await? {
+        journal::open_run(pool).await?
+    } else {
+        None
+    };
+    let actions = result.actions;
+    let in_place_secs = actions.reencrypt as f64 / estimate.in_place_rate.max(1.0);
+    let reprovision_secs = actions.reprovision as f64 / estimate.reprovision_rate.max(1e-9);
+    let gate = mode == Mode::Auto
+        && keyring.old_key_id().is_some()
+        && gate_trips(actions.reencrypt, actions.reprovision);
+    let mut report = PlanReport {
+        table: table.display.clone(),
+        mode,
+        rows: actions.total(),
+        actions,
+        fields: result.fields,
+        kms_rows: result.kms_rows,
+        new_key_id: keyring.new_key_id().0.clone(),
+        old_key_id: keyring.old_key_id().map(|k| k.0.clone()),
+        open_run,
+        estimate: Estimate {
+            in_place_secs,
+            reprovision_secs,
+            // The two paths run concurrently; the slower one bounds the run.
+            total_secs: in_place_secs.max(reprovision_secs),
+            assumptions: format!(
+                "in place at {:.0} rows/s; {}",
+                estimate.in_place_rate, estimate.reprovision_note
+            ),
+        },
+        warnings: Vec::new(),
+        next_command: String::new(),
+    };
+    report.warnings = warnings(&report, gate);
+    report.next_command = next_command(&report, gate);
+    Ok(report)
+}
+
+fn warnings(p: &PlanReport, gate: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    let a = &p.actions;
+    if a.reencrypt > 0 && p.mode != Mode::Reprovision {
+        out.push(format!(
+            "in-place re-encryption keeps the credentials of {} tenants: if the ciphertexts may have \
+             leaked together with the key (a dump, a backup, a replica), those passwords are known to the \
+             attacker and re-encrypting them does not make them secret again; use --mode reprovision",
+            a.reencrypt
+        ));
+    }
+    if gate {
+        out.push(format!(
+            "the old key (id {}) opens only {} of {} rows that need work: the likeliest cause is a wrong old \
+             key, not {} broken rows; `rekey run` will refuse to re-provision them without \
+             --confirm-reprovision {}",
+            p.old_key_id.as_deref().unwrap_or("-"),
+            a.reencrypt,
+            a.reencrypt + a.reprovision,
+            a.reprovision,
+            a.reprovision
+        ));
+    }
+    if p.old_key_id.is_none() && a.reprovision > 0 {
+        out.push(format!(
+            "no old key given: all {} tenants not yet under the new key will be re-provisioned \
+             (new Neon branch and Fly machine each), the runbook's own path",
+            a.reprovision
+        ));
+    }
+    if p.mode == Mode::Reencrypt && a.reprovision > 0 {
+        out.push(format!(
+            "{} rows open under neither key; --mode reencrypt leaves them as they are and reports them",
+            a.reprovision
+        ));
+    }
+    if p.kms_rows > 0 {
+        out.push(format!(
+            "{} rows hold KMS envelope (v2) blobs: they are not under SECRETS_ENCRYPTION_KEY and are left untouched",
+            p.kms_rows
+        ));
+    }
+    if let Some(open) = &p.open_run {
+        if open.new_key_id != p.new_key_id {
+            out.push(format!(
+                "run {} is open with another new key (id {}): `rekey run` with this key will be refused; \
+                 resume that run with its key",
+                open.id, open.new_key_id
+            ));
+        } else {
+            out.push(format!(
+                "run {} is open with this new key: `rekey run` resumes it",
+                open.id
+            ));
+        }
+    }
+    out
+}
+
+fn next_command(p: &PlanReport, gate: bool) -> String {
+    let a = &p.actions;
+    if a.reencrypt == 0 && a.reprovision == 0 {
+        return "rekey verify".into();
+    }
+    let mut cmd = format!("rekey run --mode {}", p.mode.as_str());
+    if gate {
+        cmd.push_str(&format!(" --confirm-reprovision {}", a.reprovision));
+    }
+    cmd
+}

@@ -1,0 +1,119 @@
+//! `rekey fleet-bench` as an operator runs it: a scratch database of its
+//! own, every measurement verified, the figures in `--json`, the chart
+//! written, and the scratch database gone afterwards. The figures
+//! themselves are measured, not asserted (the machines are shared).
+
+use rekey_testkit::*;
+use sqlx::Connection;
+
+/// The scratch database fleet-bench named on stderr.
+fn scratch_name(stderr: &str) -> String {
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("fleet-bench: scratch database "))
+        .unwrap_or_else(|| panic!("fleet-bench named no scratch database: {stderr}"))
+        .trim()
+        .to_string()
+}
+
+async fn database_exists(admin_url: &str, name: &str) -> bool {
+    let mut conn = sqlx::PgConnection::connect(admin_url)
+        .await
+        .expect("connect to the admin database");
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await
+        .expect("query pg_database")
+}
+
+#[tokio::test]
+async fn fleet_bench_measures_verifies_charts_and_drops_its_scratch_database() {
+    let admin = std::env::var("DATABASE_URL").expect("scripts/test.sh sets DATABASE_URL");
+    let dir = tempfile::tempdir().unwrap();
+    let chart = dir.path().join("planning.svg");
+    let out = rekey(
+        &admin,
+        &[
+            "fleet-bench",
+            "--rows",
+            "1500",
+            "--batch-size",
+            "200",
+            "--workers",
+            "1,2",
+            "--naive-sample",
+            "50",
+            "--provision-tenants",
+            "4",
+            "--provision-concurrency",
+            "2",
+            "--cloud-latency-ms",
+            "2",
+            "--chart",
+            path_str(&chart),
+            "--json",
+        ],
+    );
+    assert_exit(&out, 0, "fleet-bench");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let scratch = scratch_name(&stderr);
+    assert!(
+        !database_exists(&admin, &scratch).await,
+        "scratch database {scratch} was left behind"
+    );
+
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("fleet-bench --json prints one JSON object");
+    assert_eq!(report["rows"], 1500);
+    let figures = report["in_place"].as_array().expect("in_place figures");
+    assert_eq!(
+        figures
+            .iter()
+            .map(|f| f["workers"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    for f in figures {
+        assert_eq!(f["rows"], 1500, "every row walked: {f}");
+        assert_eq!(
+            f["verified"], true,
+            "every row opens under the new key: {f}"
+        );
+        assert!(f["rows_per_sec"].as_f64().unwrap() > 0.0, "{f}");
+        // Each row's new version at least: two sealed URLs and the tuple.
+        assert!(f["wal_bytes_per_row"].as_f64().unwrap() > 100.0, "{f}");
+        assert!(f["phase_secs"]["write"].as_f64().unwrap() > 0.0, "{f}");
+    }
+    let best = figures
+        .iter()
+        .map(|f| f["rows_per_sec"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert_eq!(report["rows_per_sec"].as_f64().unwrap(), best);
+    let naive = report["naive_rows_per_sec"].as_f64().unwrap();
+    assert!(naive > 0.0);
+    let speedup = report["speedup_over_naive"].as_f64().unwrap();
+    assert!((speedup - best / naive).abs() < 1e-6 * speedup.max(1.0));
+    let provision = &report["reprovision"];
+    assert_eq!(provision["done"], 4, "{provision}");
+    assert!(provision["calls_per_tenant"].as_f64().unwrap() >= 10.0);
+
+    let svg = std::fs::read_to_string(&chart).expect("the chart was written");
+    assert!(
+        svg.contains("<svg"),
+        "not an SVG: {}",
+        &svg[..svg.len().min(200)]
+    );
+}
+
+#[tokio::test]
+async fn fleet_bench_refuses_an_unreachable_server_with_exit_2() {
+    let out = rekey(
+        "postgres://postgres@127.0.0.1:1/postgres",
+        &["fleet-bench", "--rows", "10"],
+    );
+    assert_exit(&out, 2, "fleet-bench against a closed port");
+    let all = text(&out);
+    assert!(all.contains("127.0.0.1:1"), "names the server: {all}");
+    assert!(!all.contains("panicked"), "{all}");
+}
