@@ -8,7 +8,7 @@ Everything here is deterministic (fixed keys, nonces and plaintexts), so
 running the script again must reproduce the committed file byte for byte;
 tests/vectors.rs checks that when python3 is available.
 
-Formats (DESIGN.md, "Formats"):
+Formats (docs/design.md, "Formats"):
   blob   = nonce (12) || AES-256-GCM ciphertext || tag (16), no associated
            data. AESGCM.encrypt returns ciphertext || tag, so the blob is
            nonce + AESGCM(key).encrypt(nonce, plaintext, None): the same

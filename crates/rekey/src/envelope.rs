@@ -267,7 +267,7 @@ impl Keyring {
         self.old.as_ref().map(Cipher::key_id)
     }
 
-    /// Classifies a field in DESIGN.md's order: current, old, kms,
+    /// Classifies a field in docs/design.md's order: current, old, kms,
     /// undecryptable. GCM is tried before the KMS shape because 1 in 256
     /// static-key blobs starts with 0x02 by chance, while a GCM open that
     /// succeeds cannot be a coincidence.
@@ -357,7 +357,7 @@ impl Mode {
     }
 }
 
-/// The action DESIGN.md's classification rules give a row whose fields
+/// The action docs/design.md's classification rules give a row whose fields
 /// are `classes`. KMS fields never force an action.
 pub fn row_action(classes: &[FieldClass], mode: Mode) -> RowAction {
     let has = |c: FieldClass| classes.contains(&c);

@@ -19,7 +19,7 @@ use zeroize::{Zeroize, Zeroizing};
 /// Length of an AES-256 key in bytes.
 pub const KEY_LEN: usize = 32;
 
-/// The HMAC message whose tag identifies a key (see DESIGN.md, "Key id").
+/// The HMAC message whose tag identifies a key (docs/design.md, "Key id").
 const KEY_ID_CONTEXT: &[u8] = b"rekey key id v1";
 
 /// What every parse error tells the operator, since the input itself is never shown.

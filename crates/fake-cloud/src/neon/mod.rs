@@ -258,7 +258,8 @@ impl<'a> BranchListing<'a> {
             .collect();
         match self.sort_by {
             "name" => {
-                branches.sort_by(|a, b| a.name.cmp(&b.name).then(a.created_seq.cmp(&b.created_seq)));
+                branches
+                    .sort_by(|a, b| a.name.cmp(&b.name).then(a.created_seq.cmp(&b.created_seq)));
             }
             "created_at" => branches.sort_by_key(|b| b.created_seq),
             _ => branches.sort_by_key(|b| b.updated_seq),

@@ -1,5 +1,5 @@
 //! The Fly Machines API client: get, list, create, wait, stop and destroy
-//! machines, create apps (docs/cloud-apis.md §2), over the shared policy in
+//! machines, create apps (docs/cloud-apis.md, "Fly Machines API"), over the shared policy in
 //! `http.rs`, plus the one place that turns an old machine's config into
 //! its replacement's.
 //!
@@ -26,7 +26,7 @@ use super::secret::{Secret, SecretJson};
 /// was created for; what makes machine creation idempotent.
 pub const ITEM_TAG: &str = "rekey_item";
 
-/// Fly's `/wait` holds a request at most this long (§2.7).
+/// Fly's `/wait` holds a request at most this long (docs/cloud-apis.md).
 const MAX_WAIT_SECS: u64 = 60;
 
 /// Options of a [`FlyClient`].
@@ -34,7 +34,7 @@ const MAX_WAIT_SECS: u64 = 60;
 pub struct FlyOptions {
     pub http: HttpOptions,
     /// Pause before listing machines after an ambiguous create: the list
-    /// reads an eventually consistent store (§2.9).
+    /// reads an eventually consistent store (docs/cloud-apis.md).
     pub lookup_settle: Duration,
 }
 

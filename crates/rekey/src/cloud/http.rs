@@ -86,7 +86,7 @@ pub struct HttpOptions {
 
 impl HttpOptions {
     /// Neon's account limit is ~700 requests/minute with bursts to 40/s per
-    /// route (docs/cloud-apis.md §1.3): 10/s sustained stays under it.
+    /// route (docs/cloud-apis.md, "Neon API v2"): 10/s sustained stays under it.
     pub fn neon_defaults() -> HttpOptions {
         HttpOptions {
             connect_timeout: Duration::from_secs(10),
@@ -101,7 +101,7 @@ impl HttpOptions {
     }
 
     /// Fly limits each action to ~1/s per machine or app, burst 3, and Get
-    /// Machine to 5/s burst 10 (§2.3); 5/s burst 10 is the client-wide cap.
+    /// Machine to 5/s burst 10 (docs/cloud-apis.md); 5/s burst 10 is the client-wide cap.
     pub fn fly_defaults() -> HttpOptions {
         HttpOptions {
             rate_per_second: 5.0,
@@ -315,7 +315,10 @@ impl ApiRequest {
     pub fn new(method: Method, segments: &[&str]) -> ApiRequest {
         ApiRequest {
             method,
-            segments: segments.iter().map(std::string::ToString::to_string).collect(),
+            segments: segments
+                .iter()
+                .map(std::string::ToString::to_string)
+                .collect(),
             query: Vec::new(),
             body: None,
             repeatable: false,
@@ -847,7 +850,7 @@ async fn read_answer(builder: reqwest::RequestBuilder) -> Result<RawAnswer, reqw
 
 /// The `Authorization` value for `api`. Neon takes `Bearer <key>`. Fly
 /// macaroon tokens as printed by `fly tokens create` already start with
-/// `FlyV1 ` and are sent verbatim; anything else gets `Bearer ` (§2.1).
+/// `FlyV1 ` and are sent verbatim; anything else gets `Bearer ` (docs/cloud-apis.md).
 pub fn authorization_header(api: Api, token: &Secret) -> Result<HeaderValue, CloudError> {
     let token = token.expose().trim();
     if token.is_empty() {

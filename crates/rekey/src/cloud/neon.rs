@@ -1,5 +1,5 @@
 //! The Neon API v2 client: the branch, role, endpoint, connection-URI and
-//! operation calls a re-provision makes (docs/cloud-apis.md §1), over the
+//! operation calls a re-provision makes (docs/cloud-apis.md, "Neon API v2"), over the
 //! shared policy in `http.rs`.
 //!
 //! Mutations return operations that finish in the background;
@@ -31,7 +31,7 @@ const BRANCH_PAGE: &str = "100";
 pub struct NeonOptions {
     pub http: HttpOptions,
     /// Pause between two polls of the same pending operations. Neon's
-    /// advice is 0.5-2 s; every poll spends rate-limit budget (§1.3).
+    /// advice is 0.5-2 s; every poll spends rate-limit budget (docs/cloud-apis.md).
     pub poll_interval: Duration,
 }
 
@@ -87,7 +87,7 @@ pub struct Operation {
     pub failures_count: u32,
 }
 
-/// Where an operation stands (§1.4).
+/// Where an operation stands (docs/cloud-apis.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OperationStatus {

@@ -19,7 +19,7 @@ use sqlx::{Connection, PgPool};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// The control plane's table and column names (DESIGN.md, "Data model").
+/// The control plane's table and column names (docs/design.md, "Data model").
 #[derive(Debug, Clone)]
 pub struct TableSpec {
     /// Table holding one row per tenant, optionally schema-qualified.

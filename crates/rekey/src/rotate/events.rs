@@ -4,7 +4,6 @@
 //! terminals; `progress` turns events into bars, plain lines or JSON. No
 //! event carries a key, a plaintext or a URL: ids, counts and key ids only.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -97,7 +96,7 @@ impl EventSink for NullSink {
 /// Keeps every event (tests of the engine's events; not in release builds).
 #[cfg(any(test, feature = "test-hooks"))]
 #[derive(Default)]
-pub struct RecordingSink(pub Mutex<Vec<Event>>);
+pub struct RecordingSink(pub std::sync::Mutex<Vec<Event>>);
 
 #[cfg(any(test, feature = "test-hooks"))]
 impl EventSink for RecordingSink {

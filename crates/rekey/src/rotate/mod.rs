@@ -6,6 +6,7 @@ pub mod batch;
 pub mod connect;
 mod error;
 pub mod events;
+pub mod gate;
 pub mod inplace;
 pub mod plan;
 pub mod reprovision;

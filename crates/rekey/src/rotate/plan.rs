@@ -8,7 +8,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use super::batch::{ActionCounts, FieldCounts};
-use super::run::gate_trips;
+use super::gate::gate_trips;
 use super::scan::scan;
 use super::RunError;
 use crate::db::journal::{self, RunRecord};

@@ -17,13 +17,14 @@ use sqlx::PgPool;
 
 use super::batch::{FieldCounts, LeftReason};
 use super::events::{Event, EventSink};
+use super::gate;
 use super::inplace::{InPlace, PassTally};
 use super::reprovision::{ProvisionTally, Reprovisioner};
 use super::scan::{scan, ScanResult};
 use super::{Outcome, RunError};
 use crate::db::journal::{self, RunStart};
 use crate::db::org_instances::{count_rows, RowFilter};
-use crate::db::{DbError, Table};
+use crate::db::Table;
 use crate::envelope::{Keyring, Mode};
 
 /// How many times a run re-walks rows that changed back under it before
@@ -112,8 +113,8 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
         ids: (!opts.orgs.is_empty()).then(|| opts.orgs.clone()),
         wait_for_locked: false,
     };
-    refuse_other_open_run(ctx).await?;
-    let prescan = preflight(ctx, opts, &filter).await?;
+    gate::refuse_other_open_run(ctx).await?;
+    let prescan = gate::preflight(ctx, opts, &filter).await?;
     let (run, start) = journal::open_or_resume(
         &ctx.pool,
         opts.mode,
@@ -212,76 +213,6 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
         elapsed_secs: started.elapsed().as_secs_f64(),
         ..report
     })
-}
-
-/// Refuses a new key other than the open run's before anything else is
-/// checked: the gate or the cloud check would otherwise speak first and send
-/// the operator after the wrong cause (`open_or_resume` checks again, under
-/// the unique index, for a run opened meanwhile).
-async fn refuse_other_open_run(ctx: &RunContext) -> Result<(), RunError> {
-    match journal::open_run(&ctx.pool).await? {
-        Some(open) if open.new_key_id != ctx.keyring.new_key_id().0 => {
-            Err(DbError::OpenRunWithOtherKey {
-                run_id: open.id,
-                open_key: open.new_key_id,
-                given_key: ctx.keyring.new_key_id().clone(),
-            }
-            .into())
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Checks, before anything is written, that the run can do what it is
-/// asked: the wrong-old-key gate first (a wrong key is the likelier story),
-/// then cloud credentials if tenants need re-provisioning. Returns the pre-scan when one was needed.
-async fn preflight(
-    ctx: &RunContext,
-    opts: &RunOptions,
-    filter: &RowFilter,
-) -> Result<Option<ScanResult>, RunError> {
-    if opts.mode == Mode::Reencrypt {
-        return Ok(None);
-    }
-    let prescan = scan(&ctx.pool, &ctx.table, &ctx.keyring, opts.mode, filter).await?;
-    let to_reprovision = prescan.reprovision_ids.len() as u64;
-    if to_reprovision == 0 {
-        return Ok(Some(prescan));
-    }
-    if opts.mode == Mode::Auto && ctx.keyring.old_key_id().is_some() {
-        let already = match journal::open_run(&ctx.pool).await? {
-            Some(open) if open.new_key_id == ctx.keyring.new_key_id().0 => {
-                journal::run_counts(&ctx.pool, open.id).await?.reencrypted as u64
-            }
-            _ => 0,
-        };
-        let opened = prescan.reencrypt_ids.len() as u64 + already;
-        if gate_trips(opened, to_reprovision) && opts.confirm_reprovision != Some(to_reprovision) {
-            return Err(RunError::GateTripped {
-                opened,
-                total: opened + to_reprovision,
-                to_reprovision,
-            });
-        }
-    }
-    if ctx.reprovisioner.is_none() {
-        return Err(RunError::NoCloudCredentials {
-            tenants: to_reprovision,
-        });
-    }
-    if ctx.table.provision.is_none() {
-        return Err(RunError::NoProvisionColumns {
-            tenants: to_reprovision,
-            table: ctx.table.display.clone(),
-        });
-    }
-    Ok(Some(prescan))
-}
-
-/// The wrong-old-key gate (DESIGN.md, "Safety gate"): trips when the old
-/// key opens fewer than half of the rows that need work.
-pub fn gate_trips(opened: u64, unopened: u64) -> bool {
-    unopened > 0 && opened < unopened
 }
 
 /// What the in-place walk did.

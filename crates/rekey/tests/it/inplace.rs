@@ -20,7 +20,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 // ---------------------------------------------------------------------------
-// A hand-built mixed fleet: every kind of field DESIGN.md's classification
+// A hand-built mixed fleet: every kind of field docs/design.md's classification
 // distinguishes, in every combination that decides a row's action.
 // ---------------------------------------------------------------------------
 
@@ -50,7 +50,7 @@ enum Blob {
 }
 
 impl Blob {
-    /// The class DESIGN.md ("Classification") gives this field.
+    /// The class docs/design.md ("Classification") gives this field.
     fn class(self) -> &'static str {
         match self {
             Blob::Null | Blob::Empty => "empty",
@@ -253,7 +253,9 @@ fn assert_reencrypted_exactly(
                     b.id
                 );
                 assert_eq!(
-                    new.open(now).as_ref().map(rekey::envelope::Plaintext::as_slice),
+                    new.open(now)
+                        .as_ref()
+                        .map(rekey::envelope::Plaintext::as_slice),
                     Some(plain.as_slice()),
                     "row {}: {name} field does not open under the new key to its plaintext",
                     b.id

@@ -140,7 +140,10 @@ async fn tenants_reached(pool: &PgPool, step: &str) -> i64 {
         return 0;
     }
     let from = STEPS.iter().position(|s| *s == step).expect("a known step");
-    let later: Vec<String> = STEPS[from..].iter().map(std::string::ToString::to_string).collect();
+    let later: Vec<String> = STEPS[from..]
+        .iter()
+        .map(std::string::ToString::to_string)
+        .collect();
     sqlx::query_scalar("SELECT count(*) FROM rekey.items WHERE step = ANY($1)")
         .bind(&later)
         .fetch_one(pool)

@@ -3,7 +3,7 @@
 //! step by step in `rekey.items`, over the Neon and Fly clients.
 //!
 //! Steps, each idempotent and found again after a crash by a deterministic
-//! name or tag (DESIGN.md, "Re-provision"):
+//! name or tag (docs/design.md, "Re-provision state machine"):
 //! `queued` → `branch` (new Neon branch from the tenant's, data kept) →
 //! `password` (new role password on it) → `machine` (new Fly machine from
 //! the old one's config with the new URLs) → `started` → `row` (compare-
