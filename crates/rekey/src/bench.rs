@@ -215,6 +215,7 @@ async fn measure(url: &str, args: &BenchOptions) -> Result<BenchReport, BenchErr
             orgs: Vec::new(),
             limit: None,
             confirm_reprovision: None,
+            lock_wait: run::DEFAULT_LOCK_WAIT,
         };
         let wal_before: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
             .fetch_one(&pool)
@@ -372,6 +373,7 @@ async fn measure_reprovision(
         orgs: Vec::new(),
         limit: None,
         confirm_reprovision: None,
+        lock_wait: run::DEFAULT_LOCK_WAIT,
     };
     let started = Instant::now();
     let r = run::run(&ctx, &opts).await?;

@@ -191,6 +191,9 @@ pub struct RunArgs {
     /// Attempts per tenant before it is given up (what it created is removed).
     #[arg(long, default_value_t = 5)]
     pub max_attempts: i32,
+    /// Seconds the run waits, in all, for rows someone keeps locked before it reports them as left.
+    #[arg(long, default_value_t = 60)]
+    pub lock_wait_secs: u64,
     /// Seconds a claimed tenant stays this process's without progress (several processes share a run).
     #[arg(long, default_value_t = 60)]
     pub lease_secs: u64,

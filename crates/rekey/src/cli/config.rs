@@ -144,6 +144,7 @@ pub fn run_options(args: &RunArgs) -> Result<RunOptions, CliError> {
         orgs: args.orgs.clone(),
         limit: args.limit,
         confirm_reprovision: args.confirm_reprovision,
+        lock_wait: Duration::from_secs(args.lock_wait_secs),
     })
 }
 

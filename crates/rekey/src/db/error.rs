@@ -11,6 +11,10 @@ pub enum DbError {
     Connect { url: String, message: String },
     #[error("database: {0}")]
     Sql(String),
+    /// The connection was lost or the server could not serve the statement
+    /// for a reason that may pass (see [`is_transient`]).
+    #[error("database connection: {0}")]
+    Transient(String),
     #[error("applying the tool's migrations (schema rekey): {0}")]
     Migration(String),
     #[error("table {0} not found; name it with --table (schema-qualified if needed)")]
@@ -49,7 +53,11 @@ pub enum DbError {
 
 impl From<sqlx::Error> for DbError {
     fn from(e: sqlx::Error) -> DbError {
-        DbError::Sql(short_db_error(&e))
+        if is_transient(&e) {
+            DbError::Transient(short_db_error(&e))
+        } else {
+            DbError::Sql(short_db_error(&e))
+        }
     }
 }
 
@@ -65,4 +73,24 @@ pub fn short_db_error(e: &sqlx::Error) -> String {
         other => other.to_string(),
     };
     crate::redact::text(&text)
+}
+
+/// True for an error that says nothing about the statement and may well
+/// not happen again on a fresh connection: the server went away (restart,
+/// failover, a terminated backend), the network dropped, the pool could
+/// not connect in time, or a serialization failure or deadlock. A batch is
+/// one transaction, so retrying it after one of these is always safe.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // Class 08: connection exception; 57P01-57P03: admin or crash
+            // shutdown, cannot connect now; 40001/40P01: serialization
+            // failure and deadlock, which PostgreSQL asks clients to retry.
+            code.starts_with("08")
+                || ["57P01", "57P02", "57P03", "40001", "40P01"].contains(&&*code)
+        }),
+        _ => false,
+    }
 }

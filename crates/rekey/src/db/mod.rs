@@ -10,7 +10,7 @@ pub mod journal;
 pub mod org_instances;
 pub mod seed;
 
-pub use error::{short_db_error, DbError};
+pub use error::{is_transient, short_db_error, DbError};
 
 use std::time::Duration;
 

@@ -24,13 +24,8 @@ pub struct StoredRow {
 /// Which rows a claim or scan may return.
 #[derive(Debug, Clone, Default)]
 pub struct RowFilter {
-    /// Only rows with these ids (`--org`).
+    /// Only rows with these ids (`--org`, re-walks).
     pub ids: Option<Vec<String>>,
-    /// Claims wait for rows another process holds instead of skipping them.
-    /// For re-walks of rows a scan found unfinished: skipped, a row in
-    /// another process's uncommitted batch would look left over, and the
-    /// run would be closed as failed while that batch was about to commit.
-    pub wait_for_locked: bool,
 }
 
 /// The SELECT for a claim or scan. Placeholders are numbered for what is
@@ -55,10 +50,10 @@ fn select_sql(table: &Table, after: bool, filter: &RowFilter, lock: bool) -> Str
     }
     sql.push_str(&format!(" ORDER BY {} LIMIT ${}", table.id, n + 1));
     // NO KEY UPDATE is the lock an UPDATE of non-key columns takes anyway:
-    // taking it up front avoids a lock upgrade later.
-    if lock && filter.wait_for_locked {
-        sql.push_str(" FOR NO KEY UPDATE");
-    } else if lock {
+    // taking it up front avoids a lock upgrade later. Locked rows are
+    // skipped, never waited for: the run's re-walks come back to them, with
+    // one bounded wait for the whole run (rotate::run).
+    if lock {
         sql.push_str(" FOR NO KEY UPDATE SKIP LOCKED");
     }
     sql
@@ -148,8 +143,7 @@ where
 }
 
 /// Locks and returns up to `limit` rows after `after` in key order,
-/// skipping rows another worker or process holds (`FOR UPDATE SKIP LOCKED`),
-/// or waiting for them when `filter.wait_for_locked` says so.
+/// skipping rows another worker or process holds (`FOR UPDATE SKIP LOCKED`).
 pub async fn claim_batch(
     conn: &mut PgConnection,
     table: &Table,
@@ -157,13 +151,6 @@ pub async fn claim_batch(
     filter: &RowFilter,
     limit: i64,
 ) -> Result<Vec<StoredRow>, sqlx::Error> {
-    if filter.wait_for_locked {
-        // Another process's batch commits in well under a second; a peer
-        // that holds rows this long is stuck, and saying so beats hanging.
-        sqlx::query("SET LOCAL lock_timeout = '60s'")
-            .execute(&mut *conn)
-            .await?;
-    }
     let sql = select_sql(table, after.is_some(), filter, true);
     decode_rows(fetch_page(conn, &sql, after, filter, limit).await?)
 }

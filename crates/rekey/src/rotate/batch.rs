@@ -135,6 +135,8 @@ pub enum LeftReason {
     Undecryptable,
     /// A new ciphertext did not open to the same plaintext: never written.
     CheckBeforeWriteFailed,
+    /// Someone kept the row locked for longer than the run's lock wait.
+    Locked,
 }
 
 /// What to do with a batch.

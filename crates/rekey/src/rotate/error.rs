@@ -57,6 +57,23 @@ impl RunError {
         }
     }
 
+    /// This error, as the reason an open run stopped.
+    pub fn stopped(self, run_id: i64) -> RunError {
+        match self {
+            already @ RunError::Stopped { .. } => already,
+            other => RunError::Stopped {
+                run_id,
+                source: Box::new(other),
+            },
+        }
+    }
+
+    /// True when a retry on a fresh connection may succeed (see
+    /// [`crate::db::is_transient`]).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, RunError::Db(DbError::Transient(_)))
+    }
+
     /// True when the database or the process may have changed since the
     /// command started (then the exit code is 1, not 2).
     pub fn changed_something(&self) -> bool {

@@ -15,7 +15,7 @@ use tokio::sync::Mutex;
 
 use super::batch::{decide_batch, BatchDecision, FieldCounts, LeftReason};
 use super::events::{BatchReport, Event, EventSink};
-use super::RunError;
+use super::{retry, RunError};
 use crate::db::journal;
 use crate::db::org_instances::{claim_batch, swap_batch, RowFilter, StoredRow};
 use crate::db::Table;
@@ -138,44 +138,25 @@ impl InPlace {
             let Some(reserved) = self.reserve() else {
                 break;
             };
-            let started = Instant::now();
-            let mut tx = self.pool.begin().await?;
-            let rows = {
-                // Claiming under the cursor lock keeps this process's workers
-                // on disjoint key ranges; other processes are kept off our
-                // rows by the row locks themselves.
-                let mut after = cursor.lock().await;
-                let rows = claim_batch(
-                    &mut tx,
-                    &self.table,
-                    after.as_deref(),
-                    filter,
-                    self.batch_size,
-                )
-                .await?;
-                if let Some(last) = rows.last() {
-                    *after = Some(last.id.clone());
-                }
-                rows
-            };
-            if rows.is_empty() {
+            // A batch lost with its connection rolled back whole (or, lost at
+            // COMMIT, may have committed whole); either way its rows are
+            // behind the cursor now, and the convergence read after the pass
+            // finds any that still need work and walks them again. So a retry
+            // simply goes on with the next batch.
+            let batch = retry::on_transient("in-place batch", retry::RETRY_BUDGET, || {
+                self.batch(worker, cursor, filter, reserved)
+            })
+            .await;
+            let Some((report, decision, phases)) =
+                batch.inspect_err(|_| self.refund(reserved, 0))?
+            else {
                 self.refund(reserved, 0);
                 break;
-            }
-            let claimed = Instant::now();
-            let (rows, decision) = self.decide(rows, reserved).await?;
-            let decided = Instant::now();
-            let report = self.write(&mut tx, worker, &rows, &decision).await?;
-            let written = Instant::now();
-            tx.commit().await?;
+            };
             self.refund(
                 reserved,
                 report.reencrypted + report.queued + report.conflicts,
             );
-            let report = BatchReport {
-                latency: started.elapsed(),
-                ..report
-            };
             self.sink.emit(&Event::Batch(report.clone()));
             tally.absorb(PassTally {
                 rows: report.rows,
@@ -186,15 +167,61 @@ impl InPlace {
                 left: decision.left,
                 fields: decision.fields,
                 batch_latencies: vec![report.latency],
-                phases: Phases {
-                    claim: claimed - started,
-                    crypto: decided - claimed,
-                    write: written - decided,
-                    commit: written.elapsed(),
-                },
+                phases,
             });
         }
         Ok(tally)
+    }
+
+    /// Claims, decides and writes one batch in one transaction; `None` when
+    /// the pass has no rows left.
+    async fn batch(
+        &self,
+        worker: usize,
+        cursor: &Mutex<Option<String>>,
+        filter: &RowFilter,
+        reserved: u64,
+    ) -> Result<Option<(BatchReport, BatchDecision, Phases)>, RunError> {
+        let started = Instant::now();
+        let mut tx = self.pool.begin().await?;
+        let rows = {
+            // Claiming under the cursor lock keeps this process's workers
+            // on disjoint key ranges; other processes are kept off our
+            // rows by the row locks themselves.
+            let mut after = cursor.lock().await;
+            let rows = claim_batch(
+                &mut tx,
+                &self.table,
+                after.as_deref(),
+                filter,
+                self.batch_size,
+            )
+            .await?;
+            if let Some(last) = rows.last() {
+                *after = Some(last.id.clone());
+            }
+            rows
+        };
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let claimed = Instant::now();
+        let (rows, decision) = self.decide(rows, reserved).await?;
+        let decided = Instant::now();
+        let report = self.write(&mut tx, worker, &rows, &decision).await?;
+        let written = Instant::now();
+        tx.commit().await?;
+        let phases = Phases {
+            claim: claimed - started,
+            crypto: decided - claimed,
+            write: written - decided,
+            commit: written.elapsed(),
+        };
+        let report = BatchReport {
+            latency: started.elapsed(),
+            ..report
+        };
+        Ok(Some((report, decision, phases)))
     }
 
     /// Takes up to a batch's worth of the `--limit` budget.

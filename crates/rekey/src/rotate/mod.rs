@@ -10,6 +10,7 @@ pub mod gate;
 pub mod inplace;
 pub mod plan;
 pub mod reprovision;
+pub mod retry;
 pub mod run;
 pub mod scan;
 pub mod verify;

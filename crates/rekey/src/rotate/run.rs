@@ -21,7 +21,7 @@ use super::gate;
 use super::inplace::{InPlace, PassTally};
 use super::reprovision::{ProvisionTally, Reprovisioner};
 use super::scan::{scan, ScanResult};
-use super::{Outcome, RunError};
+use super::{retry, Outcome, RunError};
 use crate::db::journal::{self, RunStart};
 use crate::db::org_instances::{count_rows, RowFilter};
 use crate::db::Table;
@@ -30,6 +30,10 @@ use crate::envelope::{Keyring, Mode};
 /// How many times a run re-walks rows that changed back under it before
 /// it gives up and says why.
 const MAX_PASSES: u32 = 5;
+
+/// How long a run waits by default, in all, for rows someone keeps locked
+/// before it reports them as left (`--lock-wait-secs`).
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(60);
 
 /// What the operator asked `rekey run` to do.
 #[derive(Debug, Clone)]
@@ -42,6 +46,9 @@ pub struct RunOptions {
     /// `--confirm-reprovision N`: the operator's acknowledgement of the
     /// wrong-old-key gate, naming the count of tenants to re-provision.
     pub confirm_reprovision: Option<u64>,
+    /// How long the run waits, in all, for rows someone keeps locked; then
+    /// it reports them as left and the run closes as failed (exit 1).
+    pub lock_wait: Duration,
 }
 
 /// The outcome of a run invocation, for the summary and the exit code.
@@ -111,7 +118,6 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
     let started = Instant::now();
     let filter = RowFilter {
         ids: (!opts.orgs.is_empty()).then(|| opts.orgs.clone()),
-        wait_for_locked: false,
     };
     gate::refuse_other_open_run(ctx).await?;
     let prescan = gate::preflight(ctx, opts, &filter).await?;
@@ -166,7 +172,9 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
     let provisioned = match provisioning {
         Some(task) => task
             .await
-            .map_err(|e| RunError::crashed("re-provisioning", &e))??,
+            .map_err(|e| RunError::crashed("re-provisioning", &e))
+            .and_then(|tally| tally)
+            .map_err(|e| e.stopped(run.id))?,
         None => ProvisionTally::default(),
     };
     let Walk {
@@ -174,7 +182,7 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
         passes,
         secs: in_place_secs,
         last_scan,
-    } = walked?;
+    } = walked.map_err(|e| e.stopped(run.id))?;
     // `--max-tenants` is as deliberate a stop as `--limit`: the tenants it
     // left are for the next invocation, not reasons to fail the run.
     let partial = opts.limit.is_some() || !opts.orgs.is_empty() || provisioned.capped;
@@ -189,7 +197,11 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
         && !ctx.stop.load(Ordering::SeqCst);
     let check = match last_scan {
         Some(check) if quiet_since => check,
-        _ => scan(&ctx.pool, &ctx.table, &ctx.keyring, opts.mode, &filter).await?,
+        _ => retry::on_transient("final read", retry::RETRY_BUDGET, || {
+            scan(&ctx.pool, &ctx.table, &ctx.keyring, opts.mode, &filter)
+        })
+        .await
+        .map_err(|e| e.stopped(run.id))?,
     };
     let report = conclude(
         ctx,
@@ -201,7 +213,8 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
         &check,
         partial,
     )
-    .await?;
+    .await
+    .map_err(|e| e.stopped(run.id))?;
     Ok(RunReport {
         passes,
         in_place_secs,
@@ -224,7 +237,9 @@ struct Walk {
     last_scan: Option<ScanResult>,
 }
 
-/// In-place passes until a pass changes nothing, or the pass limit.
+/// In-place passes until a read finds nothing left to do, the pass limit
+/// (rows the control plane keeps writing under the old key), or the lock
+/// wait (rows someone keeps locked) runs out.
 async fn walk(
     ctx: &RunContext,
     inplace: &Arc<InPlace>,
@@ -235,48 +250,41 @@ async fn walk(
     let mut total = PassTally::default();
     let mut pass_filter = filter.clone();
     let mut passes = 0;
-    while passes < MAX_PASSES && !ctx.stop.load(Ordering::SeqCst) {
+    let mut busy_passes = 0;
+    // When re-walks began to change nothing: from then on the rows left are
+    // locked by someone (another process's batch, which commits in well
+    // under a second, or a control-plane transaction). One bounded wait for
+    // the whole run, not one per worker and row.
+    let mut idle_since: Option<Instant> = None;
+    while busy_passes < MAX_PASSES && !ctx.stop.load(Ordering::SeqCst) {
         passes += 1;
         let rows = pass_filter.ids.as_ref().map_or(0, |ids| ids.len() as u64);
         ctx.sink.emit(&Event::PassStarted { pass: passes, rows });
         let tally = inplace.pass(pass_filter.clone()).await?;
+        let changed = tally.changed();
         ctx.sink.emit(&Event::PassFinished {
             pass: passes,
-            changed: tally.changed(),
+            changed,
         });
-        let changed = tally.changed();
-        let secs = started.elapsed().as_secs_f64();
         // The last pass says what is still left.
         total.left.clear();
         total.absorb(tally);
-        // A pass that skipped locked rows proves nothing by changing
-        // nothing: the rows may be in another process's batch. Only a
-        // re-walk that waited for them ends the walk on a quiet pass.
-        if opts.limit.is_some() || (changed == 0 && pass_filter.wait_for_locked) {
+        if opts.limit.is_some() {
             return Ok(Walk {
                 tally: total,
                 passes,
-                secs,
+                secs: started.elapsed().as_secs_f64(),
                 last_scan: None,
             });
         }
         // Rows the control plane wrote under the old key meanwhile, or that
-        // another process held locked, are found by a read without locks and
+        // someone held locked, are found by a read without locks and
         // walked again; everything else is not touched twice.
-        let check = scan(&ctx.pool, &ctx.table, &ctx.keyring, opts.mode, filter).await?;
-        let mut again = check.reencrypt_ids.clone();
-        if opts.mode != Mode::Reencrypt {
-            let queued =
-                journal::queued_among(&ctx.pool, inplace.run_id, &check.reprovision_ids).await?;
-            let queued: std::collections::HashSet<String> = queued.into_iter().collect();
-            again.extend(
-                check
-                    .reprovision_ids
-                    .iter()
-                    .filter(|id| !queued.contains(*id))
-                    .cloned(),
-            );
-        }
+        let check = retry::on_transient("convergence read", retry::RETRY_BUDGET, || {
+            scan(&ctx.pool, &ctx.table, &ctx.keyring, opts.mode, filter)
+        })
+        .await?;
+        let again = needing_work(ctx, inplace.run_id, opts.mode, &check).await?;
         if again.is_empty() {
             return Ok(Walk {
                 tally: total,
@@ -285,13 +293,23 @@ async fn walk(
                 last_scan: Some(check),
             });
         }
-        // Waiting, not skipping: a row still locked here is in another
-        // process's batch, and only its commit says whether it is done.
-        pass_filter = RowFilter {
-            ids: Some(again),
-            wait_for_locked: true,
-        };
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        if changed > 0 {
+            busy_passes += 1;
+            idle_since = None;
+        } else if idle_since.get_or_insert_with(Instant::now).elapsed() >= opts.lock_wait {
+            total.left.clear();
+            total
+                .left
+                .extend(again.into_iter().map(|id| (id, LeftReason::Locked)));
+            return Ok(Walk {
+                tally: total,
+                passes,
+                secs: started.elapsed().as_secs_f64(),
+                last_scan: Some(check),
+            });
+        }
+        pass_filter = RowFilter { ids: Some(again) };
+        tokio::time::sleep(Duration::from_millis(if changed > 0 { 100 } else { 500 })).await;
     }
     Ok(Walk {
         secs: started.elapsed().as_secs_f64(),
@@ -299,6 +317,30 @@ async fn walk(
         passes,
         last_scan: None,
     })
+}
+
+/// The ids a convergence read found still needing in-place work: rows
+/// under the old key, and unopenable rows not yet queued for
+/// re-provisioning.
+async fn needing_work(
+    ctx: &RunContext,
+    run_id: i64,
+    mode: Mode,
+    check: &ScanResult,
+) -> Result<Vec<String>, RunError> {
+    let mut again = check.reencrypt_ids.clone();
+    if mode != Mode::Reencrypt {
+        let queued = journal::queued_among(&ctx.pool, run_id, &check.reprovision_ids).await?;
+        let queued: std::collections::HashSet<String> = queued.into_iter().collect();
+        again.extend(
+            check
+                .reprovision_ids
+                .iter()
+                .filter(|id| !queued.contains(*id))
+                .cloned(),
+        );
+    }
+    Ok(again)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -313,13 +355,19 @@ async fn conclude(
     partial: bool,
 ) -> Result<RunReport, RunError> {
     let mut left: Vec<LeftRow> = Vec::new();
-    let reason_of = |r: LeftReason| match r {
+    let reason_of = |r: LeftReason| {
+        match r {
         LeftReason::Undecryptable => {
             "opens under neither key (mode reencrypt leaves it)".to_string()
         }
         LeftReason::CheckBeforeWriteFailed => {
             "new ciphertext failed the check before write".to_string()
         }
+        LeftReason::Locked => format!(
+            "locked by another session for more than {} s; run the same command once it is released",
+            opts.lock_wait.as_secs()
+        ),
+    }
     };
     let mut still_old = 0u64;
     for id in &check.reencrypt_ids {

@@ -532,6 +532,7 @@ async fn a_new_ciphertext_that_fails_the_check_before_write_is_never_written(poo
         orgs: Vec::new(),
         limit: None,
         confirm_reprovision: None,
+        lock_wait: run::DEFAULT_LOCK_WAIT,
     };
     let report = run::run(&ctx, &opts)
         .await

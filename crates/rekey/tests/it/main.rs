@@ -15,5 +15,6 @@ mod metrics;
 mod provision_caps;
 mod rehearsal;
 mod reprovision;
+mod resilience;
 mod smoke;
 mod vectors;
