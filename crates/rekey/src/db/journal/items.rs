@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::{PgConnection, PgPool, Postgres};
 
 use crate::db::DbError;
 
@@ -141,6 +143,15 @@ fn millis(lease: Duration) -> f64 {
     lease.as_millis() as f64
 }
 
+/// A statement on one tenant's row as its owner holds it, with `$1`..`$3`
+/// bound to `key` (the rest follow in the caller).
+fn owned<'q>(sql: &'q str, key: &ItemKey<'q>) -> Query<'q, Postgres, PgArguments> {
+    sqlx::query(sql)
+        .bind(key.run_id)
+        .bind(key.org_id)
+        .bind(key.owner)
+}
+
 /// Claims the next pending tenant of the run whose lease is free (among
 /// `only`, when given) for `owner`, counting an attempt.
 pub async fn claim_item(
@@ -210,13 +221,11 @@ pub async fn renew_lease(
     key: &ItemKey<'_>,
     lease: Duration,
 ) -> Result<u64, sqlx::Error> {
-    let renewed = sqlx::query(
+    let renewed = owned(
         "UPDATE rekey.items SET lease_until = now() + $4 * interval '1 millisecond'
                   WHERE run_id = $1 AND org_id = $2 AND owner = $3 AND state = 'pending'",
+        key,
     )
-    .bind(key.run_id)
-    .bind(key.org_id)
-    .bind(key.owner)
     .bind(millis(lease))
     .execute(pool)
     .await?;
@@ -239,10 +248,7 @@ pub async fn advance(
     );
     sql.push_str(records.assignments());
     sql.push_str(" WHERE run_id = $1 AND org_id = $2 AND owner = $3");
-    let updated = sqlx::query(&sql)
-        .bind(key.run_id)
-        .bind(key.org_id)
-        .bind(key.owner)
+    let updated = owned(&sql, key)
         .bind(fields.project)
         .bind(fields.old_branch)
         .bind(fields.app)
@@ -264,14 +270,12 @@ pub async fn move_to_cleanup(
     key: &ItemKey<'_>,
     lease: Duration,
 ) -> Result<u64, sqlx::Error> {
-    let moved = sqlx::query(
+    let moved = owned(
         "UPDATE rekey.items SET step = 'cleanup', updated_at = now(),
                     lease_until = now() + $4 * interval '1 millisecond'
               WHERE run_id = $1 AND org_id = $2 AND owner = $3",
+        key,
     )
-    .bind(key.run_id)
-    .bind(key.org_id)
-    .bind(key.owner)
     .bind(millis(lease))
     .execute(conn)
     .await?;
@@ -281,14 +285,12 @@ pub async fn move_to_cleanup(
 /// Marks a tenant done and lets it go; returns the rows updated (0: lease
 /// lost).
 pub async fn mark_done(pool: &PgPool, key: &ItemKey<'_>) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
+    let done = owned(
         "UPDATE rekey.items SET state = 'done', step = 'done', owner = NULL, lease_until = NULL,
                     last_error = NULL, updated_at = now()
               WHERE run_id = $1 AND org_id = $2 AND owner = $3",
+        key,
     )
-    .bind(key.run_id)
-    .bind(key.org_id)
-    .bind(key.owner)
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
@@ -302,14 +304,12 @@ pub async fn release_for_retry(
     reason: &str,
     backoff_ms: f64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    owned(
         "UPDATE rekey.items SET last_error = $4, owner = NULL, updated_at = now(),
                     lease_until = now() + $5 * interval '1 millisecond'
               WHERE run_id = $1 AND org_id = $2 AND owner = $3",
+        key,
     )
-    .bind(key.run_id)
-    .bind(key.org_id)
-    .bind(key.owner)
     .bind(reason)
     .bind(backoff_ms)
     .execute(pool)
@@ -323,14 +323,12 @@ pub async fn mark_failed(
     key: &ItemKey<'_>,
     reason: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    owned(
             "UPDATE rekey.items SET state = 'failed', last_error = $4, owner = NULL, lease_until = NULL,
                     updated_at = now()
               WHERE run_id = $1 AND org_id = $2 AND owner = $3",
+        key,
     )
-    .bind(key.run_id)
-    .bind(key.org_id)
-    .bind(key.owner)
     .bind(reason)
     .execute(pool)
     .await?;
