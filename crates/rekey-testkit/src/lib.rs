@@ -602,6 +602,22 @@ pub async fn seed_cloud_fleet(
     seed_cloud_fleet_sharing(pool, table, key, rows, 1, cloud).await
 }
 
+/// A re-provisioning test's opening: the reference table with `rows`
+/// tenants sealed under `keys.old`, each registered in a fake cloud
+/// started with `config`. Returns the keys, the cloud, the tenants and the
+/// scratch database's URL (for the binary).
+pub async fn cloud_fleet(
+    pool: &PgPool,
+    config: fake_cloud::FakeConfig,
+    rows: u64,
+) -> (Keys, Cloud, Vec<SeedTenant>, String) {
+    let table = reference_table(pool).await;
+    let keys = Keys::new();
+    let cloud = Cloud::start(config);
+    let tenants = seed_cloud_fleet(pool, &table, &keys.old, rows, &cloud).await;
+    (keys, cloud, tenants, db_url(pool))
+}
+
 /// Seeds `rows` tenants under `key` and registers them in the fake,
 /// `per_project` tenants to a Neon project (their branches then share the
 /// project's lock: one tenant's operations make Neon answer another 423).

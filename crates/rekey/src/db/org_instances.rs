@@ -8,7 +8,7 @@
 
 use sqlx::{PgConnection, PgPool, Row};
 
-use super::Table;
+use super::{ProvisionColumns, Table};
 
 /// A tenant row's ciphertexts as stored.
 #[derive(Debug, Clone)]
@@ -329,4 +329,108 @@ pub async fn resources_page(
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()
         .map(Some)
+}
+
+/// The cloud resources a tenant's row names, each `''` where the column is
+/// NULL: what re-provisioning replaces, and must never remove.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamedResources {
+    pub slug: String,
+    pub neon_project: String,
+    pub neon_branch: String,
+    pub fly_app: String,
+    pub fly_machine: String,
+}
+
+/// Reads the resource columns of the tenant `org_id`; `None` when its row
+/// is gone.
+pub async fn named_resources(
+    pool: &PgPool,
+    table: &Table,
+    cols: &ProvisionColumns,
+    org_id: &str,
+) -> Result<Option<NamedResources>, sqlx::Error> {
+    let sql = format!(
+        "SELECT coalesce({slug}::text, ''), coalesce({p}::text, ''), coalesce({b}::text, ''),
+                    coalesce({a}::text, ''), coalesce({m}::text, '')
+               FROM {t} WHERE {id} = $1::text::{ty}",
+        slug = cols.slug,
+        p = cols.neon_project,
+        b = cols.neon_branch,
+        a = cols.fly_app,
+        m = cols.fly_machine,
+        t = table.name,
+        id = table.id,
+        ty = table.id_type
+    );
+    let row: Option<(String, String, String, String, String)> = sqlx::query_as(&sql)
+        .bind(org_id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.map(
+        |(slug, neon_project, neon_branch, fly_app, fly_machine)| NamedResources {
+            slug,
+            neon_project,
+            neon_branch,
+            fly_app,
+            fly_machine,
+        },
+    ))
+}
+
+/// A re-provisioned tenant's row swap: the new ciphertexts and resource
+/// ids, and what the row must still hold for them to be written.
+#[derive(Debug, Clone, Copy)]
+pub struct ProvisionSwap<'a> {
+    pub org_id: &'a str,
+    pub new_db: &'a [u8],
+    pub new_redis: &'a [u8],
+    pub new_branch: &'a str,
+    pub new_machine: Option<&'a str>,
+    pub old_db: Option<&'a [u8]>,
+    pub old_redis: Option<&'a [u8]>,
+    pub old_branch: &'a str,
+    pub old_machine: &'a str,
+}
+
+/// Compare-and-swap of one tenant's URLs and resource ids (stamping the
+/// table's `updated_at` column when it has one); returns the rows written
+/// (0: the row changed meanwhile and is left as it is).
+pub async fn swap_provisioned(
+    conn: &mut PgConnection,
+    table: &Table,
+    cols: &ProvisionColumns,
+    swap: &ProvisionSwap<'_>,
+) -> Result<u64, sqlx::Error> {
+    let stamp = cols
+        .updated_at
+        .as_ref()
+        .map(|c| format!(", {c} = now()"))
+        .unwrap_or_default();
+    let sql = format!(
+        "UPDATE {t} SET {db} = $2, {redis} = $3, {br} = $4, {m} = $5{stamp}
+              WHERE {id} = $1::text::{ty}
+                AND {db} IS NOT DISTINCT FROM $6 AND {redis} IS NOT DISTINCT FROM $7
+                AND {br}::text IS NOT DISTINCT FROM $8 AND {m}::text IS NOT DISTINCT FROM $9",
+        t = table.name,
+        db = table.db,
+        redis = table.redis,
+        br = cols.neon_branch,
+        m = cols.fly_machine,
+        id = table.id,
+        ty = table.id_type
+    );
+    let swapped = sqlx::query(&sql)
+        .bind(swap.org_id)
+        .bind(swap.new_db)
+        .bind(swap.new_redis)
+        .bind(swap.new_branch)
+        .bind(swap.new_machine)
+        .bind(swap.old_db)
+        .bind(swap.old_redis)
+        .bind(swap.old_branch)
+        .bind(swap.old_machine)
+        .execute(conn)
+        .await?;
+    Ok(swapped.rows_affected())
 }

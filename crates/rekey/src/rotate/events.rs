@@ -35,6 +35,10 @@ pub enum Event {
     /// A re-provisioned tenant moved to a new step, finished or was given up.
     Tenant {
         org_id: String,
+        /// The step's journal name
+        /// ([`Step::as_str`](crate::rotate::reprovision::Step::as_str)); kept as text so that
+        /// a step this build does not know (from another version's journal)
+        /// is reported as it is when its tenant is given up.
         step: String,
         outcome: TenantOutcome,
         /// Set when a step failed; never contains a secret.

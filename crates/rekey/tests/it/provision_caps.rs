@@ -3,7 +3,7 @@
 //! for the next invocation; `--canary N` does N tenants first and goes no
 //! further if one of them fails.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Output;
 
 use rekey_testkit::*;
@@ -24,11 +24,7 @@ async fn items_by_org(pool: &PgPool) -> BTreeMap<String, ItemRow> {
 async fn max_tenants_reprovisions_exactly_n_and_leaves_the_run_open_for_the_next_invocation(
     pool: PgPool,
 ) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let cloud = Cloud::start(fake_config(30, 30));
-    let tenants = seed_cloud_fleet(&pool, &table, &keys.old, FLEET, &cloud).await;
-    let url = db_url(&pool);
+    let (keys, cloud, tenants, url) = cloud_fleet(&pool, fake_config(30, 30), FLEET).await;
     let before = tenant_rows(&pool).await;
 
     let out = run_cloud(&url, &cloud, &["--max-tenants", "2"], &new_key_only(&keys));
@@ -75,13 +71,18 @@ fn tenant_events(out: &Output) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The tenants that `events` show started (each once).
+fn started_tenants(events: &[(String, String)]) -> BTreeSet<&str> {
+    events
+        .iter()
+        .filter(|(_, o)| o == "started")
+        .map(|(id, _)| id.as_str())
+        .collect()
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_failing_canary_stops_the_run_before_any_other_tenant_starts(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let cloud = Cloud::start(fake_config(30, 30));
-    let tenants = seed_cloud_fleet(&pool, &table, &keys.old, FLEET, &cloud).await;
-    let url = db_url(&pool);
+    let (keys, cloud, tenants, url) = cloud_fleet(&pool, fake_config(30, 30), FLEET).await;
     // Tenants are taken in org id order: the first one is in the canary.
     let first = tenants
         .iter()
@@ -106,11 +107,7 @@ async fn a_failing_canary_stops_the_run_before_any_other_tenant_starts(pool: PgP
     let first_id = first.org_id.to_string();
     assert_eq!(items[&first_id].state, "failed", "{items:?}");
     let events = tenant_events(&out);
-    let begun: std::collections::BTreeSet<&str> = events
-        .iter()
-        .filter(|(_, o)| o == "started")
-        .map(|(id, _)| id.as_str())
-        .collect();
+    let begun = started_tenants(&events);
     assert_eq!(begun.len(), 3, "tenant events: {events:?}");
 
     let rows = tenant_rows(&pool).await;
@@ -136,11 +133,7 @@ async fn a_failing_canary_stops_the_run_before_any_other_tenant_starts(pool: PgP
 
 #[sqlx::test(migrations = false)]
 async fn a_healthy_canary_finishes_before_the_rest_of_the_fleet_proceeds(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let cloud = Cloud::start(fake_config(30, 30));
-    let tenants = seed_cloud_fleet(&pool, &table, &keys.old, FLEET, &cloud).await;
-    let url = db_url(&pool);
+    let (keys, cloud, tenants, url) = cloud_fleet(&pool, fake_config(30, 30), FLEET).await;
 
     let out = run_cloud(
         &url,
@@ -174,12 +167,8 @@ async fn a_healthy_canary_finishes_before_the_rest_of_the_fleet_proceeds(pool: P
 /// it, and when it is finally given up they never start.
 #[sqlx::test(migrations = false)]
 async fn a_canary_that_is_retrying_holds_the_rest_back_until_it_is_given_up(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
     // Machines take far longer to start than the step deadline allows.
-    let cloud = Cloud::start(fake_config(30, 30_000));
-    let tenants = seed_cloud_fleet(&pool, &table, &keys.old, 4, &cloud).await;
-    let url = db_url(&pool);
+    let (keys, cloud, tenants, url) = cloud_fleet(&pool, fake_config(30, 30_000), 4).await;
     let before = tenant_rows(&pool).await;
 
     let out = run_cloud(
@@ -201,11 +190,7 @@ async fn a_canary_that_is_retrying_holds_the_rest_back_until_it_is_given_up(pool
     assert_exit(&out, 1, "run --canary 1 whose canary never starts");
 
     let events = tenant_events(&out);
-    let begun: std::collections::BTreeSet<&str> = events
-        .iter()
-        .filter(|(_, o)| o == "started")
-        .map(|(id, _)| id.as_str())
-        .collect();
+    let begun = started_tenants(&events);
     assert_eq!(begun.len(), 1, "only the canary started: {events:?}");
     let items = items_by_org(&pool).await;
     let canary = begun.iter().next().expect("a canary").to_string();

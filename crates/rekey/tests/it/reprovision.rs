@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use rekey::rotate::reprovision::Step;
 use rekey_testkit::*;
 use sqlx::PgPool;
 
@@ -16,17 +17,13 @@ use sqlx::PgPool;
 const FLEET: u64 = 6;
 
 /// A fake that is quick but still has operations and boots in flight.
-fn quick_cloud() -> Cloud {
-    Cloud::start(fake_config(30, 30))
+fn quick_config() -> fake_cloud::FakeConfig {
+    fake_config(30, 30)
 }
 
 #[sqlx::test(migrations = false)]
 async fn a_fleet_whose_old_key_is_lost_is_fully_reprovisioned(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let cloud = quick_cloud();
-    let tenants = seed_cloud_fleet(&pool, &table, &keys.old, FLEET, &cloud).await;
-    let url = db_url(&pool);
+    let (keys, cloud, tenants, url) = cloud_fleet(&pool, quick_config(), FLEET).await;
 
     let out = run_cloud(&url, &cloud, &[], &new_key_only(&keys));
     assert_exit(&out, 0, "run without the old key");
@@ -114,11 +111,6 @@ async fn injected_faults_rate_limits_and_locks_still_end_with_one_branch_and_mac
 // Invariant 3 for re-provisioning: SIGKILL at any point, then resume.
 // ---------------------------------------------------------------------------
 
-/// A tenant's steps, in the order it goes through them (rotate::reprovision).
-const STEPS: &[&str] = &[
-    "queued", "branch", "password", "machine", "started", "row", "cleanup", "done",
-];
-
 /// When to kill the running binary.
 #[derive(Debug, Clone, Copy)]
 enum KillAt {
@@ -139,10 +131,11 @@ async fn tenants_reached(pool: &PgPool, step: &str) -> i64 {
     if !exists {
         return 0;
     }
-    let from = STEPS.iter().position(|s| *s == step).expect("a known step");
-    let later: Vec<String> = STEPS[from..]
-        .iter()
-        .map(std::string::ToString::to_string)
+    let from: Step = step.parse().expect("a known step");
+    let later: Vec<String> = Step::ALL
+        .into_iter()
+        .filter(|s| *s >= from)
+        .map(|s| s.as_str().to_string())
         .collect();
     sqlx::query_scalar("SELECT count(*) FROM rekey.items WHERE step = ANY($1)")
         .bind(&later)
@@ -261,11 +254,7 @@ async fn killed_again_and_again_while_reprovisioning_still_converges(pool: PgPoo
 /// taken up a second time while that task still works on it.
 #[sqlx::test(migrations = false)]
 async fn a_step_that_outlasts_the_lease_is_not_driven_twice(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let cloud = Cloud::start(fake_config(30, 2_500));
-    let tenants = seed_cloud_fleet(&pool, &table, &keys.old, 3, &cloud).await;
-    let url = db_url(&pool);
+    let (keys, cloud, tenants, url) = cloud_fleet(&pool, fake_config(30, 2_500), 3).await;
 
     let out = run_cloud(&url, &cloud, &["--lease-secs", "1"], &new_key_only(&keys));
     assert_exit(&out, 0, "run with a 1 s lease and 2.5 s boots");
@@ -283,11 +272,7 @@ async fn a_step_that_outlasts_the_lease_is_not_driven_twice(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn a_tenant_whose_machine_is_gone_is_given_up_cleanly_and_the_rest_finish(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let cloud = quick_cloud();
-    let tenants = seed_cloud_fleet(&pool, &table, &keys.old, FLEET, &cloud).await;
-    let url = db_url(&pool);
+    let (keys, cloud, tenants, url) = cloud_fleet(&pool, quick_config(), FLEET).await;
     let lost = &tenants[2];
     cloud
         .destroy_machine(&lost.fly_app, &lost.fly_machine_id)
@@ -371,12 +356,8 @@ async fn a_tenant_whose_machine_is_gone_is_given_up_cleanly_and_the_rest_finish(
 
 #[sqlx::test(migrations = false)]
 async fn a_wrong_old_key_is_refused_before_anything_is_created_unless_confirmed(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let cloud = quick_cloud();
     // The fleet is under `old`; the operator passes another key as old.
-    let tenants = seed_cloud_fleet(&pool, &table, &keys.old, FLEET, &cloud).await;
-    let url = db_url(&pool);
+    let (keys, cloud, tenants, url) = cloud_fleet(&pool, quick_config(), FLEET).await;
     let (_, wrong_file) = keys.another("wrong.key");
     let wrong_keys = vec![
         "--old-key-file".to_string(),
@@ -416,11 +397,7 @@ async fn a_wrong_old_key_is_refused_before_anything_is_created_unless_confirmed(
 
 #[sqlx::test(migrations = false)]
 async fn mode_reprovision_gives_fresh_credentials_even_where_the_old_key_opens(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let cloud = quick_cloud();
-    let tenants = seed_cloud_fleet(&pool, &table, &keys.old, FLEET, &cloud).await;
-    let url = db_url(&pool);
+    let (keys, cloud, tenants, url) = cloud_fleet(&pool, quick_config(), FLEET).await;
 
     let out = run_cloud(
         &url,
@@ -478,11 +455,7 @@ async fn journal_text(pool: &PgPool) -> String {
 
 #[sqlx::test(migrations = false)]
 async fn no_token_password_or_url_appears_in_any_output_or_the_journal(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let mut cloud = quick_cloud();
-    let tenants = seed_cloud_fleet(&pool, &table, &keys.old, FLEET, &cloud).await;
-    let url = db_url(&pool);
+    let (keys, mut cloud, tenants, url) = cloud_fleet(&pool, quick_config(), FLEET).await;
     // One tenant fails for good, so errors reach outputs and the journal.
     let lost = &tenants[0];
     cloud

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::rotate::events::{Event, EventSink, TenantOutcome};
+use crate::rotate::reprovision::Step;
 
 /// How progress should be shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,18 +116,15 @@ impl Totals {
 
     /// Tenants in flight per step, in the state machine's order.
     fn steps_line(&self) -> String {
-        const ORDER: [&str; 8] = [
-            "queued", "branch", "password", "machine", "started", "row", "cleanup", "done",
-        ];
-        let count = |step: &str| {
+        let count = |step: Step| {
             self.in_flight
                 .values()
-                .filter(|s| s.as_str() == step)
+                .filter(|s| s.as_str() == step.as_str())
                 .count()
         };
-        let parts: Vec<String> = ORDER
-            .iter()
-            .filter(|s| count(s) > 0)
+        let parts: Vec<String> = Step::ALL
+            .into_iter()
+            .filter(|s| count(*s) > 0)
             .map(|s| format!("{s} {}", count(s)))
             .collect();
         if parts.is_empty() {

@@ -2,8 +2,12 @@
 //! re-provisioning in a run, with the step it reached, its attempts, the
 //! resources it created and the ciphertexts its final write compares on.
 
+use std::time::Duration;
+
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::{PgConnection, PgPool, Postgres};
 
 use crate::db::DbError;
 
@@ -69,4 +73,299 @@ pub async fn failed_items(
     .bind(limit)
     .fetch_all(pool)
     .await?)
+}
+
+/// A tenant's journal row as held by one process: every write of the
+/// re-provisioner's steps names the owner, so a process whose lease lapsed
+/// and was taken over writes nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct ItemKey<'a> {
+    pub run_id: i64,
+    pub org_id: &'a str,
+    /// The process's identity in leases.
+    pub owner: &'a str,
+}
+
+/// The resources a tenant's steps record, bound as `$4`..`$10` of every
+/// step's write (each step sets only the ones its [`Records`] names).
+#[derive(Debug, Clone, Copy)]
+pub struct ItemFields<'a> {
+    pub project: &'a str,
+    pub old_branch: &'a str,
+    pub app: &'a str,
+    pub old_machine: &'a str,
+    pub slug: &'a str,
+    pub new_branch: Option<&'a str>,
+    pub new_machine: Option<&'a str>,
+}
+
+/// Which of [`ItemFields`] a step's write records besides the step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Records {
+    StepOnly,
+    /// What the tenant has now (the first step, so a resume knows what to
+    /// replace).
+    Resources,
+    NewBranch,
+    NewMachine,
+}
+
+impl Records {
+    fn assignments(self) -> &'static str {
+        match self {
+            Records::StepOnly => "",
+            Records::Resources => {
+                ", neon_project_id = $4, old_branch_id = $5, fly_app = $6, old_machine_id = $7, slug = $8"
+            }
+            Records::NewBranch => ", new_branch_id = $9",
+            Records::NewMachine => ", new_machine_id = $10",
+        }
+    }
+}
+
+/// A tenant claimed for an attempt: its journal row as the claim returned it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedItem {
+    pub org_id: String,
+    /// The step's journal name (`rotate::reprovision::Step` parses it).
+    pub step: String,
+    pub attempts: i32,
+    pub new_branch_id: Option<String>,
+    pub new_machine_id: Option<String>,
+    pub old_branch_id: Option<String>,
+    pub old_machine_id: Option<String>,
+    pub old_db: Option<Vec<u8>>,
+    pub old_redis: Option<Vec<u8>>,
+}
+
+/// A lease's length as the statements bind it.
+fn millis(lease: Duration) -> f64 {
+    lease.as_millis() as f64
+}
+
+/// A statement on one tenant's row as its owner holds it, with `$1`..`$3`
+/// bound to `key` (the rest follow in the caller).
+fn owned<'q>(sql: &'q str, key: &ItemKey<'q>) -> Query<'q, Postgres, PgArguments> {
+    sqlx::query(sql)
+        .bind(key.run_id)
+        .bind(key.org_id)
+        .bind(key.owner)
+}
+
+/// Claims the next pending tenant of the run whose lease is free (among
+/// `only`, when given) for `owner`, counting an attempt.
+pub async fn claim_item(
+    pool: &PgPool,
+    run_id: i64,
+    owner: &str,
+    lease: Duration,
+    only: Option<&[String]>,
+) -> Result<Option<ClaimedItem>, sqlx::Error> {
+    sqlx::query_as::<_, ClaimedItem>(
+        "UPDATE rekey.items i
+                SET owner = $2, lease_until = now() + $3 * interval '1 millisecond',
+                    attempts = attempts + 1, updated_at = now()
+              WHERE (i.run_id, i.org_id) = (
+                    SELECT run_id, org_id FROM rekey.items
+                     WHERE run_id = $1 AND state = 'pending'
+                       AND (lease_until IS NULL OR lease_until < now())
+                       AND ($4::text[] IS NULL OR org_id = ANY($4))
+                     ORDER BY updated_at, org_id
+                     LIMIT 1 FOR UPDATE SKIP LOCKED)
+             RETURNING i.org_id, i.step, i.attempts, i.new_branch_id, i.new_machine_id,
+                       i.old_branch_id, i.old_machine_id, i.old_db, i.old_redis",
+    )
+    .bind(run_id)
+    .bind(owner)
+    .bind(millis(lease))
+    .bind(only)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Tenants of the run still pending (claimable now, later, or held).
+pub async fn pending_count(pool: &PgPool, run_id: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM rekey.items WHERE run_id = $1 AND state = 'pending'")
+        .bind(run_id)
+        .fetch_one(pool)
+        .await
+}
+
+/// How many of `org_ids` were given up, and how many are done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailedAndDone {
+    pub failed: i64,
+    pub done: i64,
+}
+
+pub async fn failed_and_done_among(
+    pool: &PgPool,
+    run_id: i64,
+    org_ids: &[String],
+) -> Result<FailedAndDone, sqlx::Error> {
+    let (failed, done): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE state = 'failed'), count(*) FILTER (WHERE state = 'done')
+               FROM rekey.items WHERE run_id = $1 AND org_id = ANY($2)",
+    )
+    .bind(run_id)
+    .bind(org_ids)
+    .fetch_one(pool)
+    .await?;
+    Ok(FailedAndDone { failed, done })
+}
+
+/// Extends the lease of a pending tenant `key.owner` still holds; returns
+/// the rows renewed (0: the tenant is no longer ours).
+pub async fn renew_lease(
+    pool: &PgPool,
+    key: &ItemKey<'_>,
+    lease: Duration,
+) -> Result<u64, sqlx::Error> {
+    let renewed = owned(
+        "UPDATE rekey.items SET lease_until = now() + $4 * interval '1 millisecond'
+                  WHERE run_id = $1 AND org_id = $2 AND owner = $3 AND state = 'pending'",
+        key,
+    )
+    .bind(millis(lease))
+    .execute(pool)
+    .await?;
+    Ok(renewed.rows_affected())
+}
+
+/// Moves a tenant to step `next`, renewing the lease, and records the
+/// fields `records` names; returns the rows updated (0: lease lost).
+pub async fn advance(
+    pool: &PgPool,
+    key: &ItemKey<'_>,
+    fields: &ItemFields<'_>,
+    records: Records,
+    next: &str,
+    lease: Duration,
+) -> Result<u64, sqlx::Error> {
+    let mut sql = String::from(
+        "UPDATE rekey.items SET step = $11, updated_at = now(),
+                    lease_until = now() + $12 * interval '1 millisecond'",
+    );
+    sql.push_str(records.assignments());
+    sql.push_str(" WHERE run_id = $1 AND org_id = $2 AND owner = $3");
+    let updated = owned(&sql, key)
+        .bind(fields.project)
+        .bind(fields.old_branch)
+        .bind(fields.app)
+        .bind(fields.old_machine)
+        .bind(fields.slug)
+        .bind(fields.new_branch)
+        .bind(fields.new_machine)
+        .bind(next)
+        .bind(millis(lease))
+        .execute(pool)
+        .await?;
+    Ok(updated.rows_affected())
+}
+
+/// Moves a tenant to `cleanup` inside the transaction that swapped its row;
+/// returns the rows updated (0: lease lost).
+pub async fn move_to_cleanup(
+    conn: &mut PgConnection,
+    key: &ItemKey<'_>,
+    lease: Duration,
+) -> Result<u64, sqlx::Error> {
+    let moved = owned(
+        "UPDATE rekey.items SET step = 'cleanup', updated_at = now(),
+                    lease_until = now() + $4 * interval '1 millisecond'
+              WHERE run_id = $1 AND org_id = $2 AND owner = $3",
+        key,
+    )
+    .bind(millis(lease))
+    .execute(conn)
+    .await?;
+    Ok(moved.rows_affected())
+}
+
+/// Marks a tenant done and lets it go; returns the rows updated (0: lease
+/// lost).
+pub async fn mark_done(pool: &PgPool, key: &ItemKey<'_>) -> Result<u64, sqlx::Error> {
+    let done = owned(
+        "UPDATE rekey.items SET state = 'done', step = 'done', owner = NULL, lease_until = NULL,
+                    last_error = NULL, updated_at = now()
+              WHERE run_id = $1 AND org_id = $2 AND owner = $3",
+        key,
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Lets a tenant go, pending at its step, claimable again after
+/// `backoff_ms` (the lease doubles as the retry time).
+pub async fn release_for_retry(
+    pool: &PgPool,
+    key: &ItemKey<'_>,
+    reason: &str,
+    backoff_ms: f64,
+) -> Result<(), sqlx::Error> {
+    owned(
+        "UPDATE rekey.items SET last_error = $4, owner = NULL, updated_at = now(),
+                    lease_until = now() + $5 * interval '1 millisecond'
+              WHERE run_id = $1 AND org_id = $2 AND owner = $3",
+        key,
+    )
+    .bind(reason)
+    .bind(backoff_ms)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Marks a tenant `key.owner` holds as given up, with its reason.
+pub async fn mark_failed(
+    pool: &PgPool,
+    key: &ItemKey<'_>,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    owned(
+            "UPDATE rekey.items SET state = 'failed', last_error = $4, owner = NULL, lease_until = NULL,
+                    updated_at = now()
+              WHERE run_id = $1 AND org_id = $2 AND owner = $3",
+        key,
+    )
+    .bind(reason)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Marks a tenant as given up whoever holds it (just claimed, nothing
+/// created yet: its row is gone).
+pub async fn mark_failed_unowned(
+    pool: &PgPool,
+    run_id: i64,
+    org_id: &str,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+            "UPDATE rekey.items SET state = 'failed', last_error = $3, owner = NULL, lease_until = NULL,
+                    updated_at = now() WHERE run_id = $1 AND org_id = $2",
+    )
+    .bind(run_id)
+    .bind(org_id)
+    .bind(reason)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The process holding a tenant's lease, if any.
+pub async fn owner_of(
+    pool: &PgPool,
+    run_id: i64,
+    org_id: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    let owner: Option<Option<String>> =
+        sqlx::query_scalar("SELECT owner FROM rekey.items WHERE run_id = $1 AND org_id = $2")
+            .bind(run_id)
+            .bind(org_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(owner.flatten())
 }

@@ -10,7 +10,12 @@ mod items;
 mod runs;
 
 pub use backups::purge_backups;
-pub use items::{failed_items, queue_items, queued_among, FailedItem};
+pub use items::{
+    advance, claim_item, failed_and_done_among, failed_items, mark_done, mark_failed,
+    mark_failed_unowned, move_to_cleanup, owner_of, pending_count, queue_items, queued_among,
+    release_for_retry, renew_lease, ClaimedItem, FailedAndDone, FailedItem, ItemFields, ItemKey,
+    Records,
+};
 pub use runs::{
     close_run, get_run, mark_verified, open_or_resume, open_run, run_counts, RunCounts, RunRecord,
     RunStart,

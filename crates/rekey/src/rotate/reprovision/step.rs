@@ -1,0 +1,610 @@
+//! The per-tenant state machine: [`Step`], the one list of the steps a
+//! tenant goes through (as the journal's `step` column, events and progress
+//! name them), and driving one claimed tenant through its remaining steps,
+//! each persisted in `rekey.items` before the next begins.
+//!
+//! Not here: which tenant is taken when, leases and the canary
+//! (`schedule`), giving a tenant up and undoing what it created
+//! (`compensate`), and the SQL itself (`db::journal`, `db::org_instances`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::{NeonStrategy, Reprovisioner};
+use crate::cloud::fly::{CreateMachine, WaitState};
+use crate::cloud::{CloudError, Secret};
+use crate::db::journal::{self, ItemFields, ItemKey, Records};
+use crate::db::org_instances::{self, ProvisionSwap};
+use crate::rotate::events::{Event, TenantOutcome};
+use crate::rotate::RunError;
+
+/// A tenant's step, in the order it goes through them (docs/design.md,
+/// "Re-provision state machine"). The journal stores [`Step::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Step {
+    /// In the journal, its resources not yet recorded.
+    Queued,
+    /// Creating the new Neon branch (the `new-branch` strategy only).
+    Branch,
+    /// Resetting the role password on the branch the tenant will use.
+    Password,
+    /// Creating the new Fly machine with the new URLs.
+    Machine,
+    /// Waiting for the new machine to start.
+    Started,
+    /// Compare-and-swap of the tenant's row under the new key.
+    Row,
+    /// The row points at the new resources; the old ones are retired.
+    Cleanup,
+    Done,
+}
+
+impl Step {
+    /// Every step, in the state machine's order.
+    pub const ALL: [Step; 8] = [
+        Step::Queued,
+        Step::Branch,
+        Step::Password,
+        Step::Machine,
+        Step::Started,
+        Step::Row,
+        Step::Cleanup,
+        Step::Done,
+    ];
+
+    /// The step's name in the journal, in events and on progress lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Queued => "queued",
+            Step::Branch => "branch",
+            Step::Password => "password",
+            Step::Machine => "machine",
+            Step::Started => "started",
+            Step::Row => "row",
+            Step::Cleanup => "cleanup",
+            Step::Done => "done",
+        }
+    }
+
+    /// Whether the tenant's row already points at the new resources, so
+    /// that nothing this run created may be removed any more.
+    pub fn row_swapped(self) -> bool {
+        matches!(self, Step::Cleanup | Step::Done)
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Step {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// A journal `step` this build does not know (written by another version).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown step {0:?} in the journal")]
+pub struct UnknownStep(pub String);
+
+impl FromStr for Step {
+    type Err = UnknownStep;
+
+    fn from_str(s: &str) -> Result<Step, UnknownStep> {
+        Step::ALL
+            .into_iter()
+            .find(|step| step.as_str() == s)
+            .ok_or_else(|| UnknownStep(s.to_string()))
+    }
+}
+
+/// A tenant's journal row plus what the row of the table said.
+#[derive(Debug, Clone)]
+pub(super) struct Item {
+    pub run_id: i64,
+    pub org_id: String,
+    /// An unknown step is kept so that the tenant is given up with it
+    /// (and what it created removed), as any permanent failure.
+    pub step: Result<Step, UnknownStep>,
+    pub attempts: i32,
+    pub slug: String,
+    pub project: String,
+    pub old_branch: String,
+    pub new_branch: Option<String>,
+    pub app: String,
+    pub old_machine: String,
+    pub new_machine: Option<String>,
+    pub old_db: Option<Vec<u8>>,
+    pub old_redis: Option<Vec<u8>>,
+}
+
+impl Item {
+    /// The step as events name it, known or not.
+    fn step_text(&self) -> String {
+        match &self.step {
+            Ok(step) => step.as_str().to_string(),
+            Err(UnknownStep(text)) => text.clone(),
+        }
+    }
+
+    /// The branch the tenant ends up on: the new one, or its own when the
+    /// password is reset in place.
+    fn target_branch(&self) -> &str {
+        self.new_branch.as_deref().unwrap_or(&self.old_branch)
+    }
+
+    /// The journal row's key, as held by `owner`.
+    pub(super) fn key<'a>(&'a self, owner: &'a str) -> ItemKey<'a> {
+        ItemKey {
+            run_id: self.run_id,
+            org_id: &self.org_id,
+            owner,
+        }
+    }
+
+    fn fields(&self) -> ItemFields<'_> {
+        ItemFields {
+            project: &self.project,
+            old_branch: &self.old_branch,
+            app: &self.app,
+            old_machine: &self.old_machine,
+            slug: &self.slug,
+            new_branch: self.new_branch.as_deref(),
+            new_machine: self.new_machine.as_deref(),
+        }
+    }
+}
+
+/// Why a tenant's attempt stopped.
+#[derive(Debug)]
+pub(super) enum StepError {
+    /// Worth another attempt later.
+    Transient(String),
+    /// Will not get better by retrying: give the tenant up.
+    Permanent(String),
+    /// Another process took the tenant over: leave it alone.
+    LostLease,
+    /// The row changed meanwhile (control plane wrote it): undo, re-read.
+    RowChanged,
+    Database(String),
+}
+
+impl From<CloudError> for StepError {
+    fn from(e: CloudError) -> StepError {
+        let permanent = match &e {
+            CloudError::UnsafeToCopy { .. }
+            | CloudError::Conflict { .. }
+            | CloudError::Config { .. } => true,
+            CloudError::OperationFailed { .. } => false,
+            _ => {
+                matches!(e.status(), Some(s) if (400..500).contains(&s) && ![408, 409, 423, 429].contains(&s))
+            }
+        };
+        // CloudError's Display carries method, path and the API's message,
+        // never a token, password or URI (cloud::http redacts them).
+        if permanent {
+            StepError::Permanent(e.to_string())
+        } else {
+            StepError::Transient(e.to_string())
+        }
+    }
+}
+
+impl From<sqlx::Error> for StepError {
+    fn from(e: sqlx::Error) -> StepError {
+        StepError::Database(crate::db::short_db_error(&e))
+    }
+}
+
+/// `LostLease` when a journal write found the tenant owned by someone else.
+fn owned(rows_affected: u64) -> Result<(), StepError> {
+    if rows_affected == 0 {
+        Err(StepError::LostLease)
+    } else {
+        Ok(())
+    }
+}
+
+impl Reprovisioner {
+    /// One attempt at one tenant: run its remaining steps; on failure,
+    /// schedule a retry or give it up (compensating).
+    pub(super) async fn drive(&self, mut item: Item) -> Result<TenantOutcome, RunError> {
+        self.emit(&item, TenantOutcome::Started, None);
+        // The lease is kept alive for as long as the steps run: a step may
+        // well outlast it (a slow boot, a long 429 pause), and a tenant whose
+        // lease lapsed mid-step would be claimed and driven a second time,
+        // by this process or another, both creating and compensating.
+        let (run_id, org_id) = (item.run_id, item.org_id.clone());
+        let outcome = tokio::select! {
+            outcome = self.steps(&mut item) => outcome,
+            () = self.keep_lease(run_id, &org_id) => Err(StepError::LostLease),
+        };
+        match outcome {
+            Ok(()) => {
+                self.emit(&item, TenantOutcome::Done, None);
+                Ok(TenantOutcome::Done)
+            }
+            Err(StepError::LostLease) => Ok(TenantOutcome::Stepped),
+            Err(StepError::RowChanged) => {
+                let reason =
+                    "the control plane changed the row during re-provisioning; what this run \
+                              created was removed and the row is left for the next pass";
+                self.give_up(&mut item, reason).await
+            }
+            Err(StepError::Permanent(reason)) => self.give_up(&mut item, &reason).await,
+            Err(StepError::Transient(reason)) | Err(StepError::Database(reason)) => {
+                if item.attempts >= self.settings.max_attempts {
+                    let reason = format!("{reason} (after {} attempts)", item.attempts);
+                    return self.give_up(&mut item, &reason).await;
+                }
+                self.retry_later(&item, &reason).await?;
+                self.emit(&item, TenantOutcome::Retrying, Some(reason));
+                Ok(TenantOutcome::Retrying)
+            }
+        }
+    }
+
+    async fn steps(&self, item: &mut Item) -> Result<(), StepError> {
+        // Fetched once per attempt; after a resume, again from Neon.
+        let mut uri: Option<Secret> = None;
+        loop {
+            let step = item
+                .step
+                .clone()
+                .map_err(|unknown| StepError::Permanent(unknown.to_string()))?;
+            match step {
+                Step::Queued => self.step_queued(item).await?,
+                Step::Branch => self.step_branch(item).await?,
+                Step::Password => uri = Some(self.step_password(item).await?),
+                Step::Machine => {
+                    let u = self.ensure_uri(item, &mut uri).await?;
+                    self.step_machine(item, u).await?;
+                }
+                Step::Started => self.step_started(item).await?,
+                Step::Row => {
+                    let u = self.ensure_uri(item, &mut uri).await?;
+                    self.step_row(item, u).await?;
+                }
+                Step::Cleanup => self.step_cleanup(item).await?,
+                Step::Done => return Ok(()),
+            }
+            self.emit(item, TenantOutcome::Stepped, None);
+        }
+    }
+
+    /// Records the tenant's current resources so later steps (and a resumed
+    /// process) know what to replace.
+    async fn step_queued(&self, item: &mut Item) -> Result<(), StepError> {
+        if item.project.is_empty()
+            || item.old_branch.is_empty()
+            || item.app.is_empty()
+            || item.old_machine.is_empty()
+        {
+            return Err(StepError::Permanent(
+                "the row names no Neon project/branch or Fly app/machine to replace".into(),
+            ));
+        }
+        let next = match self.settings.strategy {
+            NeonStrategy::NewBranch => Step::Branch,
+            NeonStrategy::ResetInPlace => Step::Password,
+        };
+        self.persist(item, next, Records::Resources).await
+    }
+
+    /// The new branch's name: deterministic, so that a resumed or
+    /// compensating process finds it again.
+    pub(super) fn branch_name(&self, item: &Item) -> String {
+        let mut name = format!("rekey-r{}-{}", item.run_id, item.slug);
+        name.truncate(200);
+        name
+    }
+
+    async fn step_branch(&self, item: &mut Item) -> Result<(), StepError> {
+        let deadline = Instant::now() + self.settings.step_deadline;
+        let mut notes = BTreeMap::new();
+        notes.insert("rekey_run".to_string(), item.run_id.to_string());
+        notes.insert("rekey_org".to_string(), item.org_id.clone());
+        let created = self
+            .neon
+            .create_branch(
+                &item.project,
+                &item.old_branch,
+                &self.branch_name(item),
+                &notes,
+            )
+            .await?;
+        let (branch, ops) = created.into_inner();
+        self.neon
+            .wait_operations(&item.project, &ops, deadline)
+            .await?;
+        item.new_branch = Some(branch.id);
+        self.persist(item, Step::Password, Records::NewBranch).await
+    }
+
+    /// The tenant's database and its owner role on `branch`.
+    async fn database_and_role(
+        &self,
+        item: &Item,
+        branch: &str,
+    ) -> Result<(String, String), StepError> {
+        let databases = self.neon.list_databases(&item.project, branch).await?;
+        let mut owned = databases.iter().filter(|d| !d.owner_name.is_empty());
+        match (owned.next(), owned.next()) {
+            (Some(db), None) => Ok((db.name.clone(), db.owner_name.clone())),
+            (None, _) => Err(StepError::Permanent(format!(
+                "branch {branch} has no database"
+            ))),
+            (Some(_), Some(_)) => Err(StepError::Permanent(format!(
+                "branch {branch} has several databases; rekey cannot tell which one is the tenant's"
+            ))),
+        }
+    }
+
+    async fn step_password(&self, item: &mut Item) -> Result<Secret, StepError> {
+        let deadline = Instant::now() + self.settings.step_deadline;
+        let branch = item.target_branch().to_string();
+        let (database, role) = self.database_and_role(item, &branch).await?;
+        let ops = self
+            .neon
+            .reset_password(&item.project, &branch, &role)
+            .await?;
+        self.neon
+            .wait_operations(&item.project, &ops, deadline)
+            .await?;
+        let uri = self
+            .neon
+            .connection_uri(&item.project, &branch, &database, &role, false)
+            .await?;
+        self.persist(item, Step::Machine, Records::StepOnly).await?;
+        Ok(uri)
+    }
+
+    /// The connection URI as Neon stores it now (after a resume: the
+    /// password set by this tenant's reset, fetched again, never journaled).
+    async fn current_uri(&self, item: &Item) -> Result<Secret, StepError> {
+        let branch = item.target_branch().to_string();
+        let (database, role) = self.database_and_role(item, &branch).await?;
+        let uri = self
+            .neon
+            .connection_uri(&item.project, &branch, &database, &role, false)
+            .await?;
+        Ok(uri)
+    }
+
+    /// The URI fetched earlier in this attempt, or fetched now.
+    async fn ensure_uri<'u>(
+        &self,
+        item: &Item,
+        uri: &'u mut Option<Secret>,
+    ) -> Result<&'u Secret, StepError> {
+        if uri.is_none() {
+            *uri = Some(self.current_uri(item).await?);
+        }
+        Ok(uri.as_ref().expect("set just above"))
+    }
+
+    /// The new machine's tag: deterministic, so that a resumed or
+    /// compensating process finds it again.
+    pub(super) fn machine_tag(item: &Item) -> String {
+        format!("r{}-{}", item.run_id, item.org_id)
+    }
+
+    async fn step_machine(&self, item: &mut Item, uri: &Secret) -> Result<(), StepError> {
+        let old = self
+            .fly
+            .get_machine(&item.app, &item.old_machine)
+            .await?
+            .filter(|m| m.state != "destroyed")
+            .ok_or_else(|| {
+                StepError::Permanent(format!(
+                    "the tenant's Fly machine {} in app {} is gone (404); nothing to copy the config from",
+                    item.old_machine, item.app
+                ))
+            })?;
+        let run = item.run_id.to_string();
+        let config = old.replacement_config(
+            uri,
+            Some(&self.redis_url),
+            &Self::machine_tag(item),
+            &[
+                ("rekey_run", run.as_str()),
+                ("rekey_replaces", item.old_machine.as_str()),
+            ],
+        )?;
+        let spec = CreateMachine {
+            name: Some(format!("rekey-r{}-{}", item.run_id, item.slug)),
+            region: (!old.region.is_empty()).then(|| old.region.clone()),
+            config,
+            skip_launch: false,
+        };
+        let machine = self
+            .fly
+            .create_machine(&item.app, &spec)
+            .await?
+            .into_inner();
+        item.new_machine = Some(machine.id);
+        self.persist(item, Step::Started, Records::NewMachine).await
+    }
+
+    async fn step_started(&self, item: &mut Item) -> Result<(), StepError> {
+        let id = item
+            .new_machine
+            .clone()
+            .ok_or_else(|| StepError::Permanent("no new machine recorded".into()))?;
+        let deadline = Instant::now() + self.settings.step_deadline;
+        self.fly
+            .wait_for_state(&item.app, &id, WaitState::Started, None, deadline)
+            .await?;
+        self.persist(item, Step::Row, Records::StepOnly).await
+    }
+
+    /// Seals the new URLs under the new key (checked before write) and
+    /// swaps them in, with the new resource ids, only if the row still
+    /// holds what it held when the tenant was queued; the journal moves to
+    /// `cleanup` in the same transaction.
+    async fn step_row(&self, item: &mut Item, uri: &Secret) -> Result<(), StepError> {
+        let cols = self
+            .table
+            .provision
+            .as_ref()
+            .ok_or(StepError::Permanent("no provision columns".into()))?;
+        let new_db = self
+            .keyring
+            .seal_checked(uri.expose().as_bytes())
+            .map_err(|e| StepError::Permanent(e.to_string()))?;
+        let new_redis = self
+            .keyring
+            .seal_checked(self.redis_url.expose().as_bytes())
+            .map_err(|e| StepError::Permanent(e.to_string()))?;
+        let swap = ProvisionSwap {
+            org_id: &item.org_id,
+            new_db: &new_db,
+            new_redis: &new_redis,
+            new_branch: item.target_branch(),
+            new_machine: item.new_machine.as_deref(),
+            old_db: item.old_db.as_deref(),
+            old_redis: item.old_redis.as_deref(),
+            old_branch: &item.old_branch,
+            old_machine: &item.old_machine,
+        };
+        let mut tx = self.pool.begin().await?;
+        if org_instances::swap_provisioned(&mut tx, &self.table, cols, &swap).await? == 0 {
+            tx.rollback().await?;
+            return Err(StepError::RowChanged);
+        }
+        let key = item.key(&self.owner);
+        if journal::move_to_cleanup(&mut tx, &key, self.settings.lease).await? == 0 {
+            tx.rollback().await?;
+            return Err(StepError::LostLease);
+        }
+        tx.commit().await?;
+        item.step = Ok(Step::Cleanup);
+        Ok(())
+    }
+
+    /// Destroys the old machine and makes the old credentials useless.
+    async fn step_cleanup(&self, item: &mut Item) -> Result<(), StepError> {
+        if item.new_machine.as_deref() != Some(item.old_machine.as_str()) {
+            self.fly
+                .destroy_machine(&item.app, &item.old_machine, true)
+                .await?;
+        }
+        if self.settings.strategy == NeonStrategy::NewBranch
+            && item.new_branch.as_deref() != Some(&item.old_branch)
+            && self
+                .neon
+                .get_branch(&item.project, &item.old_branch)
+                .await?
+                .is_some()
+        {
+            self.retire_old_branch(item).await?;
+        }
+        owned(journal::mark_done(&self.pool, &item.key(&self.owner)).await?)?;
+        item.step = Ok(Step::Done);
+        Ok(())
+    }
+
+    /// Resets every unprotected role's password on the old branch (its
+    /// leaked credentials) and removes its computes. The branch itself
+    /// stays: it is the new branch's parent, and Neon keeps parents.
+    async fn retire_old_branch(&self, item: &Item) -> Result<(), StepError> {
+        let deadline = Instant::now() + self.settings.step_deadline;
+        for role in self
+            .neon
+            .list_roles(&item.project, &item.old_branch)
+            .await?
+        {
+            if role.protected {
+                continue;
+            }
+            let ops = self
+                .neon
+                .reset_password(&item.project, &item.old_branch, &role.name)
+                .await?;
+            self.neon
+                .wait_operations(&item.project, &ops, deadline)
+                .await?;
+        }
+        for ep in self
+            .neon
+            .list_branch_endpoints(&item.project, &item.old_branch)
+            .await?
+        {
+            let ops = self.neon.delete_endpoint(&item.project, &ep.id).await?;
+            self.neon
+                .wait_operations(&item.project, &ops, deadline)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Moves the tenant to `next`, renewing the lease, with the item's
+    /// columns `records` names. Fails with `LostLease` when another process
+    /// owns the tenant now.
+    async fn persist(
+        &self,
+        item: &mut Item,
+        next: Step,
+        records: Records,
+    ) -> Result<(), StepError> {
+        let updated = journal::advance(
+            &self.pool,
+            &item.key(&self.owner),
+            &item.fields(),
+            records,
+            next.as_str(),
+            self.settings.lease,
+        )
+        .await?;
+        owned(updated)?;
+        item.step = Ok(next);
+        Ok(())
+    }
+
+    /// Leaves the tenant pending at its step, with a backoff before the
+    /// next claim (the lease doubles as the retry time).
+    async fn retry_later(&self, item: &Item, reason: &str) -> Result<(), RunError> {
+        let backoff_ms = (500u64 << item.attempts.clamp(0, 6)) as f64;
+        journal::release_for_retry(&self.pool, &item.key(&self.owner), reason, backoff_ms).await?;
+        Ok(())
+    }
+
+    /// Tells the sink where the tenant stands.
+    pub(super) fn emit(&self, item: &Item, outcome: TenantOutcome, error: Option<String>) {
+        self.sink.emit(&Event::Tenant {
+            org_id: item.org_id.clone(),
+            step: item.step_text(),
+            outcome,
+            error,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The journal, events and progress lines all use these names: a step
+    /// must read back from its name, and serialize as it.
+    #[test]
+    fn steps_read_back_from_and_serialize_as_their_journal_names() {
+        for step in Step::ALL {
+            assert_eq!(step.as_str().parse::<Step>(), Ok(step));
+            assert_eq!(step.to_string(), step.as_str());
+        }
+        let json = serde_json::to_string(&Step::ALL).expect("serialize");
+        assert_eq!(
+            json,
+            r#"["queued","branch","password","machine","started","row","cleanup","done"]"#
+        );
+        let err = "teleport".parse::<Step>().expect_err("not a step");
+        assert_eq!(err.to_string(), "unknown step \"teleport\" in the journal");
+    }
+}
