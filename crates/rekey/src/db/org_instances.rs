@@ -343,3 +343,53 @@ pub async fn resources_page(
         .collect::<Result<Vec<_>, sqlx::Error>>()
         .map(Some)
 }
+
+/// Puts a batch of rows back to their pre-run ciphertexts (`rekey
+/// rollback`): each [`Swap`] carries the bytes just read (`old_*`) and the
+/// backup's (`new_*`). Returns the ids written; a row whose bytes changed
+/// since they were read is left as it is. Unlike [`swap_batch`] it writes
+/// no backup: the batch's own backup is what it restores.
+pub async fn restore_batch(
+    conn: &mut PgConnection,
+    table: &Table,
+    swaps: &[Swap],
+) -> Result<Vec<String>, sqlx::Error> {
+    if swaps.is_empty() {
+        return Ok(Vec::new());
+    }
+    let by_tid = swaps.iter().all(|s| s.tid.is_some());
+    let join = if by_tid {
+        format!(
+            "t.ctid = u.tid::tid AND t.{} = u.id::{}",
+            table.id, table.id_type
+        )
+    } else {
+        format!("t.{} = u.id::{}", table.id, table.id_type)
+    };
+    let sql = format!(
+        "UPDATE {t} AS t SET {db} = u.new_db, {redis} = u.new_redis
+           FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[])
+                AS u(id, tid, old_db, old_redis, new_db, new_redis)
+          WHERE {join}
+            AND t.{db} IS NOT DISTINCT FROM u.old_db
+            AND t.{redis} IS NOT DISTINCT FROM u.old_redis
+         RETURNING u.id",
+        t = table.name,
+        db = table.db,
+        redis = table.redis,
+    );
+    let ids: Vec<&str> = swaps.iter().map(|s| s.id.as_str()).collect();
+    let tids: Vec<Option<&str>> = swaps.iter().map(|s| s.tid.as_deref()).collect();
+    let col = |f: fn(&Swap) -> &Option<Vec<u8>>| -> Vec<Option<&[u8]>> {
+        swaps.iter().map(|s| f(s).as_deref()).collect()
+    };
+    sqlx::query_scalar(&sql)
+        .bind(ids)
+        .bind(tids)
+        .bind(col(|s| &s.old_db))
+        .bind(col(|s| &s.old_redis))
+        .bind(col(|s| &s.new_db))
+        .bind(col(|s| &s.new_redis))
+        .fetch_all(conn)
+        .await
+}

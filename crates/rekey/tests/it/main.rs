@@ -15,5 +15,6 @@ mod metrics;
 mod provision_caps;
 mod rehearsal;
 mod reprovision;
+mod rollback;
 mod smoke;
 mod vectors;

@@ -9,9 +9,13 @@ mod backups;
 mod items;
 mod runs;
 
-pub use backups::purge_backups;
-pub use items::{failed_items, queue_items, queued_among, FailedItem};
+pub use backups::{
+    backup_entry_count, claim_unrestored_backup, has_rollback_marks, mark_restored,
+    next_unrestored_backup, purge_backups, rebacked_rows, restore_totals, BackupBatch,
+    RestoreTotals,
+};
+pub use items::{failed_items, item_ids, queue_items, queued_among, FailedItem};
 pub use runs::{
-    close_run, get_run, mark_verified, open_or_resume, open_run, run_counts, RunCounts, RunRecord,
-    RunStart,
+    begin_rollback, close_run, get_run, mark_rolled_back, mark_verified, open_or_resume, open_run,
+    rollback_marks, run_counts, RollbackMarks, RunCounts, RunRecord, RunStart,
 };
