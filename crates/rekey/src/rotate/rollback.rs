@@ -280,6 +280,8 @@ async fn restore(
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..opts.workers.max(1) {
         let (ctx, view, run_id) = (ctx.clone(), Arc::clone(&view), run.id);
+        // Every batch commits whole, so workers other than a failing one
+        // may go on: what they restore stays restored, and a re-run resumes.
         tasks.spawn(async move {
             while restore_next_batch(&ctx, run_id, &view).await? {}
             Ok::<(), RollbackError>(())
@@ -510,5 +512,89 @@ fn report(
         reprovisioned: view.reprovisioned.iter().take(LISTED).cloned().collect(),
         reprovisioned_total,
         outcome,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! When a field still holds what the run wrote: the rule every restore
+    //! is decided by, with both keys real and no database.
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::envelope::Cipher;
+    use crate::keys::Key;
+
+    struct World {
+        keyring: Keyring,
+        old: Cipher,
+        new: Cipher,
+    }
+
+    fn world() -> World {
+        let (old, new) = (Key::generate().unwrap(), Key::generate().unwrap());
+        World {
+            keyring: Keyring::new(&new, Some(&old)),
+            old: Cipher::new(&old),
+            new: Cipher::new(&new),
+        }
+    }
+
+    #[test]
+    fn a_field_resealed_under_the_new_key_to_the_same_plaintext_is_as_written() {
+        let w = world();
+        let backup = w.old.seal(b"postgres://u:p@h/db");
+        let now = w.new.seal(b"postgres://u:p@h/db");
+        assert!(field_as_written(&w.keyring, Some(&backup), Some(&now)));
+    }
+
+    #[test]
+    fn a_field_the_run_kept_is_as_written_when_its_bytes_are_the_same() {
+        let w = world();
+        let kept = w.new.seal(b"redis://already-current");
+        assert!(field_as_written(&w.keyring, None, None));
+        assert!(field_as_written(&w.keyring, Some(&kept), Some(&kept)));
+    }
+
+    #[test]
+    fn another_plaintext_another_key_or_a_null_is_a_change() {
+        let w = world();
+        let backup = w.old.seal(b"postgres://u:p@h/db");
+        let other_plaintext = w.new.seal(b"postgres://u:changed@h/db");
+        let still_old = w.old.seal(b"postgres://u:p@h/db");
+        assert!(!field_as_written(
+            &w.keyring,
+            Some(&backup),
+            Some(&other_plaintext)
+        ));
+        assert!(!field_as_written(
+            &w.keyring,
+            Some(&backup),
+            Some(&still_old)
+        ));
+        assert!(!field_as_written(&w.keyring, Some(&backup), None));
+        assert!(!field_as_written(&w.keyring, None, Some(&other_plaintext)));
+    }
+
+    #[test]
+    fn a_row_is_as_written_only_when_both_fields_are() {
+        let w = world();
+        let entry = Entry {
+            id: "t1".into(),
+            db: Some(w.old.seal(b"db")),
+            redis: Some(w.old.seal(b"redis")),
+        };
+        let row = |redis: &[u8]| StoredRow {
+            id: "t1".into(),
+            tid: None,
+            db: Some(w.new.seal(b"db")),
+            redis: Some(w.new.seal(redis)),
+        };
+        assert!(still_as_written(&w.keyring, &entry, &row(b"redis")));
+        assert!(!still_as_written(
+            &w.keyring,
+            &entry,
+            &row(b"redis-changed")
+        ));
     }
 }

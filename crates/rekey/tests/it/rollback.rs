@@ -350,6 +350,54 @@ async fn an_open_run_is_refused_until_force_open_then_closed_as_rolled_back(pool
     );
 }
 
+/// The control plane refuses the write of one row of the fifth batch (a
+/// trigger raises): the four batches before stay restored, the command
+/// says it stopped part-way (exit 1), and once the cause is gone the same
+/// command finishes the job.
+#[sqlx::test(migrations = false)]
+async fn a_rollback_stopped_by_an_error_keeps_what_it_restored_and_resumes(pool: PgPool) {
+    let keys = Keys::new();
+    let before = seeded(&pool, &keys, plain_fleet(1000)).await;
+    let url = db_url(&pool);
+    run_in_place(&url, &keys, &[]);
+    let refused: String =
+        sqlx::query_scalar("SELECT org_ids[1] FROM rekey.backups ORDER BY id OFFSET 4 LIMIT 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    sqlx::raw_sql(&format!(
+        "CREATE FUNCTION refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF OLD.org_id::text = '{refused}' THEN RAISE EXCEPTION 'write refused'; END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse_one BEFORE UPDATE ON org_instances
+             FOR EACH ROW EXECUTE FUNCTION refuse_one();"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let args = ["rollback", "--run", "1", "--workers", "1"];
+    let out = rekey_with_keys(&url, &keys, &args);
+    assert_exit(&out, 1, "rollback stopped by an error");
+    assert!(text(&out).contains("stopped part-way"), "{}", text(&out));
+    assert_eq!(
+        batches_restored(&pool).await,
+        4,
+        "the batches before it stay restored"
+    );
+    assert_ne!(snapshot(&pool).await, before);
+
+    sqlx::raw_sql("DROP TRIGGER refuse_one ON org_instances")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let out = rekey_with_keys(&url, &keys, &args);
+    assert_exit(&out, 0, "resumed rollback");
+    assert_eq!(snapshot(&pool).await, before);
+}
+
 // ---------------------------------------------------------------------------
 // SIGKILL during a rollback, then the same command again.
 // ---------------------------------------------------------------------------
