@@ -79,6 +79,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Purge a verified run's backup ciphertexts from the journal.
     Finalize(FinalizeArgs),
+    /// Undo an in-place run: put back the pre-run ciphertexts of rows unchanged since; resumable.
+    Rollback(RollbackArgs),
     /// Fill an empty reference table with a synthetic fleet (tests, demo, rehearsal).
     Seed(SeedArgs),
     /// Capacity planning: measure the engine on a scratch database and project fleet-size wall times.
@@ -230,6 +232,23 @@ pub struct FinalizeArgs {
     /// The run whose backups to purge.
     #[arg(long)]
     pub run: i64,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The run to roll back.
+    #[arg(long)]
+    pub run: i64,
+    /// Count what would be restored, left and skipped; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Roll back a run that is still open, once every `rekey run` process is stopped; the run is
+    /// closed as failed, reason "rolled back".
+    #[arg(long)]
+    pub force_open: bool,
+    /// Backup batches restored at once (each one database connection).
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@ use crate::bench::BenchError;
 use crate::cloud::register::RegisterError;
 use crate::db::DbError;
 use crate::keys::KeyLoadError;
+use crate::rotate::rollback::RollbackError;
 use crate::rotate::RunError;
 
 /// What stopped a command.
@@ -20,6 +21,8 @@ pub enum CliError {
     Db(#[from] DbError),
     #[error(transparent)]
     Run(#[from] RunError),
+    #[error(transparent)]
+    Rollback(#[from] RollbackError),
     #[error(transparent)]
     Bench(#[from] BenchError),
     #[error(transparent)]
@@ -48,6 +51,7 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Run(e) | CliError::Bench(BenchError::Run(e)) if e.changed_something() => 1,
+            CliError::Rollback(e) if e.changed_something() => 1,
             _ => 2,
         }
     }

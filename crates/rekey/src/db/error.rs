@@ -47,6 +47,8 @@ pub enum DbError {
     RunNotFinished { run_id: i64, state: String },
     #[error("run {run_id} has not passed `rekey verify` since it finished; run verify first")]
     RunNotVerified { run_id: i64 },
+    #[error("run {run_id} has been rolled back (or a rollback of it began); there is nothing to finalize")]
+    RunRolledBack { run_id: i64 },
     #[error("the operating system's random source failed")]
     NoRandomness,
 }

@@ -26,6 +26,11 @@ pub struct StoredRow {
 pub struct RowFilter {
     /// Only rows with these ids (`--org`, re-walks).
     pub ids: Option<Vec<String>>,
+    /// Claims wait (at most a minute) for rows someone holds instead of
+    /// skipping them: for `rollback`, where a skipped row would be reported
+    /// as changed when it merely was busy. A run never waits here; it
+    /// re-walks locked rows with one bounded wait for the whole run.
+    pub wait_for_locked: bool,
 }
 
 /// The SELECT for a claim or scan. Placeholders are numbered for what is
@@ -53,7 +58,9 @@ fn select_sql(table: &Table, after: bool, filter: &RowFilter, lock: bool) -> Str
     // taking it up front avoids a lock upgrade later. Locked rows are
     // skipped, never waited for: the run's re-walks come back to them, with
     // one bounded wait for the whole run (rotate::run).
-    if lock {
+    if lock && filter.wait_for_locked {
+        sql.push_str(" FOR NO KEY UPDATE");
+    } else if lock {
         sql.push_str(" FOR NO KEY UPDATE SKIP LOCKED");
     }
     sql
@@ -151,6 +158,13 @@ pub async fn claim_batch(
     filter: &RowFilter,
     limit: i64,
 ) -> Result<Vec<StoredRow>, sqlx::Error> {
+    if filter.wait_for_locked {
+        // A holder that keeps rows this long is stuck, and saying so beats
+        // hanging; the rollback resumes where it stopped.
+        sqlx::query("SET LOCAL lock_timeout = '60s'")
+            .execute(&mut *conn)
+            .await?;
+    }
     let sql = select_sql(table, after.is_some(), filter, true);
     decode_rows(fetch_page(conn, &sql, after, filter, limit).await?)
 }
@@ -433,4 +447,54 @@ pub async fn swap_provisioned(
         .execute(conn)
         .await?;
     Ok(swapped.rows_affected())
+}
+
+/// Puts a batch of rows back to their pre-run ciphertexts (`rekey
+/// rollback`): each [`Swap`] carries the bytes just read (`old_*`) and the
+/// backup's (`new_*`). Returns the ids written; a row whose bytes changed
+/// since they were read is left as it is. Unlike [`swap_batch`] it writes
+/// no backup: the batch's own backup is what it restores.
+pub async fn restore_batch(
+    conn: &mut PgConnection,
+    table: &Table,
+    swaps: &[Swap],
+) -> Result<Vec<String>, sqlx::Error> {
+    if swaps.is_empty() {
+        return Ok(Vec::new());
+    }
+    let by_tid = swaps.iter().all(|s| s.tid.is_some());
+    let join = if by_tid {
+        format!(
+            "t.ctid = u.tid::tid AND t.{} = u.id::{}",
+            table.id, table.id_type
+        )
+    } else {
+        format!("t.{} = u.id::{}", table.id, table.id_type)
+    };
+    let sql = format!(
+        "UPDATE {t} AS t SET {db} = u.new_db, {redis} = u.new_redis
+           FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[])
+                AS u(id, tid, old_db, old_redis, new_db, new_redis)
+          WHERE {join}
+            AND t.{db} IS NOT DISTINCT FROM u.old_db
+            AND t.{redis} IS NOT DISTINCT FROM u.old_redis
+         RETURNING u.id",
+        t = table.name,
+        db = table.db,
+        redis = table.redis,
+    );
+    let ids: Vec<&str> = swaps.iter().map(|s| s.id.as_str()).collect();
+    let tids: Vec<Option<&str>> = swaps.iter().map(|s| s.tid.as_deref()).collect();
+    let col = |f: fn(&Swap) -> &Option<Vec<u8>>| -> Vec<Option<&[u8]>> {
+        swaps.iter().map(|s| f(s).as_deref()).collect()
+    };
+    sqlx::query_scalar(&sql)
+        .bind(ids)
+        .bind(tids)
+        .bind(col(|s| &s.old_db))
+        .bind(col(|s| &s.old_redis))
+        .bind(col(|s| &s.new_db))
+        .bind(col(|s| &s.new_redis))
+        .fetch_all(conn)
+        .await
 }

@@ -1,6 +1,7 @@
 //! Rotation: deciding what each row needs (`batch`, `scan`), the in-place
 //! path (`inplace`), re-provisioning (`reprovision`), and the run that ties
-//! them together (`run`). `events` is what all of them report.
+//! them together (`run`), and the way back from an in-place run
+//! (`rollback`). `events` is what all of them report.
 
 pub mod batch;
 pub mod connect;
@@ -11,6 +12,7 @@ pub mod inplace;
 pub mod plan;
 pub mod reprovision;
 pub mod retry;
+pub mod rollback;
 pub mod run;
 pub mod scan;
 pub mod verify;

@@ -118,6 +118,7 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
     let started = Instant::now();
     let filter = RowFilter {
         ids: (!opts.orgs.is_empty()).then(|| opts.orgs.clone()),
+        wait_for_locked: false,
     };
     gate::refuse_other_open_run(ctx).await?;
     let prescan = gate::preflight(ctx, opts, &filter).await?;
@@ -308,7 +309,10 @@ async fn walk(
                 last_scan: Some(check),
             });
         }
-        pass_filter = RowFilter { ids: Some(again) };
+        pass_filter = RowFilter {
+            ids: Some(again),
+            wait_for_locked: false,
+        };
         tokio::time::sleep(Duration::from_millis(if changed > 0 { 100 } else { 500 })).await;
     }
     Ok(Walk {

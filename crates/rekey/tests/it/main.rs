@@ -16,5 +16,6 @@ mod provision_caps;
 mod rehearsal;
 mod reprovision;
 mod resilience;
+mod rollback;
 mod smoke;
 mod vectors;

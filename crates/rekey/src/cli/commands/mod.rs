@@ -7,6 +7,7 @@ mod fleet_bench;
 mod keygen;
 mod plan;
 mod register_fake_cloud;
+mod rollback;
 mod run;
 mod seed;
 mod status;
@@ -29,6 +30,7 @@ pub async fn dispatch(cli: Cli) -> Result<Outcome, CliError> {
         Command::Verify(args) => verify::verify(global, args).await,
         Command::Status(args) => status::status(global, args).await,
         Command::Finalize(args) => finalize::finalize(global, args).await,
+        Command::Rollback(args) => rollback::rollback(global, args).await,
         Command::Seed(args) => seed::seed(global, args).await,
         Command::FleetBench(args) => fleet_bench::fleet_bench(global, args).await,
         Command::RegisterFakeCloud(args) => {

@@ -15,10 +15,12 @@ pub async fn status(global: &Global, args: &StatusArgs) -> Result<Outcome, CliEr
     let run = journal::get_run(&pool, args.run).await?;
     let counts = journal::run_counts(&pool, run.id).await?;
     let failed = journal::failed_items(&pool, run.id, 50).await?;
+    let rollback = journal::rollback_marks(&pool, run.id).await?;
     let status = report::StatusReport {
         run,
         counts,
         failed,
+        rollback,
     };
     if global.json {
         report::print_json(&status);

@@ -7,7 +7,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use crate::db::journal::{FailedItem, RunCounts, RunRecord};
+use crate::db::journal::{FailedItem, RollbackMarks, RunCounts, RunRecord};
 use crate::envelope::FieldClass;
 use crate::rotate::batch::{ActionCounts, FieldCounts};
 use crate::rotate::plan::PlanReport;
@@ -213,6 +213,7 @@ pub struct StatusReport {
     pub run: RunRecord,
     pub counts: RunCounts,
     pub failed: Vec<FailedItem>,
+    pub rollback: RollbackMarks,
 }
 
 pub fn status_text(s: &StatusReport) -> String {
@@ -267,6 +268,20 @@ pub fn status_text(s: &StatusReport) -> String {
         r.backups_purged_at
             .map_or("kept".into(), |p| format!("purged {}", p.to_rfc3339()))
     );
+    match (&s.rollback.started_at, &s.rollback.finished_at) {
+        (_, Some(done)) => {
+            let _ = writeln!(out, "  rolled back {}", done.to_rfc3339());
+        }
+        (Some(began), None) => {
+            let _ = writeln!(
+                out,
+                "  rollback begun {} and not complete: rekey rollback --run {} resumes it",
+                began.to_rfc3339(),
+                r.id
+            );
+        }
+        (None, None) => {}
+    }
     out
 }
 

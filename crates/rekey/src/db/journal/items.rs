@@ -369,3 +369,15 @@ pub async fn owner_of(
             .await?;
     Ok(owner.flatten())
 }
+
+/// Every tenant queued for re-provisioning in a run, in any state, by id:
+/// their old credentials were (or are being) reset, so a rollback cannot
+/// give them back.
+pub async fn item_ids(pool: &PgPool, run_id: i64) -> Result<Vec<String>, DbError> {
+    Ok(
+        sqlx::query_scalar("SELECT org_id FROM rekey.items WHERE run_id = $1 ORDER BY org_id")
+            .bind(run_id)
+            .fetch_all(pool)
+            .await?,
+    )
+}

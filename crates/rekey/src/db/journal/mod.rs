@@ -9,14 +9,18 @@ mod backups;
 mod items;
 mod runs;
 
-pub use backups::purge_backups;
+pub use backups::{
+    backup_entry_count, claim_unrestored_backup, has_rollback_marks, mark_restored,
+    next_unrestored_backup, purge_backups, rebacked_rows, restore_totals, BackupBatch,
+    RestoreTotals,
+};
 pub use items::{
-    advance, claim_item, failed_and_done_among, failed_items, mark_done, mark_failed,
+    advance, claim_item, failed_and_done_among, failed_items, item_ids, mark_done, mark_failed,
     mark_failed_unowned, move_to_cleanup, owner_of, pending_count, queue_items, queued_among,
     release_for_retry, renew_lease, ClaimedItem, FailedAndDone, FailedItem, ItemFields, ItemKey,
     Records,
 };
 pub use runs::{
-    close_run, get_run, mark_verified, open_or_resume, open_run, run_counts, RunCounts, RunRecord,
-    RunStart,
+    begin_rollback, close_run, get_run, mark_rolled_back, mark_verified, open_or_resume, open_run,
+    rollback_marks, run_counts, RollbackMarks, RunCounts, RunRecord, RunStart,
 };

@@ -186,3 +186,55 @@ pub async fn run_counts(pool: &PgPool, run_id: i64) -> Result<RunCounts, DbError
         steps,
     })
 }
+
+/// A run's rollback marks (migration 0003): when a rollback began and
+/// when it ended. Both `None` before any rollback, and on a journal that
+/// predates rollback (read-only commands do not migrate).
+#[derive(Debug, Clone, Default, Serialize, sqlx::FromRow)]
+pub struct RollbackMarks {
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+pub async fn rollback_marks(pool: &PgPool, run_id: i64) -> Result<RollbackMarks, DbError> {
+    if !super::backups::has_rollback_marks(pool).await? {
+        return Ok(RollbackMarks::default());
+    }
+    Ok(sqlx::query_as::<_, RollbackMarks>(
+        "SELECT rollback_started_at AS started_at, rolled_back_at AS finished_at
+           FROM rekey.runs WHERE id = $1",
+    )
+    .bind(run_id)
+    .fetch_optional(pool)
+    .await?
+    .unwrap_or_default())
+}
+
+/// Records that a rollback of the run began; a run still open is closed
+/// as failed, reason "rolled back", in the same statement, so that no
+/// `rekey run` resumes it into the rows being put back.
+pub async fn begin_rollback(pool: &PgPool, run_id: i64) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE rekey.runs
+            SET rollback_started_at = coalesce(rollback_started_at, now()),
+                reason = CASE WHEN state = 'running' THEN 'rolled back' ELSE reason END,
+                finished_at = CASE WHEN state = 'running' THEN now() ELSE finished_at END,
+                state = CASE WHEN state = 'running' THEN 'failed' ELSE state END
+          WHERE id = $1",
+    )
+    .bind(run_id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Records that every backup batch of the run has been restored.
+pub async fn mark_rolled_back(pool: &PgPool, run_id: i64) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE rekey.runs SET rolled_back_at = coalesce(rolled_back_at, now()) WHERE id = $1",
+    )
+    .bind(run_id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
