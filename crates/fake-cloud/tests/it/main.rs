@@ -370,6 +370,34 @@ async fn deleting_a_leaf_branch_twice_answers_204_the_second_time() {
 }
 
 #[tokio::test]
+async fn deleting_an_endpoint_that_is_already_gone_answers_204() {
+    // deleteProjectEndpoint: 204 "if the endpoint doesn't exist or has
+    // already been deleted".
+    let cloud = fast_cloud().await;
+    let (project, main) = cloud.project().await;
+    let leaf = cloud.branch(&project, &main, "leaf").await;
+    let listed = cloud
+        .neon_get(&format!("/projects/{project}/branches/{leaf}/endpoints"))
+        .await;
+    let endpoint = text(&listed.body["endpoints"][0]["id"]);
+    let path = format!("/projects/{project}/endpoints/{endpoint}");
+    let first = cloud.neon_delete(&path).await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    assert_eq!(first.body["endpoint"]["id"], endpoint.as_str());
+    assert!(first.body["operations"].is_array());
+    cloud.finish(&project, &first.body).await;
+    let again = cloud.neon_delete(&path).await;
+    assert_eq!(again.status, StatusCode::NO_CONTENT, "{:?}", again.body);
+    assert_eq!(again.body, Value::Null);
+    let never = cloud
+        .neon_delete(&format!(
+            "/projects/{project}/endpoints/ep-never-was-12345678"
+        ))
+        .await;
+    assert_eq!(never.status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
 async fn deleting_the_default_branch_is_refused() {
     let cloud = fast_cloud().await;
     let (project, main) = cloud.project().await;
@@ -598,6 +626,31 @@ async fn annotations_are_returned_with_the_branch() {
     assert_eq!(
         listed.body["annotations"][&branch]["value"]["rekey_run"],
         "r1"
+    );
+}
+
+#[tokio::test]
+async fn get_branch_always_carries_the_required_annotation_object() {
+    // getProjectBranch answers BranchResponse + AnnotationResponse, and
+    // AnnotationResponse requires `annotation` (AnnotationData: required
+    // `object` and `value`), annotated or not.
+    let cloud = fast_cloud().await;
+    let (project, main) = cloud.project().await;
+    let plain = cloud.branch(&project, &main, "plain").await;
+    let got = cloud
+        .neon_get(&format!("/projects/{project}/branches/{plain}"))
+        .await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.body["annotation"]["value"], json!({}));
+    assert_eq!(got.body["annotation"]["object"]["id"], plain.as_str());
+    assert_eq!(got.body["annotation"]["object"]["type"], "console/branch");
+    let listed = cloud
+        .neon_get(&format!("/projects/{project}/branches"))
+        .await;
+    assert!(
+        listed.body["annotations"].is_object(),
+        "listProjectBranches requires the annotations map: {:?}",
+        listed.body
     );
 }
 
