@@ -5,9 +5,9 @@
 //!
 //! Fly has no idempotency key on machine create, so every machine this tool
 //! creates carries a unique `rekey_item` tag in `config.metadata`. Before a
-//! create, and after any answer that leaves it unclear whether the create
-//! landed, the machines with that tag are listed and an existing one is
-//! adopted instead of making a second. Machine configs hold `DATABASE_URL`
+//! create, and after any failed one (whatever the status: Fly documents
+//! none for a taken name), the machines with that tag are listed and an
+//! existing one is adopted instead of making a second. Machine configs hold `DATABASE_URL`
 //! in plain text, so they live in [`MachineConfig`], which is zeroized on
 //! drop and prints only its key names. Neon is in `neon.rs`.
 
@@ -310,9 +310,13 @@ impl FlyClient {
 
     /// Creates a machine, or adopts the one an earlier attempt made: the
     /// machines tagged with the config's [`ITEM_TAG`] value are listed
-    /// before posting, and again after a 5xx, a timeout, a lost connection,
-    /// a 409 or a 422. Two live machines with one tag is an error, not a
-    /// choice this client makes.
+    /// before posting, and again after any failed post. What
+    /// `Machines_create` answers for a taken name is not documented, so no
+    /// status is read as "it exists": only the listing by tag decides. A
+    /// refusal with nothing tagged is returned as it came; an ambiguous
+    /// failure (5xx, timeout, lost connection) with nothing tagged is posted
+    /// again. Two live machines with one tag is an error, not a choice this
+    /// client makes.
     pub async fn create_machine(
         &self,
         app: &str,
@@ -344,9 +348,10 @@ impl FlyClient {
             self.http.send(request).await?.json::<Machine>()
         };
         let lookup = || self.find_tagged(app, tag);
-        let conflict = |e: &CloudError| matches!(e.status(), Some(409 | 422));
+        // Every refusal, whatever its code, is checked against the listing.
+        let refused = |e: &CloudError| e.status().is_some_and(|s| (400..500).contains(&s));
         self.http
-            .create_with_recovery(post, lookup, conflict, self.lookup_settle)
+            .create_with_recovery(post, lookup, refused, self.lookup_settle)
             .await
     }
 

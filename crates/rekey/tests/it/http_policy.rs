@@ -937,6 +937,53 @@ async fn fly_create_after_a_timeout_finds_the_machine_by_its_tag() {
 }
 
 #[tokio::test]
+async fn fly_create_refused_with_any_status_is_settled_by_the_tag_lookup_not_the_code() {
+    // What Machines_create answers for a taken name is not documented, so
+    // the client must not read anything into the status: the listing by
+    // tag decides. The first listing lags (it is eventually consistent) and
+    // misses the machine an earlier attempt made; the POST is refused with a
+    // status no document ties to "exists"; the second listing finds it.
+    let server = serve("/v1", |seen, before| match seen.method.as_str() {
+        "GET" if before == 0 => Reply::json(200, json!([])),
+        "GET" => Reply::json(
+            200,
+            json!([machine_json("m-earlier", "run7-org1", "started")]),
+        ),
+        _ => Reply::json(400, json!({"error": "invalid name: already in use"})),
+    })
+    .await;
+    let outcome = fly(&server)
+        .create_machine("app", &spec("run7-org1"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcome, Created::Adopted(m) if m.id == "m-earlier"),
+        "{outcome:?}"
+    );
+    assert_eq!(server.count("POST", "/v1/apps/app/machines"), 1);
+}
+
+#[tokio::test]
+async fn fly_create_refused_with_nothing_tagged_is_the_refusal() {
+    let server = serve("/v1", |seen, _| match seen.method.as_str() {
+        "GET" => Reply::json(200, json!([])),
+        _ => Reply::json(409, json!({"error": "name taken by another machine"})),
+    })
+    .await;
+    let err = fly(&server)
+        .create_machine("app", &spec("run7-org1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(409), "{err}");
+    assert_eq!(server.count("POST", "/v1/apps/app/machines"), 1);
+    assert_eq!(
+        server.count("GET", "/v1/apps/app/machines"),
+        2,
+        "looked up before and after"
+    );
+}
+
+#[tokio::test]
 async fn fly_create_refuses_when_two_live_machines_carry_the_tag() {
     let server = serve("/v1", |_, _| {
         Reply::json(
