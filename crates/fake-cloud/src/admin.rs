@@ -369,6 +369,8 @@ struct ConfigPatch {
     #[serde(default, deserialize_with = "present")]
     fly_api_token: Option<Option<String>>,
     fly_duplicate_names: Option<bool>,
+    /// `true`: machine health checks report `critical`.
+    failing_checks: Option<bool>,
 }
 
 /// Tells a field set to `null` (`Some(None)`) from an absent one (`None`).
@@ -413,6 +415,7 @@ impl ConfigPatch {
         config.fly_duplicate_names = self
             .fly_duplicate_names
             .unwrap_or(config.fly_duplicate_names);
+        config.fly_failing_checks = self.failing_checks.unwrap_or(config.fly_failing_checks);
         Ok(config)
     }
 }
@@ -433,6 +436,7 @@ fn config_json(config: &FakeConfig) -> Value {
         "neon_api_key_set": config.neon_api_key.is_some(),
         "fly_api_token_set": config.fly_api_token.is_some(),
         "fly_duplicate_names": config.fly_duplicate_names,
+        "failing_checks": config.fly_failing_checks,
     })
 }
 

@@ -68,6 +68,10 @@ pub struct FakeConfig {
     /// `false`: creating a machine under a name a live machine of the app
     /// already has is refused with 409. `true`: duplicates are accepted.
     pub fly_duplicate_names: bool,
+    /// `true`: every machine health check (`config.checks`) reports
+    /// `critical`, as if the tenant's app never came up. `false`: checks
+    /// pass once the machine is started.
+    pub fly_failing_checks: bool,
 }
 
 /// Credentials are shown as set or not, never printed.
@@ -88,6 +92,7 @@ impl fmt::Debug for FakeConfig {
                 &self.fly_api_token.as_ref().map(|_| "<set>"),
             )
             .field("fly_duplicate_names", &self.fly_duplicate_names)
+            .field("fly_failing_checks", &self.fly_failing_checks)
             .finish()
     }
 }

@@ -63,6 +63,9 @@ struct Args {
     /// Accept machine names a live machine of the app already has (default: 409).
     #[arg(long)]
     fly_duplicate_names: bool,
+    /// Report every machine health check as `critical`.
+    #[arg(long)]
+    failing_checks: bool,
 }
 
 fn share(raw: &str) -> Result<f64, String> {
@@ -90,6 +93,7 @@ impl Args {
             neon_api_key: self.neon_api_key.clone(),
             fly_api_token: self.fly_api_token.clone(),
             fly_duplicate_names: self.fly_duplicate_names,
+            fly_failing_checks: self.failing_checks,
         }
     }
 }

@@ -219,6 +219,39 @@ impl Cloud {
         )
     }
 
+    /// A Fly call carrying `fly-machine-lease-nonce: <nonce>`.
+    async fn fly_leased(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        nonce: &str,
+    ) -> Reply {
+        let url = format!("{}{path}", self.fake.fly_url());
+        let mut request = self
+            .http
+            .request(method, &url)
+            .header("fly-machine-lease-nonce", nonce);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            retry_after: None,
+            body,
+        }
+    }
+
     /// Create a machine; returns the reply.
     async fn machine(&self, app: &str, body: Value) -> Reply {
         self.fly(Method::POST, &format!("/apps/{app}/machines"), Some(body))
@@ -925,6 +958,286 @@ async fn wait_on_an_unknown_machine_is_404_unless_waiting_for_destroyed() {
         .fly_get("/apps/tenant-1/machines/00000000000000/wait?state=destroyed")
         .await;
     assert_eq!(gone.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn stop_takes_an_optional_signal_and_timeout_body() {
+    // Machines_stop: optional StopRequest {signal, timeout}.
+    let cloud = fast_cloud().await;
+    cloud.app("tenant-1").await;
+    let id = cloud.nginx_machine("tenant-1").await;
+    let stop = format!("/apps/tenant-1/machines/{id}/stop");
+    let stopped = cloud
+        .fly(
+            Method::POST,
+            &stop,
+            Some(json!({"signal": "SIGTERM", "timeout": "10s"})),
+        )
+        .await;
+    assert_eq!(stopped.status, StatusCode::OK, "{:?}", stopped.body);
+    assert_eq!(stopped.body, json!({"ok": true}));
+    let url = format!("{}{stop}", cloud.fake.fly_url());
+    let malformed = cloud
+        .http
+        .post(url)
+        .header("content-type", "application/json")
+        .body("{\"signal\": 9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+}
+
+// ---------------------------------------------------------------- Fly leases
+
+/// A started machine with a lease of `ttl` seconds on it; returns (id, nonce).
+async fn leased_machine(cloud: &Cloud, ttl: u64) -> (String, String) {
+    cloud.app("tenant-1").await;
+    let id = cloud.nginx_machine("tenant-1").await;
+    let lease = cloud
+        .fly(
+            Method::POST,
+            &format!("/apps/tenant-1/machines/{id}/lease"),
+            Some(json!({"ttl": ttl, "description": "rekey run 7"})),
+        )
+        .await;
+    assert_eq!(lease.status, StatusCode::OK, "{:?}", lease.body);
+    (id, text(&lease.body["nonce"]))
+}
+
+#[tokio::test]
+async fn a_lease_is_taken_shown_and_released_only_with_its_nonce() {
+    let cloud = fast_cloud().await;
+    let before = chrono_now();
+    let (id, nonce) = leased_machine(&cloud, 30).await;
+    let path = format!("/apps/tenant-1/machines/{id}/lease");
+    let shown = cloud.fly_get(&path).await;
+    assert_eq!(shown.status, StatusCode::OK);
+    // The OpenAPI `Lease`: nonce, expires_at (Unix seconds), owner, description.
+    assert_eq!(shown.body["nonce"], nonce.as_str());
+    assert_eq!(shown.body["description"], "rekey run 7");
+    assert!(shown.body["owner"].is_string());
+    let expires = shown.body["expires_at"].as_i64().unwrap();
+    assert!(
+        expires >= before + 29 && expires <= before + 32,
+        "{expires} vs {before}"
+    );
+    let bare = cloud.fly_delete(&path).await;
+    assert_eq!(
+        bare.status,
+        StatusCode::BAD_REQUEST,
+        "release needs the nonce"
+    );
+    let wrong = cloud
+        .fly_leased(Method::DELETE, &path, None, "not-the-nonce")
+        .await;
+    assert_eq!(wrong.status, StatusCode::BAD_REQUEST);
+    let released = cloud.fly_leased(Method::DELETE, &path, None, &nonce).await;
+    assert_eq!(released.status, StatusCode::OK);
+    assert_eq!(cloud.fly_get(&path).await.status, StatusCode::NOT_FOUND);
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test]
+async fn a_leased_machine_refuses_changes_without_the_lease_nonce() {
+    let cloud = fast_cloud().await;
+    let (id, nonce) = leased_machine(&cloud, 30).await;
+    let machine = format!("/apps/tenant-1/machines/{id}");
+    let stop = format!("{machine}/stop");
+    let refused = cloud.fly(Method::POST, &stop, None).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{:?}", refused.body);
+    assert!(
+        !text(&refused.body["error"]).contains(&nonce),
+        "never echo a nonce"
+    );
+    let other = cloud
+        .fly_leased(Method::POST, &stop, None, "someone-elses")
+        .await;
+    assert_eq!(other.status, StatusCode::CONFLICT);
+    let force = format!("{machine}?force=true");
+    assert_eq!(cloud.fly_delete(&force).await.status, StatusCode::CONFLICT);
+    let steal = cloud
+        .fly(
+            Method::POST,
+            &format!("{machine}/lease"),
+            Some(json!({"ttl": 5})),
+        )
+        .await;
+    assert_eq!(
+        steal.status,
+        StatusCode::CONFLICT,
+        "a second lease is refused"
+    );
+    assert_eq!(cloud.fly_get(&machine).await.body["state"], "started");
+    let stopped = cloud.fly_leased(Method::POST, &stop, None, &nonce).await;
+    assert_eq!(stopped.status, StatusCode::OK);
+    let destroyed = cloud.fly_leased(Method::DELETE, &force, None, &nonce).await;
+    assert_eq!(destroyed.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_lease_is_renewed_by_taking_it_again_with_its_nonce() {
+    let cloud = fast_cloud().await;
+    let (id, nonce) = leased_machine(&cloud, 5).await;
+    let path = format!("/apps/tenant-1/machines/{id}/lease");
+    let first = cloud.fly_get(&path).await.body["expires_at"]
+        .as_i64()
+        .unwrap();
+    let renewed = cloud
+        .fly_leased(Method::POST, &path, Some(json!({"ttl": 120})), &nonce)
+        .await;
+    assert_eq!(renewed.status, StatusCode::OK, "{:?}", renewed.body);
+    assert_eq!(renewed.body["nonce"], nonce.as_str(), "the same lease");
+    assert!(renewed.body["expires_at"].as_i64().unwrap() >= first + 100);
+}
+
+#[tokio::test]
+async fn a_lease_lapses_after_its_ttl() {
+    let cloud = fast_cloud().await;
+    let (id, _nonce) = leased_machine(&cloud, 1).await;
+    let path = format!("/apps/tenant-1/machines/{id}/lease");
+    tokio::time::sleep(millis(1100)).await;
+    assert_eq!(cloud.fly_get(&path).await.status, StatusCode::NOT_FOUND);
+    let stop = format!("/apps/tenant-1/machines/{id}/stop");
+    assert_eq!(
+        cloud.fly(Method::POST, &stop, None).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_lease_taken_at_create_returns_its_nonce_on_the_machine() {
+    // Machine.nonce: "only ever returned on machine creation if a
+    // lease_duration was provided".
+    let cloud = fast_cloud().await;
+    cloud.app("tenant-1").await;
+    let created = cloud
+        .machine(
+            "tenant-1",
+            json!({"lease_ttl": 30, "config": {"image": "nginx"}}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::OK);
+    let nonce = text(&created.body["nonce"]);
+    let id = text(&created.body["id"]);
+    let got = cloud
+        .fly_get(&format!("/apps/tenant-1/machines/{id}"))
+        .await;
+    assert!(
+        got.body.get("nonce").is_none(),
+        "only the create answer has it"
+    );
+    let force = format!("/apps/tenant-1/machines/{id}?force=true");
+    assert_eq!(cloud.fly_delete(&force).await.status, StatusCode::CONFLICT);
+    let plain = text(
+        &cloud
+            .machine("tenant-1", json!({"config": {"image": "nginx"}}))
+            .await
+            .body["id"],
+    );
+    assert_ne!(plain, id);
+    let destroyed = cloud.fly_leased(Method::DELETE, &force, None, &nonce).await;
+    assert_eq!(destroyed.status, StatusCode::OK);
+}
+
+// ---------------------------------------------------------------- Fly health checks
+
+fn machine_with_checks() -> Value {
+    json!({"config": {"image": "nginx", "checks": {
+        "alive": {"type": "tcp", "port": 8080, "interval": "5s", "timeout": "2s"},
+        "health": {"type": "http", "port": 8080, "path": "/health", "method": "GET"},
+    }}})
+}
+
+#[tokio::test]
+async fn health_checks_are_critical_until_the_machine_is_started_then_passing() {
+    let cloud = cloud(FakeConfig {
+        boot_duration: millis(300),
+        ..FakeConfig::default()
+    })
+    .await;
+    cloud.app("tenant-1").await;
+    let created = cloud.machine("tenant-1", machine_with_checks()).await;
+    assert_eq!(created.status, StatusCode::OK, "{:?}", created.body);
+    let checks = created.body["checks"].as_array().cloned().unwrap();
+    let names: Vec<String> = checks.iter().map(|c| text(&c["name"])).collect();
+    assert_eq!(names, ["alive", "health"]);
+    assert!(
+        checks.iter().all(|c| c["status"] == "critical"),
+        "{checks:?}"
+    );
+    let id = text(&created.body["id"]);
+    let wait = cloud
+        .fly_get(&format!(
+            "/apps/tenant-1/machines/{id}/wait?state=started&timeout=10"
+        ))
+        .await;
+    assert_eq!(wait.status, StatusCode::OK);
+    let got = cloud
+        .fly_get(&format!("/apps/tenant-1/machines/{id}"))
+        .await;
+    let checks = got.body["checks"].as_array().cloned().unwrap();
+    assert_eq!(checks.len(), 2);
+    for check in &checks {
+        // CheckStatus: name, status, output, updated_at.
+        assert_eq!(check["status"], "passing", "{check}");
+        assert!(check["output"].is_string() && check["updated_at"].is_string());
+    }
+    let plain = cloud.nginx_machine("tenant-1").await;
+    let got = cloud
+        .fly_get(&format!("/apps/tenant-1/machines/{plain}"))
+        .await;
+    assert_eq!(
+        got.body["checks"],
+        json!([]),
+        "no config.checks, no statuses"
+    );
+}
+
+#[tokio::test]
+async fn health_checks_stay_critical_when_the_fake_is_told_they_fail() {
+    let cloud = fast_cloud().await;
+    let set = cloud
+        .admin(
+            Method::POST,
+            "/config",
+            Some(json!({"failing_checks": true})),
+        )
+        .await;
+    assert_eq!(set.status, StatusCode::OK);
+    assert_eq!(set.body["failing_checks"], true);
+    cloud.app("tenant-1").await;
+    let id = text(&cloud.machine("tenant-1", machine_with_checks()).await.body["id"]);
+    let got = cloud
+        .fly_get(&format!("/apps/tenant-1/machines/{id}"))
+        .await;
+    assert_eq!(got.body["state"], "started");
+    let statuses: Vec<Value> = got.body["checks"]
+        .as_array()
+        .map(|cs| cs.iter().map(|c| c["status"].clone()).collect())
+        .unwrap_or_default();
+    assert_eq!(statuses, [json!("critical"), json!("critical")]);
+    let listed = cloud.fly_get("/apps/tenant-1/machines").await;
+    assert_eq!(listed.body[0]["checks"][0]["status"], "critical");
+}
+
+#[tokio::test]
+async fn config_checks_must_be_an_object_of_named_checks() {
+    let cloud = fast_cloud().await;
+    cloud.app("tenant-1").await;
+    let reply = cloud
+        .machine(
+            "tenant-1",
+            json!({"config": {"image": "nginx", "checks": ["tcp"]}}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]
