@@ -1361,6 +1361,234 @@ async fn a_429_carries_no_retry_after_when_switched_off() {
     assert!(limited.body["error"].is_string());
 }
 
+// ------------------------------------------------- the vendors' documented rate limits
+//
+// A token bucket refuses only once it is empty, and it refills at a known
+// rate: these tests assert that a burst passes, and bound from below how
+// many of the calls beyond it are refused given the time they took, so a
+// slow machine weakens them but cannot make them fail.
+
+fn vendor_limited(limits: fake_cloud::VendorLimits) -> FakeConfig {
+    FakeConfig {
+        vendor_limits: Some(limits),
+        retry_after: true,
+        ..FakeConfig::default()
+    }
+}
+
+/// At least how many of `beyond` calls past a burst a bucket refilling
+/// `per_second` must have refused within `elapsed`.
+fn must_refuse(beyond: usize, per_second: f64, elapsed: Duration) -> usize {
+    let refilled = (per_second * elapsed.as_secs_f64()).ceil() as usize + 1;
+    beyond.saturating_sub(refilled)
+}
+
+#[tokio::test]
+async fn vendor_limits_are_off_by_default() {
+    let cloud = fast_cloud().await;
+    cloud.app("tenant-1").await;
+    let id = cloud.nginx_machine("tenant-1").await;
+    for _ in 0..10 {
+        let stop = cloud
+            .fly(
+                Method::POST,
+                &format!("/apps/tenant-1/machines/{id}/stop"),
+                None,
+            )
+            .await;
+        assert_eq!(stop.status, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn neon_limits_bursts_to_40_requests_a_second_per_route() {
+    let cloud = cloud(vendor_limited(fake_cloud::VendorLimits::default())).await;
+    let (project, main) = cloud.project().await;
+    let path = format!("/projects/{project}/branches/{main}");
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    for _ in 0..120 {
+        statuses.push(cloud.neon_get(&path).await.status.as_u16());
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        statuses[..40].iter().all(|&s| s == 200),
+        "the burst passes: {statuses:?}"
+    );
+    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    assert!(
+        limited >= must_refuse(80, 40.0, elapsed),
+        "{limited} in {elapsed:?}"
+    );
+    let other = cloud.neon_get(&format!("/projects/{project}")).await;
+    assert_eq!(
+        other.status,
+        StatusCode::OK,
+        "another route has its own bucket"
+    );
+}
+
+#[tokio::test]
+async fn neon_limits_requests_per_minute_per_account_across_routes() {
+    let cloud = cloud(vendor_limited(fake_cloud::VendorLimits {
+        neon_per_minute: 60,
+        ..fake_cloud::VendorLimits::default()
+    }))
+    .await;
+    let (project, main) = cloud.project().await;
+    let routes = [
+        format!("/projects/{project}"),
+        format!("/projects/{project}/branches/{main}"),
+    ];
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for i in 0..69 {
+        let reply = cloud.neon_get(&routes[i % 2]).await;
+        if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            retry_after = reply.retry_after.clone();
+            assert_eq!(reply.body["message"], "rate limit exceeded");
+        }
+        statuses.push(reply.status.as_u16());
+    }
+    let elapsed = started.elapsed();
+    // 1 create + 59 gets spend the minute; no route is past its 40 burst.
+    assert!(statuses[..59].iter().all(|&s| s == 200), "{statuses:?}");
+    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    assert!(
+        limited >= must_refuse(10, 1.0, elapsed),
+        "{limited} in {elapsed:?}"
+    );
+    assert!(retry_after.is_some());
+}
+
+#[tokio::test]
+async fn fly_limits_each_action_to_1_a_second_with_bursts_of_3_per_machine() {
+    let cloud = cloud(vendor_limited(fake_cloud::VendorLimits::default())).await;
+    cloud.app("tenant-1").await;
+    let first = cloud.nginx_machine("tenant-1").await;
+    let second = cloud.nginx_machine("tenant-1").await;
+    let stop = |id: &str| format!("/apps/tenant-1/machines/{id}/stop");
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..10 {
+        let reply = cloud.fly(Method::POST, &stop(&first), None).await;
+        if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            retry_after = reply.retry_after.clone();
+            assert!(reply.body["error"].is_string());
+        }
+        statuses.push(reply.status.as_u16());
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(statuses[..3], [200, 200, 200], "the burst passes");
+    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    assert!(
+        limited >= must_refuse(7, 1.0, elapsed),
+        "{statuses:?} in {elapsed:?}"
+    );
+    assert!(limited > 0 || elapsed > Duration::from_secs(5));
+    if limited > 0 {
+        assert_eq!(retry_after.as_deref(), Some("1"));
+    }
+    let other = cloud.fly(Method::POST, &stop(&second), None).await;
+    assert_eq!(
+        other.status,
+        StatusCode::OK,
+        "another machine has its own bucket"
+    );
+}
+
+#[tokio::test]
+async fn fly_limits_creates_to_1_a_second_with_bursts_of_3_per_app() {
+    let cloud = cloud(vendor_limited(fake_cloud::VendorLimits::default())).await;
+    cloud.app("tenant-1").await;
+    cloud.app("tenant-2").await;
+    let body = json!({"config": {"image": "nginx"}});
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(
+            cloud
+                .machine("tenant-1", body.clone())
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(statuses[..3], [200, 200, 200]);
+    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    assert!(
+        limited >= must_refuse(5, 1.0, elapsed),
+        "{statuses:?} in {elapsed:?}"
+    );
+    let other = cloud.machine("tenant-2", body).await;
+    assert_eq!(
+        other.status,
+        StatusCode::OK,
+        "another app has its own bucket"
+    );
+}
+
+#[tokio::test]
+async fn fly_limits_get_machine_to_5_a_second_with_bursts_of_10() {
+    let cloud = cloud(vendor_limited(fake_cloud::VendorLimits::default())).await;
+    cloud.app("tenant-1").await;
+    let id = cloud.nginx_machine("tenant-1").await;
+    let path = format!("/apps/tenant-1/machines/{id}");
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        statuses.push(cloud.fly_get(&path).await.status.as_u16());
+    }
+    let elapsed = started.elapsed();
+    assert!(statuses[..10].iter().all(|&s| s == 200), "{statuses:?}");
+    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    assert!(
+        limited >= must_refuse(20, 5.0, elapsed),
+        "{statuses:?} in {elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn vendor_limits_can_be_switched_on_over_http() {
+    let cloud = fast_cloud().await;
+    let on = cloud
+        .admin(
+            Method::POST,
+            "/config",
+            Some(json!({"vendor_limits": true})),
+        )
+        .await;
+    assert_eq!(on.body["vendor_limits"], true);
+    cloud.app("tenant-1").await;
+    let id = cloud.nginx_machine("tenant-1").await;
+    let stop = format!("/apps/tenant-1/machines/{id}/stop");
+    let mut statuses = Vec::new();
+    let started = Instant::now();
+    for _ in 0..6 {
+        statuses.push(cloud.fly(Method::POST, &stop, None).await.status.as_u16());
+    }
+    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    assert!(
+        limited >= must_refuse(3, 1.0, started.elapsed()),
+        "{statuses:?}"
+    );
+    let off = cloud
+        .admin(
+            Method::POST,
+            "/config",
+            Some(json!({"vendor_limits": false})),
+        )
+        .await;
+    assert_eq!(off.body["vendor_limits"], false);
+    assert_eq!(
+        cloud.fly(Method::POST, &stop, None).await.status,
+        StatusCode::OK
+    );
+}
+
 #[tokio::test]
 async fn injected_errors_come_at_roughly_the_configured_share() {
     let cloud = cloud(FakeConfig {
