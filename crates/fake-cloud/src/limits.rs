@@ -137,6 +137,7 @@ fn fly_key(method: &Method, path: &str) -> FlyKey {
         ["apps", _, "machines", id] if method == Method::GET => {
             FlyKey::GetMachine(format!("get {id}"))
         }
+        ["apps", _, "machines", id] => FlyKey::Action(format!("{method} machine {id}")),
         ["apps", _, "machines", id, action @ ..] => {
             FlyKey::Action(format!("{method} {} {id}", action.join("/")))
         }
@@ -178,7 +179,10 @@ mod tests {
             key(Method::POST, "/apps/a/machines/m1/stop"),
             "POST stop m1"
         );
-        assert_eq!(key(Method::DELETE, "/v1/apps/a/machines/m1"), "DELETE  m1");
+        assert_eq!(
+            key(Method::DELETE, "/v1/apps/a/machines/m1"),
+            "DELETE machine m1"
+        );
         assert_eq!(key(Method::POST, "/apps/a/machines"), "POST machines a");
         assert_ne!(
             key(Method::POST, "/apps/a/machines"),
