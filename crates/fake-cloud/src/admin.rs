@@ -369,6 +369,10 @@ struct ConfigPatch {
     #[serde(default, deserialize_with = "present")]
     fly_api_token: Option<Option<String>>,
     fly_duplicate_names: Option<bool>,
+    /// `true`: machine health checks report `critical`.
+    failing_checks: Option<bool>,
+    /// `true`: enforce the vendors' documented rate limits.
+    vendor_limits: Option<bool>,
 }
 
 /// Tells a field set to `null` (`Some(None)`) from an absent one (`None`).
@@ -413,6 +417,14 @@ impl ConfigPatch {
         config.fly_duplicate_names = self
             .fly_duplicate_names
             .unwrap_or(config.fly_duplicate_names);
+        config.fly_failing_checks = self.failing_checks.unwrap_or(config.fly_failing_checks);
+        match self.vendor_limits {
+            Some(true) if config.vendor_limits.is_none() => {
+                config.vendor_limits = Some(crate::VendorLimits::default());
+            }
+            Some(false) => config.vendor_limits = None,
+            _ => {}
+        }
         Ok(config)
     }
 }
@@ -433,6 +445,8 @@ fn config_json(config: &FakeConfig) -> Value {
         "neon_api_key_set": config.neon_api_key.is_some(),
         "fly_api_token_set": config.fly_api_token.is_some(),
         "fly_duplicate_names": config.fly_duplicate_names,
+        "failing_checks": config.fly_failing_checks,
+        "vendor_limits": config.vendor_limits.is_some(),
     })
 }
 

@@ -1,6 +1,7 @@
 //! What every Neon and Fly request passes through before and after its
 //! handler: the configured latency, authentication, the per-API token
-//! bucket (429, optionally with `Retry-After`), injected 5xx before the work
+//! bucket and, when switched on, the vendors' own limits (`limits`; 429,
+//! optionally with `Retry-After`), injected 5xx before the work
 //! and injected 503 after a committed mutation, request ids, and the
 //! per-status request counters `/_fake/state` reports.
 //!
@@ -83,7 +84,7 @@ async fn pass(api: Api, shared: &Shared, request: Request, next: Next) -> Respon
     }
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let response = match refusal(api, shared, &config, request.headers()) {
+    let response = match refusal(api, shared, &config, &method, &path, request.headers()) {
         Some(refusal) => refusal,
         None => {
             let response = next.run(request).await;
@@ -110,6 +111,8 @@ fn refusal(
     api: Api,
     shared: &Shared,
     config: &FakeConfig,
+    method: &Method,
+    path: &str,
     headers: &HeaderMap,
 ) -> Option<Response> {
     if !authorized(api, config, headers) {
@@ -118,14 +121,12 @@ fn refusal(
     if let Some(limiter) = shared.limiter(api) {
         if let Err(not_until) = limiter.check() {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
-            let mut refusal = api.error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
-            if config.retry_after {
-                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                refusal
-                    .headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
-            }
-            return Some(refusal);
+            return Some(rate_limited(api, config, wait));
+        }
+    }
+    if let Some(vendor) = shared.vendor_limiters() {
+        if let Err(wait) = vendor.check(api, method, path) {
+            return Some(rate_limited(api, config, wait));
         }
     }
     if shared.roll(config.error_rate) {
@@ -137,6 +138,18 @@ fn refusal(
         return Some(injected(api, status));
     }
     None
+}
+
+/// A 429, with `Retry-After` in whole seconds (at least 1) when configured.
+fn rate_limited(api: Api, config: &FakeConfig, wait: std::time::Duration) -> Response {
+    let mut refusal = api.error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+    if config.retry_after {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        refusal
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    }
+    refusal
 }
 
 /// Neon wants `Bearer <key>`; Fly takes `Bearer <token>` or

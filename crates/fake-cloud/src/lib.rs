@@ -8,15 +8,19 @@
 //! (`FakeConfig`: latency, injected errors, rate limits, operation and boot
 //! durations, credentials) and the shared state behind every handler. The
 //! APIs live in `neon` and `fly`, the per-request gate (auth, limits,
-//! injection) in `gate`, and the harness's own `/_fake` endpoints in
-//! `admin`. The `fake-cloud` binary wraps this module.
+//! injection) in `gate`, the vendors' documented rate limits in `limits`,
+//! and the harness's own `/_fake` endpoints in `admin`. The `fake-cloud`
+//! binary wraps this module.
 
 mod admin;
 mod fly;
 mod gate;
 mod http;
 mod ids;
+mod limits;
 mod neon;
+
+pub use limits::VendorLimits;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -68,6 +72,14 @@ pub struct FakeConfig {
     /// `false`: creating a machine under a name a live machine of the app
     /// already has is refused with 409. `true`: duplicates are accepted.
     pub fly_duplicate_names: bool,
+    /// `true`: every machine health check (`config.checks`) reports
+    /// `critical`, as if the tenant's app never came up. `false`: checks
+    /// pass once the machine is started.
+    pub fly_failing_checks: bool,
+    /// The vendors' documented rate limits, keyed as they key them (Neon
+    /// per account and per route, Fly per action and machine or app);
+    /// beyond them, 429. `None`: not enforced.
+    pub vendor_limits: Option<VendorLimits>,
 }
 
 /// Credentials are shown as set or not, never printed.
@@ -88,6 +100,8 @@ impl fmt::Debug for FakeConfig {
                 &self.fly_api_token.as_ref().map(|_| "<set>"),
             )
             .field("fly_duplicate_names", &self.fly_duplicate_names)
+            .field("fly_failing_checks", &self.fly_failing_checks)
+            .field("vendor_limits", &self.vendor_limits)
             .finish()
     }
 }
@@ -230,6 +244,7 @@ pub(crate) struct World {
 struct Runtime {
     config: Arc<FakeConfig>,
     limiters: Option<Limiters>,
+    vendor: Option<Arc<limits::VendorLimiters>>,
     rolls: StdRng,
 }
 
@@ -288,6 +303,10 @@ impl Shared {
         })
     }
 
+    fn vendor_limiters(&self) -> Option<Arc<limits::VendorLimiters>> {
+        self.runtime().vendor.clone()
+    }
+
     /// True with probability `share`.
     pub(crate) fn roll(&self, share: f64) -> bool {
         share > 0.0 && self.runtime().rolls.gen::<f64>() < share
@@ -324,9 +343,14 @@ impl Runtime {
         // Injection rolls have their own stream so that they do not shift
         // the ids a seed produces.
         let rolls = StdRng::seed_from_u64(config.seed ^ 0x5eed_f00d);
+        let vendor = config
+            .vendor_limits
+            .as_ref()
+            .map(|limits| Arc::new(limits::VendorLimiters::new(limits)));
         Runtime {
             config: Arc::new(config),
             limiters,
+            vendor,
             rolls,
         }
     }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{ArgAction, Parser};
-use fake_cloud::{FakeCloud, FakeConfig};
+use fake_cloud::{FakeCloud, FakeConfig, VendorLimits};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -63,6 +63,14 @@ struct Args {
     /// Accept machine names a live machine of the app already has (default: 409).
     #[arg(long)]
     fly_duplicate_names: bool,
+    /// Report every machine health check as `critical`.
+    #[arg(long)]
+    failing_checks: bool,
+    /// Enforce Neon's and Fly's documented rate limits (Neon ~700/min per
+    /// account and 40/s per route; Fly 1/s burst 3 per action and machine
+    /// or app, Get Machine 5/s burst 10).
+    #[arg(long)]
+    vendor_limits: bool,
 }
 
 fn share(raw: &str) -> Result<f64, String> {
@@ -90,6 +98,8 @@ impl Args {
             neon_api_key: self.neon_api_key.clone(),
             fly_api_token: self.fly_api_token.clone(),
             fly_duplicate_names: self.fly_duplicate_names,
+            fly_failing_checks: self.failing_checks,
+            vendor_limits: self.vendor_limits.then(VendorLimits::default),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The fake's Fly Machines API routes (under `/v1`): apps, machine create,
 //! list (with `include_deleted`, `region` and `metadata.<key>` filters),
-//! get, start, stop, destroy, and `/wait`.
+//! get, start, stop, destroy, `/wait`, and the machine lease (take or
+//! renew, show, release). Start, stop, destroy and lease calls read the
+//! `fly-machine-lease-nonce` header.
 //!
 //! `/wait` is the one handler that awaits: it re-checks the machine whenever
 //! a Fly change is announced or a scheduled transition falls due, never
@@ -13,7 +15,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -45,6 +47,21 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route(&format!("{machine}/wait"), get(wait))
         .route(&format!("{machine}/start"), post(start_machine))
         .route(&format!("{machine}/stop"), post(stop_machine))
+        .route(
+            &format!("{machine}/lease"),
+            get(show_lease).post(acquire_lease).delete(release_lease),
+        )
+}
+
+/// The header a lease holder sends on every call to its machine.
+const LEASE_NONCE: &str = "fly-machine-lease-nonce";
+
+fn lease_nonce(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(LEASE_NONCE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
 }
 
 /// Any path under `/v1` the fake does not serve.
@@ -91,7 +108,13 @@ async fn create_machine(
             unique_names,
             body,
         )?;
-        machine.to_json()
+        let mut answer = machine.to_json(config.fly_failing_checks);
+        // `Machine.nonce`: "only ever returned on machine creation if a
+        // lease duration was provided".
+        if let (Some(lease), Some(object)) = (machine.lease_nonce(), answer.as_object_mut()) {
+            object.insert("nonce".into(), json!(lease));
+        }
+        answer
     };
     shared.fly_changed.notify_waiters();
     ok(answer)
@@ -103,6 +126,7 @@ async fn list_machines(
     RawQuery(raw): RawQuery,
 ) -> Answer {
     let query = Query::parse(raw.as_deref());
+    let failing = shared.config().fly_failing_checks;
     let now = Now::new();
     let mut world = shared.world();
     let app = world.fly.app_mut(&app)?;
@@ -110,7 +134,7 @@ async fn list_machines(
     let machines: Vec<Value> = app
         .list(&query)
         .into_iter()
-        .map(model::Machine::to_json)
+        .map(|m| m.to_json(failing))
         .collect();
     ok(Value::Array(machines))
 }
@@ -119,36 +143,60 @@ async fn get_machine(
     State(shared): State<Arc<Shared>>,
     Path((app, machine_id)): Path<(String, String)>,
 ) -> Answer {
+    let failing = shared.config().fly_failing_checks;
     let now = Now::new();
     let mut world = shared.world();
     let app = world.fly.app_mut(&app)?;
     app.settle(&now);
-    ok(app.machine(&machine_id)?.to_json())
+    ok(app.machine(&machine_id)?.to_json(failing))
 }
 
 async fn start_machine(
     State(shared): State<Arc<Shared>>,
     Path((app, machine_id)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Answer {
     let boot = shared.config().boot_duration;
     let now = Now::new();
+    let nonce = lease_nonce(&headers);
     let previous = {
         let mut world = shared.world();
-        world.fly.app_mut(&app)?.start(&now, boot, &machine_id)?
+        world
+            .fly
+            .app_mut(&app)?
+            .start(&now, boot, &machine_id, nonce)?
     };
     shared.fly_changed.notify_waiters();
     ok(json!({"previous_state": previous.as_str(), "migrated": false, "new_host": ""}))
 }
 
+/// The optional `StopRequest` body: `signal` and `timeout` (a Go
+/// duration string). The fake checks their shape; a stop takes the boot
+/// duration whatever they say.
+#[derive(Debug, Default, serde::Deserialize)]
+struct StopRequest {
+    #[allow(dead_code)]
+    signal: Option<String>,
+    #[allow(dead_code)]
+    timeout: Option<String>,
+}
+
 async fn stop_machine(
     State(shared): State<Arc<Shared>>,
     Path((app, machine_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Answer {
+    let _: StopRequest = parse_body(&body).map_err(FlyError::bad_request)?;
     let boot = shared.config().boot_duration;
     let now = Now::new();
+    let nonce = lease_nonce(&headers);
     {
         let mut world = shared.world();
-        world.fly.app_mut(&app)?.stop(&now, boot, &machine_id)?;
+        world
+            .fly
+            .app_mut(&app)?
+            .stop(&now, boot, &machine_id, nonce)?;
     }
     shared.fly_changed.notify_waiters();
     ok(json!({"ok": true}))
@@ -160,15 +208,66 @@ async fn destroy_machine(
     State(shared): State<Arc<Shared>>,
     Path((app, machine_id)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
+    headers: HeaderMap,
 ) -> Answer {
     let query = Query::parse(raw.as_deref());
     let force = query.flag("force") || query.flag("kill");
     let now = Now::new();
+    let nonce = lease_nonce(&headers);
     {
         let mut world = shared.world();
-        world.fly.app_mut(&app)?.destroy(&now, &machine_id, force)?;
+        world
+            .fly
+            .app_mut(&app)?
+            .destroy(&now, &machine_id, force, nonce)?;
     }
     shared.fly_changed.notify_waiters();
+    ok(json!({"ok": true}))
+}
+
+/// `Machines_create_lease`: 200 with the `Lease` object, as the OpenAPI
+/// documents (the prose docs show 201 and a `{"status","data"}` wrapper).
+async fn acquire_lease(
+    State(shared): State<Arc<Shared>>,
+    Path((app, machine_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer {
+    let body: model::CreateLease = parse_body(&body).map_err(FlyError::bad_request)?;
+    let now = Now::new();
+    let mut world = shared.world();
+    let world = &mut *world;
+    let lease = world.fly.app_mut(&app)?.acquire_lease(
+        &mut world.ids,
+        &now,
+        &machine_id,
+        lease_nonce(&headers),
+        body,
+    )?;
+    ok(lease.to_json())
+}
+
+async fn show_lease(
+    State(shared): State<Arc<Shared>>,
+    Path((app, machine_id)): Path<(String, String)>,
+) -> Answer {
+    let now = Now::new();
+    let mut world = shared.world();
+    let lease = world.fly.app_mut(&app)?.show_lease(&now, &machine_id)?;
+    ok(lease.to_json())
+}
+
+async fn release_lease(
+    State(shared): State<Arc<Shared>>,
+    Path((app, machine_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Answer {
+    let now = Now::new();
+    let mut world = shared.world();
+    world
+        .fly
+        .app_mut(&app)?
+        .release_lease(&now, &machine_id, lease_nonce(&headers))?;
     ok(json!({"ok": true}))
 }
 

@@ -4,8 +4,14 @@
 //!
 //! Like the Neon half, time is lazy: a machine holds at most one pending
 //! transition (to `started` after a boot, to `stopped` after a stop) that is
-//! applied when the machine is next looked at (`settle`). Rendering to JSON
-//! lives here too, since the machine object is the only big shape.
+//! applied when the machine is next looked at (`settle`), and a lease ends
+//! when a look finds it past its expiry. Leases (`Machines_create_lease`,
+//! `…_show_lease`, `…_release_lease`) are held per machine: while one is
+//! live, a mutation of the machine without its nonce in
+//! `fly-machine-lease-nonce` is refused. Health checks are the keys of
+//! `config.checks`; their status (`CheckStatus`) is rendered from the
+//! machine's state. Rendering to JSON lives here too, since the machine
+//! object is the only big shape.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -52,7 +58,43 @@ pub(crate) struct Machine {
     /// Oldest first; rendered newest first as Fly does.
     events: Vec<Event>,
     seq: u64,
+    /// The last lease taken; it counts only until it expires.
+    lease: Option<Lease>,
 }
+
+/// A Fly machine lease (`Lease` in the OpenAPI).
+#[derive(Clone)]
+pub(crate) struct Lease {
+    pub(crate) nonce: String,
+    owner: String,
+    description: String,
+    expires_at: Instant,
+    expires_wall: DateTime<Utc>,
+    version: String,
+}
+
+impl Lease {
+    fn is_live(&self, now: &Now) -> bool {
+        now.at < self.expires_at
+    }
+
+    /// The OpenAPI `Lease` object; `expires_at` is a Unix timestamp.
+    pub(crate) fn to_json(&self) -> Value {
+        json!({
+            "nonce": self.nonce,
+            "expires_at": self.expires_wall.timestamp(),
+            "owner": self.owner,
+            "description": self.description,
+            "version": self.version,
+        })
+    }
+}
+
+/// Who the fake says holds a lease: it has no user accounts.
+const LEASE_OWNER: &str = "fake-user@example.com";
+
+/// A lease's time to live when the request names none, in seconds.
+pub(crate) const DEFAULT_LEASE_TTL: u64 = 30;
 
 struct Event {
     kind: &'static str,
@@ -121,6 +163,16 @@ pub(crate) struct CreateMachine {
     pub(crate) config: Option<Value>,
     #[serde(default)]
     pub(crate) skip_launch: bool,
+    /// Take a lease of this many seconds on the new machine; its nonce is
+    /// returned as the machine's `nonce`.
+    pub(crate) lease_ttl: Option<u64>,
+}
+
+/// `POST …/lease` body (`CreateLeaseRequest`).
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct CreateLease {
+    pub(crate) ttl: Option<u64>,
+    pub(crate) description: Option<String>,
 }
 
 /// A tenant's machine as `POST /_fake/tenants` registers it: started, at
@@ -248,6 +300,7 @@ impl App {
             updated_at: now.wall,
             events: Vec::new(),
             seq: self.next_seq,
+            lease: None,
         };
         machine.push_event("launch", "created", "user", now.wall);
         machine
@@ -325,6 +378,9 @@ impl App {
             machine.transition = Some((MachineState::Started, now.at + boot));
             machine.settle(now);
         }
+        if let Some(ttl) = body.lease_ttl {
+            machine.lease = Some(machine.new_lease(ids, now, ttl, String::new()));
+        }
         Ok(self.machines.entry(id).or_insert(machine))
     }
 
@@ -334,9 +390,11 @@ impl App {
         now: &Now,
         boot: Duration,
         id: &str,
+        nonce: Option<&str>,
     ) -> Result<MachineState, FlyError> {
         let machine = self.machine_mut(id)?;
         machine.settle(now);
+        machine.check_lease(now, nonce)?;
         let previous = machine.state;
         match previous {
             MachineState::Destroyed => return Err(destroyed()),
@@ -351,9 +409,16 @@ impl App {
     }
 
     /// `POST …/stop`. Stopping takes as long as booting.
-    pub(crate) fn stop(&mut self, now: &Now, boot: Duration, id: &str) -> Result<(), FlyError> {
+    pub(crate) fn stop(
+        &mut self,
+        now: &Now,
+        boot: Duration,
+        id: &str,
+        nonce: Option<&str>,
+    ) -> Result<(), FlyError> {
         let machine = self.machine_mut(id)?;
         machine.settle(now);
+        machine.check_lease(now, nonce)?;
         match machine.state {
             MachineState::Destroyed => return Err(destroyed()),
             MachineState::Stopped | MachineState::Stopping => {}
@@ -368,9 +433,18 @@ impl App {
 
     /// `DELETE …/{id}`: a running machine needs `force` (or `kill`);
     /// destroying a destroyed machine again is a no-op.
-    pub(crate) fn destroy(&mut self, now: &Now, id: &str, force: bool) -> Result<(), FlyError> {
+    pub(crate) fn destroy(
+        &mut self,
+        now: &Now,
+        id: &str,
+        force: bool,
+        nonce: Option<&str>,
+    ) -> Result<(), FlyError> {
         let machine = self.machine_mut(id)?;
         machine.settle(now);
+        if machine.state != MachineState::Destroyed {
+            machine.check_lease(now, nonce)?;
+        }
         if machine.is_running() && !force {
             return Err(FlyError::new(
                 StatusCode::PRECONDITION_FAILED,
@@ -387,9 +461,151 @@ impl App {
     }
 }
 
+/// The lease calls.
+impl App {
+    /// `POST …/lease`: a new lease when none is live; with the live lease's
+    /// nonce in `fly-machine-lease-nonce`, that lease renewed for `ttl`
+    /// more seconds (as flyctl refreshes); otherwise 409.
+    pub(crate) fn acquire_lease(
+        &mut self,
+        ids: &mut Ids,
+        now: &Now,
+        id: &str,
+        nonce: Option<&str>,
+        body: CreateLease,
+    ) -> Result<Lease, FlyError> {
+        let machine = self.machine_mut(id)?;
+        machine.settle(now);
+        if machine.state == MachineState::Destroyed {
+            return Err(destroyed());
+        }
+        let ttl = body.ttl.unwrap_or(DEFAULT_LEASE_TTL);
+        if ttl == 0 {
+            return Err(FlyError::bad_request("ttl must be at least 1 second"));
+        }
+        let description = body.description.unwrap_or_default();
+        match machine.live_lease(now) {
+            Some(held) if Some(held.nonce.as_str()) == nonce => {
+                let nonce = held.nonce.clone();
+                let mut renewed = machine.new_lease(ids, now, ttl, description);
+                renewed.nonce = nonce;
+                machine.lease = Some(renewed.clone());
+                Ok(renewed)
+            }
+            Some(held) => Err(held_by_someone_else(&machine.id, held)),
+            None => {
+                let lease = machine.new_lease(ids, now, ttl, description);
+                machine.lease = Some(lease.clone());
+                Ok(lease)
+            }
+        }
+    }
+
+    /// `GET …/lease`: the live lease, or 404.
+    pub(crate) fn show_lease(&mut self, now: &Now, id: &str) -> Result<Lease, FlyError> {
+        let machine = self.machine_mut(id)?;
+        machine.settle(now);
+        machine.live_lease(now).cloned().ok_or_else(no_lease)
+    }
+
+    /// `DELETE …/lease`: needs the live lease's nonce (400 without it);
+    /// 404 when no lease is live.
+    pub(crate) fn release_lease(
+        &mut self,
+        now: &Now,
+        id: &str,
+        nonce: Option<&str>,
+    ) -> Result<(), FlyError> {
+        let machine = self.machine_mut(id)?;
+        let held = machine.live_lease(now).ok_or_else(no_lease)?;
+        if Some(held.nonce.as_str()) != nonce {
+            return Err(FlyError::bad_request(
+                "fly-machine-lease-nonce does not match the lease held on this machine",
+            ));
+        }
+        machine.lease = None;
+        Ok(())
+    }
+}
+
+fn no_lease() -> FlyError {
+    FlyError::not_found("no lease is held on this machine")
+}
+
+/// The refusal of a change to a machine someone else holds a lease on.
+/// Neither Fly reference gives this status; 409 is the fake's choice.
+fn held_by_someone_else(machine: &str, held: &Lease) -> FlyError {
+    FlyError::new(
+        StatusCode::CONFLICT,
+        format!(
+            "machine {machine} is leased by {} until {}; send its nonce in fly-machine-lease-nonce",
+            held.owner,
+            timestamp(held.expires_wall)
+        ),
+    )
+}
+
 impl Machine {
     pub(crate) fn metadata(&self, key: &str) -> Option<&str> {
         self.config.get("metadata")?.get(key)?.as_str()
+    }
+
+    /// The nonce of the lease taken with the machine (`lease_ttl`).
+    pub(crate) fn lease_nonce(&self) -> Option<&str> {
+        self.lease.as_ref().map(|l| l.nonce.as_str())
+    }
+
+    fn live_lease(&self, now: &Now) -> Option<&Lease> {
+        self.lease.as_ref().filter(|l| l.is_live(now))
+    }
+
+    fn new_lease(&self, ids: &mut Ids, now: &Now, ttl: u64, description: String) -> Lease {
+        let ttl = Duration::from_secs(ttl);
+        let expires_at = now.at + ttl;
+        Lease {
+            nonce: ids.hex(32),
+            owner: LEASE_OWNER.to_owned(),
+            description,
+            expires_at,
+            expires_wall: now.wall_at(expires_at),
+            version: self.instance_id.clone(),
+        }
+    }
+
+    /// A live lease admits only callers that send its nonce.
+    fn check_lease(&self, now: &Now, nonce: Option<&str>) -> Result<(), FlyError> {
+        match self.live_lease(now) {
+            Some(held) if Some(held.nonce.as_str()) != nonce => {
+                Err(held_by_someone_else(&self.id, held))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `CheckStatus` of every check in `config.checks`: `passing` once the
+    /// machine is started (unless `failing` says the app is broken),
+    /// `critical` before and after.
+    fn check_statuses(&self, failing: bool) -> Vec<Value> {
+        let Some(Value::Object(checks)) = self.config.get("checks") else {
+            return Vec::new();
+        };
+        let up = self.state == MachineState::Started;
+        checks
+            .keys()
+            .map(|name| {
+                let (status, output) = match (up, failing) {
+                    (true, false) => ("passing", "success"),
+                    (true, true) => ("critical", "check failed: connection refused"),
+                    (false, _) => ("critical", "machine is not running"),
+                };
+                json!({
+                    "name": name,
+                    "status": status,
+                    "output": output,
+                    "updated_at": timestamp(self.updated_at),
+                })
+            })
+            .collect()
     }
 
     /// Booting, up, or on the way down: what a plain destroy refuses.
@@ -453,7 +669,9 @@ impl Machine {
         WaitVerdict::Pending(self.transition.map(|(_, at)| at))
     }
 
-    pub(crate) fn to_json(&self) -> Value {
+    /// The `Machine` object; `failing_checks` renders every health check
+    /// as `critical`.
+    pub(crate) fn to_json(&self, failing_checks: bool) -> Value {
         let events: Vec<Value> = self
             .events
             .iter()
@@ -480,7 +698,7 @@ impl Machine {
             "created_at": timestamp(self.created_at),
             "updated_at": timestamp(self.updated_at),
             "events": events,
-            "checks": [],
+            "checks": self.check_statuses(failing_checks),
             "host_status": "ok",
         })
     }
@@ -532,6 +750,13 @@ fn check_config(config: Option<Value>) -> Result<Value, FlyError> {
     match config.get("image") {
         Some(Value::String(image)) if !image.is_empty() => {}
         _ => return Err(FlyError::bad_request("config.image is required")),
+    }
+    if let Some(checks) = config.get("checks") {
+        if !checks.is_object() {
+            return Err(FlyError::bad_request(
+                "config.checks must be an object of named checks",
+            ));
+        }
     }
     for key in ["env", "metadata"] {
         if let Some(map) = config.get(key) {

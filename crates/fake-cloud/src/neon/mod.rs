@@ -332,11 +332,11 @@ async fn get_branch(
     let world = shared.world();
     let project = world.neon.project(&project_id)?;
     let branch = project.branch(&branch_id)?;
-    let mut answer = json!({"branch": render::branch(&project.id, branch, &now)});
-    if let (false, Some(object)) = (branch.annotation.is_empty(), answer.as_object_mut()) {
-        object.insert("annotation".into(), render::annotation(branch));
-    }
-    ok(answer)
+    // AnnotationResponse requires `annotation`, annotated or not.
+    ok(json!({
+        "branch": render::branch(&project.id, branch, &now),
+        "annotation": render::annotation(branch),
+    }))
 }
 
 async fn delete_branch(
@@ -515,9 +515,12 @@ async fn delete_endpoint(
     Path((project_id, endpoint_id)): Path<(String, String)>,
 ) -> Answer {
     change_project(&shared, &project_id, |c| {
-        let (endpoint, operations) =
+        let Some((endpoint, operations)) =
             c.project
-                .delete_endpoint(c.ids, &c.now, c.op, &endpoint_id)?;
+                .delete_endpoint(c.ids, &c.now, c.op, &endpoint_id)?
+        else {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        };
         let endpoint = render::endpoint(c.project, &endpoint, &c.now);
         ok(c.answer("endpoint", endpoint, &operations))
     })

@@ -763,15 +763,19 @@ impl Project {
     }
 
     /// `DELETE /projects/{p}/endpoints/{e}`: the endpoint as it was, and
-    /// the operations that suspend it.
+    /// the operations that suspend it; `None` when it is not there.
     pub(crate) fn delete_endpoint(
         &mut self,
         ids: &mut Ids,
         now: &Now,
         op_duration: Duration,
         endpoint_id: &str,
-    ) -> Result<(Endpoint, Vec<usize>), NeonError> {
-        let branch_id = self.endpoint(endpoint_id)?.branch_id.clone();
+    ) -> Result<Option<(Endpoint, Vec<usize>)>, NeonError> {
+        // deleteProjectEndpoint: 204 "if the endpoint doesn't exist or has
+        // already been deleted", so absence is not an error.
+        let Some(branch_id) = self.endpoints.get(endpoint_id).map(|e| e.branch_id.clone()) else {
+            return Ok(None);
+        };
         self.check_unlocked(now)?;
         let operations = self.schedule(
             ids,
@@ -783,7 +787,7 @@ impl Project {
             .endpoints
             .remove(endpoint_id)
             .ok_or_else(|| NeonError::not_found("endpoint not found"))?;
-        Ok((endpoint, operations))
+        Ok(Some((endpoint, operations)))
     }
 
     /// `PATCH /projects/{p}/endpoints/{e}`: only `disabled` is modelled.

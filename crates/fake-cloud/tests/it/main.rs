@@ -219,6 +219,39 @@ impl Cloud {
         )
     }
 
+    /// A Fly call carrying `fly-machine-lease-nonce: <nonce>`.
+    async fn fly_leased(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        nonce: &str,
+    ) -> Reply {
+        let url = format!("{}{path}", self.fake.fly_url());
+        let mut request = self
+            .http
+            .request(method, &url)
+            .header("fly-machine-lease-nonce", nonce);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            retry_after: None,
+            body,
+        }
+    }
+
     /// Create a machine; returns the reply.
     async fn machine(&self, app: &str, body: Value) -> Reply {
         self.fly(Method::POST, &format!("/apps/{app}/machines"), Some(body))
@@ -367,6 +400,34 @@ async fn deleting_a_leaf_branch_twice_answers_204_the_second_time() {
         Some(1),
         "the leaf's endpoint went with it"
     );
+}
+
+#[tokio::test]
+async fn deleting_an_endpoint_that_is_already_gone_answers_204() {
+    // deleteProjectEndpoint: 204 "if the endpoint doesn't exist or has
+    // already been deleted".
+    let cloud = fast_cloud().await;
+    let (project, main) = cloud.project().await;
+    let leaf = cloud.branch(&project, &main, "leaf").await;
+    let listed = cloud
+        .neon_get(&format!("/projects/{project}/branches/{leaf}/endpoints"))
+        .await;
+    let endpoint = text(&listed.body["endpoints"][0]["id"]);
+    let path = format!("/projects/{project}/endpoints/{endpoint}");
+    let first = cloud.neon_delete(&path).await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    assert_eq!(first.body["endpoint"]["id"], endpoint.as_str());
+    assert!(first.body["operations"].is_array());
+    cloud.finish(&project, &first.body).await;
+    let again = cloud.neon_delete(&path).await;
+    assert_eq!(again.status, StatusCode::NO_CONTENT, "{:?}", again.body);
+    assert_eq!(again.body, Value::Null);
+    let never = cloud
+        .neon_delete(&format!(
+            "/projects/{project}/endpoints/ep-never-was-12345678"
+        ))
+        .await;
+    assert_eq!(never.status, StatusCode::NO_CONTENT);
 }
 
 #[tokio::test]
@@ -598,6 +659,31 @@ async fn annotations_are_returned_with_the_branch() {
     assert_eq!(
         listed.body["annotations"][&branch]["value"]["rekey_run"],
         "r1"
+    );
+}
+
+#[tokio::test]
+async fn get_branch_always_carries_the_required_annotation_object() {
+    // getProjectBranch answers BranchResponse + AnnotationResponse, and
+    // AnnotationResponse requires `annotation` (AnnotationData: required
+    // `object` and `value`), annotated or not.
+    let cloud = fast_cloud().await;
+    let (project, main) = cloud.project().await;
+    let plain = cloud.branch(&project, &main, "plain").await;
+    let got = cloud
+        .neon_get(&format!("/projects/{project}/branches/{plain}"))
+        .await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.body["annotation"]["value"], json!({}));
+    assert_eq!(got.body["annotation"]["object"]["id"], plain.as_str());
+    assert_eq!(got.body["annotation"]["object"]["type"], "console/branch");
+    let listed = cloud
+        .neon_get(&format!("/projects/{project}/branches"))
+        .await;
+    assert!(
+        listed.body["annotations"].is_object(),
+        "listProjectBranches requires the annotations map: {:?}",
+        listed.body
     );
 }
 
@@ -875,6 +961,286 @@ async fn wait_on_an_unknown_machine_is_404_unless_waiting_for_destroyed() {
 }
 
 #[tokio::test]
+async fn stop_takes_an_optional_signal_and_timeout_body() {
+    // Machines_stop: optional StopRequest {signal, timeout}.
+    let cloud = fast_cloud().await;
+    cloud.app("tenant-1").await;
+    let id = cloud.nginx_machine("tenant-1").await;
+    let stop = format!("/apps/tenant-1/machines/{id}/stop");
+    let stopped = cloud
+        .fly(
+            Method::POST,
+            &stop,
+            Some(json!({"signal": "SIGTERM", "timeout": "10s"})),
+        )
+        .await;
+    assert_eq!(stopped.status, StatusCode::OK, "{:?}", stopped.body);
+    assert_eq!(stopped.body, json!({"ok": true}));
+    let url = format!("{}{stop}", cloud.fake.fly_url());
+    let malformed = cloud
+        .http
+        .post(url)
+        .header("content-type", "application/json")
+        .body("{\"signal\": 9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+}
+
+// ---------------------------------------------------------------- Fly leases
+
+/// A started machine with a lease of `ttl` seconds on it; returns (id, nonce).
+async fn leased_machine(cloud: &Cloud, ttl: u64) -> (String, String) {
+    cloud.app("tenant-1").await;
+    let id = cloud.nginx_machine("tenant-1").await;
+    let lease = cloud
+        .fly(
+            Method::POST,
+            &format!("/apps/tenant-1/machines/{id}/lease"),
+            Some(json!({"ttl": ttl, "description": "rekey run 7"})),
+        )
+        .await;
+    assert_eq!(lease.status, StatusCode::OK, "{:?}", lease.body);
+    (id, text(&lease.body["nonce"]))
+}
+
+#[tokio::test]
+async fn a_lease_is_taken_shown_and_released_only_with_its_nonce() {
+    let cloud = fast_cloud().await;
+    let before = chrono_now();
+    let (id, nonce) = leased_machine(&cloud, 30).await;
+    let path = format!("/apps/tenant-1/machines/{id}/lease");
+    let shown = cloud.fly_get(&path).await;
+    assert_eq!(shown.status, StatusCode::OK);
+    // The OpenAPI `Lease`: nonce, expires_at (Unix seconds), owner, description.
+    assert_eq!(shown.body["nonce"], nonce.as_str());
+    assert_eq!(shown.body["description"], "rekey run 7");
+    assert!(shown.body["owner"].is_string());
+    let expires = shown.body["expires_at"].as_i64().unwrap();
+    assert!(
+        expires >= before + 29 && expires <= before + 32,
+        "{expires} vs {before}"
+    );
+    let bare = cloud.fly_delete(&path).await;
+    assert_eq!(
+        bare.status,
+        StatusCode::BAD_REQUEST,
+        "release needs the nonce"
+    );
+    let wrong = cloud
+        .fly_leased(Method::DELETE, &path, None, "not-the-nonce")
+        .await;
+    assert_eq!(wrong.status, StatusCode::BAD_REQUEST);
+    let released = cloud.fly_leased(Method::DELETE, &path, None, &nonce).await;
+    assert_eq!(released.status, StatusCode::OK);
+    assert_eq!(cloud.fly_get(&path).await.status, StatusCode::NOT_FOUND);
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test]
+async fn a_leased_machine_refuses_changes_without_the_lease_nonce() {
+    let cloud = fast_cloud().await;
+    let (id, nonce) = leased_machine(&cloud, 30).await;
+    let machine = format!("/apps/tenant-1/machines/{id}");
+    let stop = format!("{machine}/stop");
+    let refused = cloud.fly(Method::POST, &stop, None).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{:?}", refused.body);
+    assert!(
+        !text(&refused.body["error"]).contains(&nonce),
+        "never echo a nonce"
+    );
+    let other = cloud
+        .fly_leased(Method::POST, &stop, None, "someone-elses")
+        .await;
+    assert_eq!(other.status, StatusCode::CONFLICT);
+    let force = format!("{machine}?force=true");
+    assert_eq!(cloud.fly_delete(&force).await.status, StatusCode::CONFLICT);
+    let steal = cloud
+        .fly(
+            Method::POST,
+            &format!("{machine}/lease"),
+            Some(json!({"ttl": 5})),
+        )
+        .await;
+    assert_eq!(
+        steal.status,
+        StatusCode::CONFLICT,
+        "a second lease is refused"
+    );
+    assert_eq!(cloud.fly_get(&machine).await.body["state"], "started");
+    let stopped = cloud.fly_leased(Method::POST, &stop, None, &nonce).await;
+    assert_eq!(stopped.status, StatusCode::OK);
+    let destroyed = cloud.fly_leased(Method::DELETE, &force, None, &nonce).await;
+    assert_eq!(destroyed.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_lease_is_renewed_by_taking_it_again_with_its_nonce() {
+    let cloud = fast_cloud().await;
+    let (id, nonce) = leased_machine(&cloud, 5).await;
+    let path = format!("/apps/tenant-1/machines/{id}/lease");
+    let first = cloud.fly_get(&path).await.body["expires_at"]
+        .as_i64()
+        .unwrap();
+    let renewed = cloud
+        .fly_leased(Method::POST, &path, Some(json!({"ttl": 120})), &nonce)
+        .await;
+    assert_eq!(renewed.status, StatusCode::OK, "{:?}", renewed.body);
+    assert_eq!(renewed.body["nonce"], nonce.as_str(), "the same lease");
+    assert!(renewed.body["expires_at"].as_i64().unwrap() >= first + 100);
+}
+
+#[tokio::test]
+async fn a_lease_lapses_after_its_ttl() {
+    let cloud = fast_cloud().await;
+    let (id, _nonce) = leased_machine(&cloud, 1).await;
+    let path = format!("/apps/tenant-1/machines/{id}/lease");
+    tokio::time::sleep(millis(1100)).await;
+    assert_eq!(cloud.fly_get(&path).await.status, StatusCode::NOT_FOUND);
+    let stop = format!("/apps/tenant-1/machines/{id}/stop");
+    assert_eq!(
+        cloud.fly(Method::POST, &stop, None).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_lease_taken_at_create_returns_its_nonce_on_the_machine() {
+    // Machine.nonce: "only ever returned on machine creation if a
+    // lease_duration was provided".
+    let cloud = fast_cloud().await;
+    cloud.app("tenant-1").await;
+    let created = cloud
+        .machine(
+            "tenant-1",
+            json!({"lease_ttl": 30, "config": {"image": "nginx"}}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::OK);
+    let nonce = text(&created.body["nonce"]);
+    let id = text(&created.body["id"]);
+    let got = cloud
+        .fly_get(&format!("/apps/tenant-1/machines/{id}"))
+        .await;
+    assert!(
+        got.body.get("nonce").is_none(),
+        "only the create answer has it"
+    );
+    let force = format!("/apps/tenant-1/machines/{id}?force=true");
+    assert_eq!(cloud.fly_delete(&force).await.status, StatusCode::CONFLICT);
+    let plain = text(
+        &cloud
+            .machine("tenant-1", json!({"config": {"image": "nginx"}}))
+            .await
+            .body["id"],
+    );
+    assert_ne!(plain, id);
+    let destroyed = cloud.fly_leased(Method::DELETE, &force, None, &nonce).await;
+    assert_eq!(destroyed.status, StatusCode::OK);
+}
+
+// ---------------------------------------------------------------- Fly health checks
+
+fn machine_with_checks() -> Value {
+    json!({"config": {"image": "nginx", "checks": {
+        "alive": {"type": "tcp", "port": 8080, "interval": "5s", "timeout": "2s"},
+        "health": {"type": "http", "port": 8080, "path": "/health", "method": "GET"},
+    }}})
+}
+
+#[tokio::test]
+async fn health_checks_are_critical_until_the_machine_is_started_then_passing() {
+    let cloud = cloud(FakeConfig {
+        boot_duration: millis(300),
+        ..FakeConfig::default()
+    })
+    .await;
+    cloud.app("tenant-1").await;
+    let created = cloud.machine("tenant-1", machine_with_checks()).await;
+    assert_eq!(created.status, StatusCode::OK, "{:?}", created.body);
+    let checks = created.body["checks"].as_array().cloned().unwrap();
+    let names: Vec<String> = checks.iter().map(|c| text(&c["name"])).collect();
+    assert_eq!(names, ["alive", "health"]);
+    assert!(
+        checks.iter().all(|c| c["status"] == "critical"),
+        "{checks:?}"
+    );
+    let id = text(&created.body["id"]);
+    let wait = cloud
+        .fly_get(&format!(
+            "/apps/tenant-1/machines/{id}/wait?state=started&timeout=10"
+        ))
+        .await;
+    assert_eq!(wait.status, StatusCode::OK);
+    let got = cloud
+        .fly_get(&format!("/apps/tenant-1/machines/{id}"))
+        .await;
+    let checks = got.body["checks"].as_array().cloned().unwrap();
+    assert_eq!(checks.len(), 2);
+    for check in &checks {
+        // CheckStatus: name, status, output, updated_at.
+        assert_eq!(check["status"], "passing", "{check}");
+        assert!(check["output"].is_string() && check["updated_at"].is_string());
+    }
+    let plain = cloud.nginx_machine("tenant-1").await;
+    let got = cloud
+        .fly_get(&format!("/apps/tenant-1/machines/{plain}"))
+        .await;
+    assert_eq!(
+        got.body["checks"],
+        json!([]),
+        "no config.checks, no statuses"
+    );
+}
+
+#[tokio::test]
+async fn health_checks_stay_critical_when_the_fake_is_told_they_fail() {
+    let cloud = fast_cloud().await;
+    let set = cloud
+        .admin(
+            Method::POST,
+            "/config",
+            Some(json!({"failing_checks": true})),
+        )
+        .await;
+    assert_eq!(set.status, StatusCode::OK);
+    assert_eq!(set.body["failing_checks"], true);
+    cloud.app("tenant-1").await;
+    let id = text(&cloud.machine("tenant-1", machine_with_checks()).await.body["id"]);
+    let got = cloud
+        .fly_get(&format!("/apps/tenant-1/machines/{id}"))
+        .await;
+    assert_eq!(got.body["state"], "started");
+    let statuses: Vec<Value> = got.body["checks"]
+        .as_array()
+        .map(|cs| cs.iter().map(|c| c["status"].clone()).collect())
+        .unwrap_or_default();
+    assert_eq!(statuses, [json!("critical"), json!("critical")]);
+    let listed = cloud.fly_get("/apps/tenant-1/machines").await;
+    assert_eq!(listed.body[0]["checks"][0]["status"], "critical");
+}
+
+#[tokio::test]
+async fn config_checks_must_be_an_object_of_named_checks() {
+    let cloud = fast_cloud().await;
+    cloud.app("tenant-1").await;
+    let reply = cloud
+        .machine(
+            "tenant-1",
+            json!({"config": {"image": "nginx", "checks": ["tcp"]}}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
 async fn a_taken_app_name_is_422_name_taken() {
     let cloud = fast_cloud().await;
     cloud.app("tenant-1").await;
@@ -993,6 +1359,234 @@ async fn a_429_carries_no_retry_after_when_switched_off() {
     assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(limited.retry_after, None);
     assert!(limited.body["error"].is_string());
+}
+
+// ------------------------------------------------- the vendors' documented rate limits
+//
+// A token bucket refuses only once it is empty, and it refills at a known
+// rate: these tests assert that a burst passes, and bound from below how
+// many of the calls beyond it are refused given the time they took, so a
+// slow machine weakens them but cannot make them fail.
+
+fn vendor_limited(limits: fake_cloud::VendorLimits) -> FakeConfig {
+    FakeConfig {
+        vendor_limits: Some(limits),
+        retry_after: true,
+        ..FakeConfig::default()
+    }
+}
+
+/// At least how many of `beyond` calls past a burst a bucket refilling
+/// `per_second` must have refused within `elapsed`.
+fn must_refuse(beyond: usize, per_second: f64, elapsed: Duration) -> usize {
+    let refilled = (per_second * elapsed.as_secs_f64()).ceil() as usize + 1;
+    beyond.saturating_sub(refilled)
+}
+
+#[tokio::test]
+async fn vendor_limits_are_off_by_default() {
+    let cloud = fast_cloud().await;
+    cloud.app("tenant-1").await;
+    let id = cloud.nginx_machine("tenant-1").await;
+    for _ in 0..10 {
+        let stop = cloud
+            .fly(
+                Method::POST,
+                &format!("/apps/tenant-1/machines/{id}/stop"),
+                None,
+            )
+            .await;
+        assert_eq!(stop.status, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn neon_limits_bursts_to_40_requests_a_second_per_route() {
+    let cloud = cloud(vendor_limited(fake_cloud::VendorLimits::default())).await;
+    let (project, main) = cloud.project().await;
+    let path = format!("/projects/{project}/branches/{main}");
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    for _ in 0..120 {
+        statuses.push(cloud.neon_get(&path).await.status.as_u16());
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        statuses[..40].iter().all(|&s| s == 200),
+        "the burst passes: {statuses:?}"
+    );
+    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    assert!(
+        limited >= must_refuse(80, 40.0, elapsed),
+        "{limited} in {elapsed:?}"
+    );
+    let other = cloud.neon_get(&format!("/projects/{project}")).await;
+    assert_eq!(
+        other.status,
+        StatusCode::OK,
+        "another route has its own bucket"
+    );
+}
+
+#[tokio::test]
+async fn neon_limits_requests_per_minute_per_account_across_routes() {
+    let cloud = cloud(vendor_limited(fake_cloud::VendorLimits {
+        neon_per_minute: 60,
+        ..fake_cloud::VendorLimits::default()
+    }))
+    .await;
+    let (project, main) = cloud.project().await;
+    let routes = [
+        format!("/projects/{project}"),
+        format!("/projects/{project}/branches/{main}"),
+    ];
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for i in 0..69 {
+        let reply = cloud.neon_get(&routes[i % 2]).await;
+        if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            retry_after = reply.retry_after.clone();
+            assert_eq!(reply.body["message"], "rate limit exceeded");
+        }
+        statuses.push(reply.status.as_u16());
+    }
+    let elapsed = started.elapsed();
+    // 1 create + 59 gets spend the minute; no route is past its 40 burst.
+    assert!(statuses[..59].iter().all(|&s| s == 200), "{statuses:?}");
+    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    assert!(
+        limited >= must_refuse(10, 1.0, elapsed),
+        "{limited} in {elapsed:?}"
+    );
+    assert!(retry_after.is_some());
+}
+
+#[tokio::test]
+async fn fly_limits_each_action_to_1_a_second_with_bursts_of_3_per_machine() {
+    let cloud = cloud(vendor_limited(fake_cloud::VendorLimits::default())).await;
+    cloud.app("tenant-1").await;
+    let first = cloud.nginx_machine("tenant-1").await;
+    let second = cloud.nginx_machine("tenant-1").await;
+    let stop = |id: &str| format!("/apps/tenant-1/machines/{id}/stop");
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..10 {
+        let reply = cloud.fly(Method::POST, &stop(&first), None).await;
+        if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            retry_after = reply.retry_after.clone();
+            assert!(reply.body["error"].is_string());
+        }
+        statuses.push(reply.status.as_u16());
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(statuses[..3], [200, 200, 200], "the burst passes");
+    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    assert!(
+        limited >= must_refuse(7, 1.0, elapsed),
+        "{statuses:?} in {elapsed:?}"
+    );
+    assert!(limited > 0 || elapsed > Duration::from_secs(5));
+    if limited > 0 {
+        assert_eq!(retry_after.as_deref(), Some("1"));
+    }
+    let other = cloud.fly(Method::POST, &stop(&second), None).await;
+    assert_eq!(
+        other.status,
+        StatusCode::OK,
+        "another machine has its own bucket"
+    );
+}
+
+#[tokio::test]
+async fn fly_limits_creates_to_1_a_second_with_bursts_of_3_per_app() {
+    let cloud = cloud(vendor_limited(fake_cloud::VendorLimits::default())).await;
+    cloud.app("tenant-1").await;
+    cloud.app("tenant-2").await;
+    let body = json!({"config": {"image": "nginx"}});
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(
+            cloud
+                .machine("tenant-1", body.clone())
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(statuses[..3], [200, 200, 200]);
+    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    assert!(
+        limited >= must_refuse(5, 1.0, elapsed),
+        "{statuses:?} in {elapsed:?}"
+    );
+    let other = cloud.machine("tenant-2", body).await;
+    assert_eq!(
+        other.status,
+        StatusCode::OK,
+        "another app has its own bucket"
+    );
+}
+
+#[tokio::test]
+async fn fly_limits_get_machine_to_5_a_second_with_bursts_of_10() {
+    let cloud = cloud(vendor_limited(fake_cloud::VendorLimits::default())).await;
+    cloud.app("tenant-1").await;
+    let id = cloud.nginx_machine("tenant-1").await;
+    let path = format!("/apps/tenant-1/machines/{id}");
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        statuses.push(cloud.fly_get(&path).await.status.as_u16());
+    }
+    let elapsed = started.elapsed();
+    assert!(statuses[..10].iter().all(|&s| s == 200), "{statuses:?}");
+    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    assert!(
+        limited >= must_refuse(20, 5.0, elapsed),
+        "{statuses:?} in {elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn vendor_limits_can_be_switched_on_over_http() {
+    let cloud = fast_cloud().await;
+    let on = cloud
+        .admin(
+            Method::POST,
+            "/config",
+            Some(json!({"vendor_limits": true})),
+        )
+        .await;
+    assert_eq!(on.body["vendor_limits"], true);
+    cloud.app("tenant-1").await;
+    let id = cloud.nginx_machine("tenant-1").await;
+    let stop = format!("/apps/tenant-1/machines/{id}/stop");
+    let mut statuses = Vec::new();
+    let started = Instant::now();
+    for _ in 0..6 {
+        statuses.push(cloud.fly(Method::POST, &stop, None).await.status.as_u16());
+    }
+    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    assert!(
+        limited >= must_refuse(3, 1.0, started.elapsed()),
+        "{statuses:?}"
+    );
+    let off = cloud
+        .admin(
+            Method::POST,
+            "/config",
+            Some(json!({"vendor_limits": false})),
+        )
+        .await;
+    assert_eq!(off.body["vendor_limits"], false);
+    assert_eq!(
+        cloud.fly(Method::POST, &stop, None).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]

@@ -1,18 +1,21 @@
 //! The Fly Machines API client: get, list, create, wait, stop and destroy
-//! machines, create apps (docs/cloud-apis.md, "Fly Machines API"), over the shared policy in
-//! `http.rs`, plus the one place that turns an old machine's config into
-//! its replacement's.
+//! machines, a graceful stop-then-destroy, waiting for a machine's health
+//! checks, machine leases (take, renew, release; the nonce sent on every
+//! change to a leased machine), and create apps (docs/cloud-apis.md, "Fly
+//! Machines API"), over the shared policy in `http.rs`, plus the one place
+//! that turns an old machine's config into its replacement's.
 //!
 //! Fly has no idempotency key on machine create, so every machine this tool
 //! creates carries a unique `rekey_item` tag in `config.metadata`. Before a
-//! create, and after any answer that leaves it unclear whether the create
-//! landed, the machines with that tag are listed and an existing one is
-//! adopted instead of making a second. Machine configs hold `DATABASE_URL`
+//! create, and after any failed one (whatever the status: Fly documents
+//! none for a taken name), the machines with that tag are listed and an
+//! existing one is adopted instead of making a second. Machine configs hold `DATABASE_URL`
 //! in plain text, so they live in [`MachineConfig`], which is zeroized on
 //! drop and prints only its key names. Neon is in `neon.rs`.
 
 use std::time::Duration;
 
+use reqwest::header::HeaderValue;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
@@ -28,6 +31,13 @@ pub const ITEM_TAG: &str = "rekey_item";
 
 /// Fly's `/wait` holds a request at most this long (docs/cloud-apis.md).
 const MAX_WAIT_SECS: u64 = 60;
+
+/// The header that proves a caller holds a machine's lease (Fly docs,
+/// "Machine leases").
+pub const LEASE_NONCE_HEADER: &str = "fly-machine-lease-nonce";
+
+/// Longest pause between two looks at a machine's health checks.
+const MAX_HEALTH_POLL: Duration = Duration::from_secs(5);
 
 /// Options of a [`FlyClient`].
 #[derive(Debug, Clone)]
@@ -185,6 +195,60 @@ impl Machine {
     }
 }
 
+/// `request` with `lease`'s nonce header, when there is a lease.
+fn with_lease(request: ApiRequest, lease: Option<&Lease>) -> Result<ApiRequest, CloudError> {
+    match lease {
+        Some(lease) => Ok(request.header(LEASE_NONCE_HEADER, lease.header()?)),
+        None => Ok(request),
+    }
+}
+
+fn not_healthy(app: &str, id: &str, reason: &str) -> CloudError {
+    CloudError::NotHealthy {
+        app: app.to_string(),
+        machine: id.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// `None` when the machine is healthy; otherwise why not yet, as check
+/// names and statuses. An error when it can no longer become healthy.
+fn health_verdict(app: &str, machine: &Machine) -> Result<Option<String>, CloudError> {
+    let hopeless = |state: &str| {
+        not_healthy(
+            app,
+            &machine.id,
+            &format!("it is {state}, and nothing will start it again"),
+        )
+    };
+    match machine.state.as_str() {
+        "started" => {}
+        state @ ("stopped" | "failed" | "destroyed" | "destroying" | "suspended") => {
+            return Err(hopeless(state));
+        }
+        state => return Ok(Some(format!("state {state}"))),
+    }
+    let configured: Vec<&str> = machine
+        .config
+        .as_ref()
+        .and_then(|c| c.expose().get("checks"))
+        .and_then(Value::as_object)
+        .map(|checks| checks.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    let mut waiting: Vec<String> = Vec::new();
+    for name in configured {
+        let status = machine
+            .checks
+            .iter()
+            .find(|c| c.name == name)
+            .map_or("not reported yet", |c| c.status.as_str());
+        if status != "passing" {
+            waiting.push(format!("{name}: {status}"));
+        }
+    }
+    Ok((!waiting.is_empty()).then(|| waiting.join(", ")))
+}
+
 /// The object at `config[key]`, created empty when absent; `None` when
 /// something else is there.
 fn object_entry<'a>(
@@ -195,6 +259,86 @@ fn object_entry<'a>(
         .entry(key)
         .or_insert_with(|| Value::Object(Map::new()))
         .as_object_mut()
+}
+
+/// A lease on one machine (`Lease` in the Fly OpenAPI). While it is live,
+/// changes to the machine must carry its nonce, which the `FlyClient`
+/// calls that take a `lease` send. `Debug` does not print the nonce: it is
+/// what lets a caller change the machine.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+pub struct Lease {
+    nonce: String,
+    /// Unix seconds (UTC) at which the lease lapses.
+    #[serde(default)]
+    pub expires_at: i64,
+    #[serde(default)]
+    pub owner: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("nonce", &"<hidden>")
+            .field("expires_at", &self.expires_at)
+            .field("owner", &self.owner)
+            .field("description", &self.description)
+            .finish()
+    }
+}
+
+impl Lease {
+    /// The `fly-machine-lease-nonce` value.
+    fn header(&self) -> Result<HeaderValue, CloudError> {
+        HeaderValue::from_str(&self.nonce).map_err(|_| CloudError::Config {
+            api: Api::Fly,
+            message: "Fly returned a lease nonce that cannot be sent as a header".to_string(),
+        })
+    }
+}
+
+/// A lease answer: the OpenAPI documents the bare `Lease`, the prose docs
+/// wrap it as `{"status": "success", "data": Lease}`; either is read.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LeaseBody {
+    Wrapped { data: Lease },
+    Bare(Lease),
+}
+
+impl LeaseBody {
+    fn into_lease(self) -> Lease {
+        match self {
+            LeaseBody::Wrapped { data } | LeaseBody::Bare(data) => data,
+        }
+    }
+}
+
+/// How to stop a machine (`StopRequest`): the signal to send first (Fly
+/// defaults to SIGINT, or the image's stop signal) and how long to wait
+/// before SIGKILL. `None` leaves either to Fly.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StopOptions {
+    pub signal: Option<String>,
+    pub timeout: Option<Duration>,
+}
+
+impl StopOptions {
+    fn body(&self) -> Value {
+        let mut body = Map::new();
+        if let Some(signal) = &self.signal {
+            body.insert("signal".to_string(), json!(signal));
+        }
+        if let Some(timeout) = self.timeout {
+            // A Go duration string, as `StopRequest.timeout` is typed.
+            body.insert(
+                "timeout".to_string(),
+                json!(format!("{}s", timeout.as_secs())),
+            );
+        }
+        Value::Object(body)
+    }
 }
 
 /// What to create. `config.metadata` must carry [`ITEM_TAG`].
@@ -310,9 +454,13 @@ impl FlyClient {
 
     /// Creates a machine, or adopts the one an earlier attempt made: the
     /// machines tagged with the config's [`ITEM_TAG`] value are listed
-    /// before posting, and again after a 5xx, a timeout, a lost connection,
-    /// a 409 or a 422. Two live machines with one tag is an error, not a
-    /// choice this client makes.
+    /// before posting, and again after any failed post. What
+    /// `Machines_create` answers for a taken name is not documented, so no
+    /// status is read as "it exists": only the listing by tag decides. A
+    /// refusal with nothing tagged is returned as it came; an ambiguous
+    /// failure (5xx, timeout, lost connection) with nothing tagged is posted
+    /// again. Two live machines with one tag is an error, not a choice this
+    /// client makes.
     pub async fn create_machine(
         &self,
         app: &str,
@@ -344,9 +492,10 @@ impl FlyClient {
             self.http.send(request).await?.json::<Machine>()
         };
         let lookup = || self.find_tagged(app, tag);
-        let conflict = |e: &CloudError| matches!(e.status(), Some(409 | 422));
+        // Every refusal, whatever its code, is checked against the listing.
+        let refused = |e: &CloudError| e.status().is_some_and(|s| (400..500).contains(&s));
         self.http
-            .create_with_recovery(post, lookup, conflict, self.lookup_settle)
+            .create_with_recovery(post, lookup, refused, self.lookup_settle)
             .await
     }
 
@@ -424,9 +573,27 @@ impl FlyClient {
         }
     }
 
-    /// Asks the machine to stop; wait for `stopped` with its `instance_id`.
+    /// Asks the machine to stop with Fly's default signal and timeout;
+    /// wait for `stopped` with its `instance_id`.
     pub async fn stop_machine(&self, app: &str, id: &str) -> Result<(), CloudError> {
-        let request = ApiRequest::post(&["apps", app, "machines", id, "stop"]).repeatable();
+        self.stop_machine_with(app, id, &StopOptions::default(), None)
+            .await
+    }
+
+    /// Asks the machine to stop (`Machines_stop`, body `StopRequest`),
+    /// sending `lease`'s nonce when given. A repeated stop is harmless, so
+    /// it is retried like a GET.
+    pub async fn stop_machine_with(
+        &self,
+        app: &str,
+        id: &str,
+        stop: &StopOptions,
+        lease: Option<&Lease>,
+    ) -> Result<(), CloudError> {
+        let request = ApiRequest::post(&["apps", app, "machines", id, "stop"])
+            .json(&stop.body())
+            .repeatable();
+        let request = with_lease(request, lease)?;
         self.http.send(request).await.map(|_| ())
     }
 
@@ -437,8 +604,144 @@ impl FlyClient {
         id: &str,
         force: bool,
     ) -> Result<Removal, CloudError> {
+        self.destroy_machine_with(app, id, force, None).await
+    }
+
+    /// [`FlyClient::destroy_machine`], sending `lease`'s nonce when given.
+    pub async fn destroy_machine_with(
+        &self,
+        app: &str,
+        id: &str,
+        force: bool,
+        lease: Option<&Lease>,
+    ) -> Result<Removal, CloudError> {
         let request =
             ApiRequest::delete(&["apps", app, "machines", id]).query("force", force.to_string());
+        let request = with_lease(request, lease)?;
+        match self.http.send(request).await {
+            Ok(_) => Ok(Removal::Removed),
+            Err(e) if e.is_not_found() => Ok(Removal::AlreadyGone),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stops the machine gracefully, waits until it is `stopped`, then
+    /// destroys it without `force`, so the tenant's app gets its signal
+    /// and its `timeout` to shut down instead of being killed. A machine
+    /// already gone is [`Removal::AlreadyGone`]; one already stopped is
+    /// not stopped again. `lease`'s nonce goes with every change.
+    pub async fn stop_then_destroy(
+        &self,
+        app: &str,
+        id: &str,
+        stop: &StopOptions,
+        lease: Option<&Lease>,
+        deadline: Instant,
+    ) -> Result<Removal, CloudError> {
+        let Some(machine) = self.get_machine(app, id).await? else {
+            return Ok(Removal::AlreadyGone);
+        };
+        match machine.state.as_str() {
+            "destroyed" | "destroying" => return Ok(Removal::AlreadyGone),
+            "stopped" => {}
+            _ => {
+                self.stop_machine_with(app, id, stop, lease).await?;
+                // `/wait` for `stopped` needs the version it watches.
+                let instance = machine.instance_id.as_deref();
+                self.wait_for_state(app, id, WaitState::Stopped, instance, deadline)
+                    .await?;
+            }
+        }
+        self.destroy_machine_with(app, id, false, lease).await
+    }
+
+    /// Waits until the machine is `started` and, when its config has health
+    /// checks (`config.checks`), until every check reports `passing`
+    /// (`Machine.checks`, `CheckStatus`), looking at most `timeout` long.
+    /// A machine that is gone, or stopped, failed or destroyed, will not
+    /// get there: [`CloudError::NotHealthy`] at once. Check `output` is the
+    /// tenant app's free text and is never put into an error.
+    pub async fn wait_healthy(
+        &self,
+        app: &str,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Machine, CloudError> {
+        let deadline = Instant::now() + timeout;
+        let options = self.http.options();
+        // Polled with the policy's back-off, capped so a check that turns
+        // green is seen within a few seconds.
+        let cap = options
+            .max_backoff
+            .min(MAX_HEALTH_POLL)
+            .max(options.min_backoff);
+        let mut pause = options.min_backoff;
+        loop {
+            let Some(machine) = self.get_machine(app, id).await? else {
+                return Err(not_healthy(app, id, "the machine does not exist"));
+            };
+            let Some(reason) = health_verdict(app, &machine)? else {
+                return Ok(machine);
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(CloudError::DeadlinePassed {
+                    what: format!(
+                        "waiting for Fly machine {id} in app {app} to be healthy ({reason})"
+                    ),
+                });
+            }
+            tokio::time::sleep(pause.min(remaining)).await;
+            pause = (pause * 2).min(cap);
+        }
+    }
+
+    /// Takes a lease on the machine for `ttl` (whole seconds, at least 1).
+    /// Not repeated after an ambiguous failure: a lease that was granted
+    /// but whose answer was lost cannot be used without its nonce, and a
+    /// second request would be refused until it lapses. A machine leased
+    /// by someone else is refused (Fly docs: 409).
+    pub async fn acquire_lease(
+        &self,
+        app: &str,
+        id: &str,
+        ttl: Duration,
+        description: &str,
+    ) -> Result<Lease, CloudError> {
+        let body = json!({ "ttl": ttl.as_secs().max(1), "description": description });
+        let request = ApiRequest::post(&["apps", app, "machines", id, "lease"]).json(&body);
+        let answer: LeaseBody = self.http.send(request).await?.json()?;
+        Ok(answer.into_lease())
+    }
+
+    /// Extends `lease` by `ttl` from now: the same call as taking it, with
+    /// its nonce, as flyctl refreshes. Repeating it is harmless.
+    pub async fn renew_lease(
+        &self,
+        app: &str,
+        id: &str,
+        lease: &Lease,
+        ttl: Duration,
+    ) -> Result<Lease, CloudError> {
+        let body = json!({ "ttl": ttl.as_secs().max(1), "description": lease.description });
+        let request = ApiRequest::post(&["apps", app, "machines", id, "lease"])
+            .json(&body)
+            .repeatable()
+            .header(LEASE_NONCE_HEADER, lease.header()?);
+        let answer: LeaseBody = self.http.send(request).await?.json()?;
+        Ok(answer.into_lease())
+    }
+
+    /// Gives the lease back. A 404 means no lease is held any more (it
+    /// lapsed, or an earlier release landed): [`Removal::AlreadyGone`].
+    pub async fn release_lease(
+        &self,
+        app: &str,
+        id: &str,
+        lease: &Lease,
+    ) -> Result<Removal, CloudError> {
+        let request = ApiRequest::delete(&["apps", app, "machines", id, "lease"])
+            .header(LEASE_NONCE_HEADER, lease.header()?);
         match self.http.send(request).await {
             Ok(_) => Ok(Removal::Removed),
             Err(e) if e.is_not_found() => Ok(Removal::AlreadyGone),

@@ -218,6 +218,14 @@ pub enum CloudError {
     },
     #[error("{what}: deadline passed")]
     DeadlinePassed { what: String },
+    /// A Fly machine that cannot pass its health checks any more (it is
+    /// gone, or stopped for good), so waiting longer is pointless.
+    #[error("Fly machine {machine} in app {app} will not become healthy: {reason}")]
+    NotHealthy {
+        app: String,
+        machine: String,
+        reason: String,
+    },
     /// A resource with the name we asked for exists but is not the one we
     /// would have created (other parent, other tag): never adopt it.
     #[error("{api}: {what}")]
@@ -305,6 +313,8 @@ pub struct ApiRequest {
     method: Method,
     segments: Vec<String>,
     query: Vec<(String, String)>,
+    /// Extra headers (Fly's lease nonce), all marked sensitive.
+    headers: Vec<(&'static str, HeaderValue)>,
     body: Option<Zeroizing<Vec<u8>>>,
     repeatable: bool,
     final_statuses: Vec<u16>,
@@ -320,6 +330,7 @@ impl ApiRequest {
                 .map(std::string::ToString::to_string)
                 .collect(),
             query: Vec::new(),
+            headers: Vec::new(),
             body: None,
             repeatable: false,
             final_statuses: Vec::new(),
@@ -341,6 +352,14 @@ impl ApiRequest {
 
     pub fn query(mut self, key: &str, value: impl Into<String>) -> ApiRequest {
         self.query.push((key.to_string(), value.into()));
+        self
+    }
+
+    /// Sends header `name: value` on every attempt. The value is marked
+    /// sensitive, and no header is ever logged.
+    pub fn header(mut self, name: &'static str, mut value: HeaderValue) -> ApiRequest {
+        value.set_sensitive(true);
+        self.headers.push((name, value));
         self
     }
 
@@ -695,6 +714,9 @@ impl ApiClient {
             .http
             .request(request.method.clone(), url.clone())
             .timeout(timeout);
+        for (name, value) in &request.headers {
+            builder = builder.header(*name, value.clone());
+        }
         if let Some(body) = &request.body {
             builder = builder
                 .header(CONTENT_TYPE, "application/json")

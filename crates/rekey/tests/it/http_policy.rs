@@ -21,10 +21,11 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use rekey::cloud::fly::{
-    CreateMachine, FlyClient, FlyOptions, MachineConfig, Removal, WaitState, ITEM_TAG,
+    CreateMachine, FlyClient, FlyOptions, MachineConfig, Removal, StopOptions, WaitState, ITEM_TAG,
 };
 use rekey::cloud::neon::{NeonClient, NeonOptions, Operation, OperationStatus};
 use rekey::cloud::{CloudError, Created, HttpOptions, Secret};
+use rekey_testkit::fake_cloud::{FakeCloud, FakeConfig};
 
 const NEON_KEY: &str = "napi_TOPSECRETKEY123";
 
@@ -35,6 +36,8 @@ struct Seen {
     path: String,
     query: String,
     auth: Option<String>,
+    /// `fly-machine-lease-nonce`, when sent.
+    nonce: Option<String>,
     body: String,
     at: Instant,
 }
@@ -126,6 +129,10 @@ async fn handle(
         query: uri.query().unwrap_or("").to_string(),
         auth: headers
             .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        nonce: headers
+            .get("fly-machine-lease-nonce")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
         body,
@@ -937,6 +944,53 @@ async fn fly_create_after_a_timeout_finds_the_machine_by_its_tag() {
 }
 
 #[tokio::test]
+async fn fly_create_refused_with_any_status_is_settled_by_the_tag_lookup_not_the_code() {
+    // What Machines_create answers for a taken name is not documented, so
+    // the client must not read anything into the status: the listing by
+    // tag decides. The first listing lags (it is eventually consistent) and
+    // misses the machine an earlier attempt made; the POST is refused with a
+    // status no document ties to "exists"; the second listing finds it.
+    let server = serve("/v1", |seen, before| match seen.method.as_str() {
+        "GET" if before == 0 => Reply::json(200, json!([])),
+        "GET" => Reply::json(
+            200,
+            json!([machine_json("m-earlier", "run7-org1", "started")]),
+        ),
+        _ => Reply::json(400, json!({"error": "invalid name: already in use"})),
+    })
+    .await;
+    let outcome = fly(&server)
+        .create_machine("app", &spec("run7-org1"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcome, Created::Adopted(m) if m.id == "m-earlier"),
+        "{outcome:?}"
+    );
+    assert_eq!(server.count("POST", "/v1/apps/app/machines"), 1);
+}
+
+#[tokio::test]
+async fn fly_create_refused_with_nothing_tagged_is_the_refusal() {
+    let server = serve("/v1", |seen, _| match seen.method.as_str() {
+        "GET" => Reply::json(200, json!([])),
+        _ => Reply::json(409, json!({"error": "name taken by another machine"})),
+    })
+    .await;
+    let err = fly(&server)
+        .create_machine("app", &spec("run7-org1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(409), "{err}");
+    assert_eq!(server.count("POST", "/v1/apps/app/machines"), 1);
+    assert_eq!(
+        server.count("GET", "/v1/apps/app/machines"),
+        2,
+        "looked up before and after"
+    );
+}
+
+#[tokio::test]
 async fn fly_create_refuses_when_two_live_machines_carry_the_tag() {
     let server = serve("/v1", |_, _| {
         Reply::json(
@@ -1055,4 +1109,338 @@ async fn fly_create_app_adopts_an_app_that_already_exists() {
         server.requests()[0].json(),
         json!({"app_name": "tenant-app", "org_slug": "personal"})
     );
+}
+
+// ---------------------------------------------------------------- Fly leases, graceful stop, health
+
+/// A machine whose config has two health checks, with their statuses.
+fn checked_machine_json(state: &str, alive: &str, health: &str) -> Value {
+    json!({"id": "m1", "state": state, "instance_id": "01HX", "host_status": "ok",
+           "config": {"image": "i", "checks": {"alive": {"type": "tcp", "port": 8080},
+                                               "health": {"type": "http", "port": 8080, "path": "/h"}}},
+           "checks": [
+               {"name": "alive", "status": alive, "output": "tenant app says hunter2"},
+               {"name": "health", "status": health, "output": "tenant app says hunter2"}]})
+}
+
+#[tokio::test]
+async fn fly_lease_is_read_from_the_docs_wrapper_and_its_nonce_goes_with_every_change() {
+    // The prose docs answer 201 `{"status": "success", "data": Lease}`; the
+    // OpenAPI answers the bare Lease (the fake test below covers that).
+    let server = serve("/v1", |seen, _| match (seen.method.as_str(), seen.path.as_str()) {
+        ("POST", "/v1/apps/app/machines/m1/lease") => Reply::json(
+            201,
+            json!({"status": "success", "data": {"nonce": "nonce-1", "expires_at": 1_900_000_000,
+                   "owner": "ops@example.com", "description": "rekey r7", "version": "01HX"}}),
+        ),
+        _ => Reply::json(200, json!({"ok": true})),
+    })
+    .await;
+    let client = fly(&server);
+    let lease = client
+        .acquire_lease("app", "m1", Duration::from_secs(30), "rekey r7")
+        .await
+        .unwrap();
+    assert_eq!(lease.expires_at, 1_900_000_000);
+    assert_eq!(lease.owner, "ops@example.com");
+    assert!(
+        !format!("{lease:?}").contains("nonce-1"),
+        "Debug hides the nonce"
+    );
+    let first = &server.requests()[0];
+    assert_eq!(first.json(), json!({"ttl": 30, "description": "rekey r7"}));
+    assert_eq!(first.nonce, None, "taking a lease sends no nonce");
+
+    client
+        .renew_lease("app", "m1", &lease, Duration::from_secs(60))
+        .await
+        .unwrap();
+    client
+        .stop_machine_with("app", "m1", &StopOptions::default(), Some(&lease))
+        .await
+        .unwrap();
+    client
+        .destroy_machine_with("app", "m1", true, Some(&lease))
+        .await
+        .unwrap();
+    assert_eq!(
+        client.release_lease("app", "m1", &lease).await.unwrap(),
+        Removal::Removed
+    );
+    let requests = server.requests();
+    assert_eq!(requests.len(), 5);
+    for seen in &requests[1..] {
+        assert_eq!(
+            seen.nonce.as_deref(),
+            Some("nonce-1"),
+            "{} {}",
+            seen.method,
+            seen.path
+        );
+    }
+    assert_eq!(requests[1].json()["ttl"], 60);
+    assert!(requests[4].is("DELETE", "/v1/apps/app/machines/m1/lease"));
+}
+
+#[tokio::test]
+async fn fly_lease_release_after_it_lapsed_is_already_gone() {
+    let server = serve("/v1", |seen, _| match seen.method.as_str() {
+        "POST" => Reply::json(200, json!({"nonce": "n", "expires_at": 1})),
+        _ => Reply::json(404, json!({"error": "no lease is held on this machine"})),
+    })
+    .await;
+    let client = fly(&server);
+    let lease = client
+        .acquire_lease("app", "m1", Duration::from_secs(1), "")
+        .await
+        .unwrap();
+    assert_eq!(
+        client.release_lease("app", "m1", &lease).await.unwrap(),
+        Removal::AlreadyGone
+    );
+}
+
+#[tokio::test]
+async fn fly_lease_held_by_someone_else_is_refused_without_retrying() {
+    let server = serve("/v1", |_, _| {
+        Reply::json(
+            409,
+            json!({"error": "machine m1 is leased by someone else"}),
+        )
+    })
+    .await;
+    let err = fly(&server)
+        .acquire_lease("app", "m1", Duration::from_secs(30), "rekey")
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(409), "{err}");
+    assert_eq!(server.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn fly_stop_then_destroy_stops_waits_for_stopped_then_destroys_without_force() {
+    let server = serve("/v1", |seen, _| {
+        match (seen.method.as_str(), seen.path.as_str()) {
+            ("GET", "/v1/apps/app/machines/m1") => {
+                Reply::json(200, machine_json("m1", "t", "started"))
+            }
+            _ => Reply::json(200, json!({"ok": true})),
+        }
+    })
+    .await;
+    let stop = StopOptions {
+        signal: Some("SIGTERM".to_string()),
+        timeout: Some(Duration::from_secs(30)),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let removal = fly(&server)
+        .stop_then_destroy("app", "m1", &stop, None, deadline)
+        .await
+        .unwrap();
+    assert_eq!(removal, Removal::Removed);
+    let requests = server.requests();
+    let calls: Vec<(String, String)> = requests
+        .iter()
+        .map(|s| (s.method.clone(), s.path.clone()))
+        .collect();
+    let expected = [
+        ("GET", "/v1/apps/app/machines/m1"),
+        ("POST", "/v1/apps/app/machines/m1/stop"),
+        ("GET", "/v1/apps/app/machines/m1/wait"),
+        ("DELETE", "/v1/apps/app/machines/m1"),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(calls, expected);
+    assert_eq!(
+        requests[1].json(),
+        json!({"signal": "SIGTERM", "timeout": "30s"})
+    );
+    let wait = &requests[2].query;
+    assert!(
+        wait.contains("state=stopped") && wait.contains("instance_id=01HX"),
+        "{wait}"
+    );
+    assert_eq!(requests[3].query, "force=false");
+}
+
+#[tokio::test]
+async fn fly_stop_then_destroy_of_a_machine_already_gone_changes_nothing() {
+    let server = serve("/v1", |_, _| {
+        Reply::json(404, json!({"error": "machine not found"}))
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let removal = fly(&server)
+        .stop_then_destroy("app", "m1", &StopOptions::default(), None, deadline)
+        .await
+        .unwrap();
+    assert_eq!(removal, Removal::AlreadyGone);
+    assert_eq!(server.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn fly_wait_healthy_waits_until_every_configured_check_passes() {
+    let server = serve("/v1", |_, before| match before {
+        0 => Reply::json(
+            200,
+            checked_machine_json("starting", "critical", "critical"),
+        ),
+        1 => Reply::json(200, checked_machine_json("started", "passing", "warning")),
+        _ => Reply::json(200, checked_machine_json("started", "passing", "passing")),
+    })
+    .await;
+    let machine = fly(&server)
+        .wait_healthy("app", "m1", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(machine.checks.iter().all(|c| c.status == "passing"));
+    assert_eq!(server.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn fly_wait_healthy_gives_up_at_its_timeout_naming_checks_but_not_their_output() {
+    let server = serve("/v1", |_, _| {
+        Reply::json(200, checked_machine_json("started", "passing", "critical"))
+    })
+    .await;
+    let err = fly(&server)
+        .wait_healthy("app", "m1", Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CloudError::DeadlinePassed { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("health: critical"), "{text}");
+    assert!(
+        !text.contains("hunter2"),
+        "check output is the tenant's text: {text}"
+    );
+}
+
+#[tokio::test]
+async fn fly_wait_healthy_without_configured_checks_needs_only_started() {
+    let server = serve("/v1", |_, _| {
+        Reply::json(200, machine_json("m1", "t", "started"))
+    })
+    .await;
+    fly(&server)
+        .wait_healthy("app", "m1", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(server.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn fly_wait_healthy_stops_at_once_for_a_machine_that_stopped() {
+    let server = serve("/v1", |_, _| {
+        Reply::json(200, checked_machine_json("stopped", "critical", "critical"))
+    })
+    .await;
+    let err = fly(&server)
+        .wait_healthy("app", "m1", Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CloudError::NotHealthy { .. }), "{err}");
+    assert_eq!(server.requests().len(), 1);
+}
+
+// ---------------------------------------------------------------- against the fake cloud
+
+fn fly_at_fake(fake: &FakeCloud) -> FlyClient {
+    let options = FlyOptions {
+        http: fast_http(),
+        lookup_settle: Duration::from_millis(10),
+    };
+    FlyClient::new(&fake.fly_url(), Secret::new("fo1_t"), options).unwrap()
+}
+
+fn spec_with_checks(tag: &str) -> CreateMachine {
+    CreateMachine {
+        name: None,
+        region: Some("ord".to_string()),
+        config: MachineConfig::new(json!({
+            "image": "registry.fly.io/t:1",
+            "metadata": {ITEM_TAG: tag},
+            "checks": {"health": {"type": "http", "port": 8080, "path": "/health"}},
+        })),
+        skip_launch: false,
+    }
+}
+
+#[tokio::test]
+async fn fly_client_leases_stops_and_destroys_a_machine_of_the_fake_only_with_the_nonce() {
+    let fake = FakeCloud::start(FakeConfig {
+        boot_duration: Duration::from_millis(100),
+        ..FakeConfig::default()
+    })
+    .await
+    .unwrap();
+    let client = fly_at_fake(&fake);
+    client.create_app("tenant-1", "personal").await.unwrap();
+    let machine = client
+        .create_machine("tenant-1", &spec_with_checks("r1-org1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let healthy = client
+        .wait_healthy("tenant-1", &machine.id, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(healthy.checks[0].status, "passing");
+
+    let lease = client
+        .acquire_lease("tenant-1", &machine.id, Duration::from_secs(60), "rekey r1")
+        .await
+        .unwrap();
+    let lease = client
+        .renew_lease("tenant-1", &machine.id, &lease, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let refused = client
+        .destroy_machine("tenant-1", &machine.id, true)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(409), "{refused}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let removal = client
+        .stop_then_destroy(
+            "tenant-1",
+            &machine.id,
+            &StopOptions::default(),
+            Some(&lease),
+            deadline,
+        )
+        .await
+        .unwrap();
+    assert_eq!(removal, Removal::Removed);
+    assert_eq!(fake.state()["fly"]["apps"][0]["live_machines"], 0);
+    client
+        .release_lease("tenant-1", &machine.id, &lease)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn fly_client_wait_healthy_times_out_when_the_fakes_checks_fail() {
+    let fake = FakeCloud::start(FakeConfig {
+        fly_failing_checks: true,
+        ..FakeConfig::default()
+    })
+    .await
+    .unwrap();
+    let client = fly_at_fake(&fake);
+    client.create_app("tenant-1", "personal").await.unwrap();
+    let machine = client
+        .create_machine("tenant-1", &spec_with_checks("r1-org1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = client
+        .wait_healthy("tenant-1", &machine.id, Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CloudError::DeadlinePassed { .. }), "{err}");
+    assert!(err.to_string().contains("health: critical"), "{err}");
 }
