@@ -24,8 +24,9 @@
 #   --old-key-file FILE  or the environment variable OLD_SECRETS_ENCRYPTION_KEY
 #   --no-old-key         rehearse the lost-key path (every tenant re-provisioned)
 # Other options:
-#   --rekey-opt OPT      pass OPT to every rekey command (repeatable), e.g.
-#                        --rekey-opt=--table=public.instances
+#   --rekey-opt OPT      pass OPT to every rekey command that reads the table
+#                        (register-fake-cloud, plan, run, verify; repeatable),
+#                        e.g. --rekey-opt=--table=public.instances
 #   --cloud-latency-ms N, --cloud-op-ms N, --cloud-boot-ms N
 #                        make the fake cloud as slow as the real one (per
 #                        call latency, Neon operation time, machine boot)
@@ -255,7 +256,7 @@ done
 [ -n "$cloud" ] || die "the fake cloud printed no listening line in 10 s"
 is_loopback_url "$cloud" || die "the fake cloud listens on $cloud, not loopback"
 say "fake cloud at $cloud (pid $fake_pid)"
-"$REKEY_BIN" "${rekey_opts[@]}" register-fake-cloud --url "$cloud"
+"$REKEY_BIN" register-fake-cloud "${rekey_opts[@]}" --url "$cloud"
 
 # Live machines per app, as the fake cloud holds them.
 live_machines() {
@@ -281,8 +282,17 @@ export TENANT_REDIS_URL=${REHEARSAL_TENANT_REDIS_URL:-redis://rehearsal:$(random
 # command has ended, so a SIGTERM to this script would otherwise wait for a
 # whole `rekey run`; `wait` is interrupted at once, and cleanup then stops
 # the command gracefully.
+# Options follow the command, and each command gets only the groups it
+# takes: status reads the journal alone, only run talks to the cloud.
 rekey() {
-    "$REKEY_BIN" "${rekey_opts[@]}" "$@" "${key_args[@]}" "${cloud_args[@]}" &
+    local command=$1
+    shift
+    local extra=()
+    case $command in
+        plan | verify) extra=("${rekey_opts[@]}" "${key_args[@]}") ;;
+        run) extra=("${rekey_opts[@]}" "${key_args[@]}" "${cloud_args[@]}") ;;
+    esac
+    "$REKEY_BIN" "$command" "$@" "${extra[@]}" &
     child_pid=$!
     local rc=0
     wait "$child_pid" || rc=$?

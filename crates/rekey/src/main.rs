@@ -1,8 +1,11 @@
 //! The `rekey` binary: parse arguments, set up logging, dispatch, and turn
 //! the outcome into an exit code (0 done, 1 not everything done, 2 usage or
-//! setup error: nothing changed). All the work lives in the library.
+//! setup error: nothing changed; 130 when a second ctrl-c stops a run). All
+//! the work lives in the library.
 
 use clap::Parser;
+use rekey::cli::args::{LogFormat, OutputArgs};
+use tracing_subscriber::EnvFilter;
 
 fn main() {
     std::process::exit(try_main());
@@ -17,15 +20,7 @@ fn try_main() -> i32 {
             return code;
         }
     };
-    // Logs go to stderr and default to warnings only; RUST_LOG opens more.
-    // No log line ever carries a key, password or URL (see `redact`).
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    init_logging(&cli.output);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -43,4 +38,21 @@ fn try_main() -> i32 {
             e.exit_code()
         }
     }
+}
+
+/// Logs go to stderr, as text or JSON lines (`--log-format`). RUST_LOG
+/// picks which; without it, warnings, or only errors with `--quiet`. No log
+/// line ever carries a key, password or URL (see `redact`).
+fn init_logging(output: &OutputArgs) {
+    let default = if output.quiet { "error" } else { "warn" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // Setting a second subscriber is the only way this fails, and none is
+    // set before: nothing to report.
+    let _ = match output.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::args::{BenchArgs, Global, ProvisionArgs, RunArgs, TableArgs, VerifyArgs};
+use super::args::{BenchArgs, Cli, Global, ProvisionArgs, RunArgs, TableArgs, VerifyArgs};
 use super::CliError;
 use crate::bench::BenchOptions;
 use crate::cloud::Secret;
@@ -22,17 +22,31 @@ pub const NEW_KEY_VAR: &str = "NEW_SECRETS_ENCRYPTION_KEY";
 /// The variables re-provisioning needs, all three or none.
 pub const CLOUD_VARS: [&str; 3] = ["NEON_API_KEY", "FLY_API_TOKEN", "TENANT_REDIS_URL"];
 
+/// What every command is given besides its own arguments: the output
+/// options and the groups it flattened, defaults for the rest.
+pub fn global(cli: &Cli) -> Global {
+    let groups = cli.command.groups();
+    Global {
+        json: cli.output.json,
+        quiet: cli.output.quiet,
+        database: groups.database.cloned().unwrap_or_default(),
+        keys: groups.keys.cloned().unwrap_or_default(),
+        cloud: groups.cloud.cloned().unwrap_or_default(),
+        table: groups.table.map(table_spec).unwrap_or_default(),
+    }
+}
+
 /// Loads the new key (required) and the old key (optional); refuses one
 /// key given as both. Warnings about key files go to stderr.
 pub fn keyring(global: &Global) -> Result<Keyring, CliError> {
-    let new = keys::load(global.new_key_file.as_deref(), NEW_KEY_VAR)?.ok_or_else(|| {
+    let new = keys::load(global.keys.new_key_file.as_deref(), NEW_KEY_VAR)?.ok_or_else(|| {
         CliError::Usage(
             "no new key: pass --new-key-file FILE or set NEW_SECRETS_ENCRYPTION_KEY \
              (make one with `rekey keygen --out FILE`)"
                 .into(),
         )
     })?;
-    let old = keys::load(global.old_key_file.as_deref(), OLD_KEY_VAR)?;
+    let old = keys::load(global.keys.old_key_file.as_deref(), OLD_KEY_VAR)?;
     for w in new
         .warnings
         .iter()
@@ -54,23 +68,55 @@ pub fn keyring(global: &Global) -> Result<Keyring, CliError> {
 
 /// The control-plane database URL, required by every command that reads it.
 pub fn database_url(global: &Global) -> Result<&str, CliError> {
-    global.database_url.as_deref().ok_or_else(|| {
+    global.database.database_url.as_deref().ok_or_else(|| {
         CliError::Usage("no database: pass --database-url or set DATABASE_URL".into())
     })
 }
 
+/// Whether the database URL is the one in DATABASE_URL (clap falls back to
+/// it), as opposed to one typed after --database-url.
+pub fn database_url_from_env(global: &Global) -> bool {
+    global.database.database_url.is_some()
+        && std::env::var("DATABASE_URL").ok() == global.database.database_url
+}
+
+/// Which of the given key variables are set (plan names them in its next
+/// step, since the command it prints relies on them).
+pub fn key_vars_in_use(global: &Global) -> Vec<&'static str> {
+    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    let mut out = Vec::new();
+    if global.keys.old_key_file.is_none() && set(OLD_KEY_VAR) {
+        out.push(OLD_KEY_VAR);
+    }
+    if global.keys.new_key_file.is_none() && set(NEW_KEY_VAR) {
+        out.push(NEW_KEY_VAR);
+    }
+    out
+}
+
+/// The re-provisioning variables that are not set (empty counts as unset).
+pub fn missing_cloud_vars() -> Vec<&'static str> {
+    CLOUD_VARS
+        .into_iter()
+        .filter(|name| std::env::var_os(name).is_none_or(|v| v.is_empty()))
+        .collect()
+}
+
+/// The operator's table options over the defaults.
 pub fn table_spec(t: &TableArgs) -> TableSpec {
+    let d = TableSpec::default();
+    let pick = |given: &Option<String>, default: String| given.clone().unwrap_or(default);
     TableSpec {
-        table: t.table.clone(),
-        id_column: t.id_column.clone(),
-        db_column: t.db_column.clone(),
-        redis_column: t.redis_column.clone(),
-        slug_column: t.slug_column.clone(),
-        neon_project_column: t.neon_project_column.clone(),
-        neon_branch_column: t.neon_branch_column.clone(),
-        fly_app_column: t.fly_app_column.clone(),
-        fly_machine_column: t.fly_machine_column.clone(),
-        updated_at_column: t.updated_at_column.clone(),
+        table: pick(&t.table, d.table),
+        id_column: pick(&t.id_column, d.id_column),
+        db_column: pick(&t.db_column, d.db_column),
+        redis_column: pick(&t.redis_column, d.redis_column),
+        slug_column: pick(&t.slug_column, d.slug_column),
+        neon_project_column: pick(&t.neon_project_column, d.neon_project_column),
+        neon_branch_column: pick(&t.neon_branch_column, d.neon_branch_column),
+        fly_app_column: pick(&t.fly_app_column, d.fly_app_column),
+        fly_machine_column: pick(&t.fly_machine_column, d.fly_machine_column),
+        updated_at_column: pick(&t.updated_at_column, d.updated_at_column),
     }
 }
 
@@ -123,8 +169,8 @@ pub fn cloud_access(global: &Global) -> Result<Option<CloudAccess>, CliError> {
         )));
     };
     Ok(Some(CloudAccess {
-        neon_url: global.neon_api_url.clone(),
-        fly_url: global.fly_api_url.clone(),
+        neon_url: global.cloud.neon_api_url.clone(),
+        fly_url: global.cloud.fly_api_url.clone(),
         neon_key,
         fly_token,
         redis_url,
@@ -165,7 +211,7 @@ pub fn bench_options(global: &Global, args: &BenchArgs) -> Result<BenchOptions, 
         admin_url: args
             .admin_url
             .clone()
-            .or_else(|| global.database_url.clone())
+            .or_else(|| global.database.database_url.clone())
             .unwrap_or_else(|| "postgres://localhost/postgres".into()),
         rows: args.rows,
         batch_size: args.batch_size,

@@ -37,7 +37,11 @@ pub struct PlanReport {
     pub open_run: Option<RunRecord>,
     pub estimate: Estimate,
     pub warnings: Vec<String>,
+    /// The command to run next, with the operator's own flags: pasted in
+    /// the same shell, it acts on the same table with the same keys.
     pub next_command: String,
+    /// Environment variables `next_command` relies on, as set now.
+    pub next_command_env: Vec<String>,
 }
 
 /// Projected wall time, with what it assumes.
@@ -58,6 +62,23 @@ pub struct EstimateInputs {
     pub reprovision_note: String,
 }
 
+/// What the caller knows about how the tool was invoked, for the advice:
+/// the flags to repeat in the next command (already quoted for a shell,
+/// free of secrets), the variables those rely on, and the re-provisioning
+/// variables not set.
+#[derive(Debug, Clone, Default)]
+pub struct Invocation {
+    /// Keys, database and table: what both `run` and `verify` take.
+    pub repeat_flags: Vec<String>,
+    /// Re-provisioning knobs the estimate assumed: only `run` takes them.
+    pub run_flags: Vec<String>,
+    pub env_in_use: Vec<String>,
+    pub missing_cloud_vars: Vec<String>,
+    /// The database URL came as --database-url and holds a password, which
+    /// the next command does not repeat.
+    pub database_url_withheld: bool,
+}
+
 /// The top-level entry point for the `plan` computation.
 pub async fn plan(
     pool: &PgPool,
@@ -65,6 +86,7 @@ pub async fn plan(
     keyring: &Arc<Keyring>,
     mode: Mode,
     estimate: &EstimateInputs,
+    invocation: &Invocation,
 ) -> Result<PlanReport, RunError> {
     let result = scan(pool, table, keyring, mode, &RowFilter::default()).await?;
     let open_run = if crate::db::journal_exists(pool).await? {
@@ -100,9 +122,20 @@ pub async fn plan(
         },
         warnings: Vec::new(),
         next_command: String::new(),
+        next_command_env: invocation.env_in_use.clone(),
     };
     report.warnings = warnings(&report, gate);
-    report.next_command = next_command(&report, gate);
+    if let Some(w) = cloud_warning(&report, &invocation.missing_cloud_vars) {
+        report.warnings.push(w);
+    }
+    if invocation.database_url_withheld {
+        report.warnings.push(
+            "the --database-url given holds a password, which the next command below leaves out: \
+             export it as DATABASE_URL (keeps it out of `ps` too) or pass --database-url again"
+                .into(),
+        );
+    }
+    report.next_command = next_command(&report, gate, invocation);
     Ok(report)
 }
 
@@ -165,14 +198,37 @@ fn warnings(p: &PlanReport, gate: bool) -> Vec<String> {
     out
 }
 
-fn next_command(p: &PlanReport, gate: bool) -> String {
+/// Tenants this mode re-provisions need all three cloud variables; `rekey
+/// run` refuses them otherwise, so say so before the outage window opens.
+fn cloud_warning(p: &PlanReport, missing: &[String]) -> Option<String> {
+    let tenants = p.actions.reprovision;
+    if tenants == 0 || p.mode == Mode::Reencrypt || missing.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{tenants} tenants need re-provisioning, which needs NEON_API_KEY, FLY_API_TOKEN and \
+         TENANT_REDIS_URL; not set: {}. `rekey run` will refuse them until all three are exported",
+        missing.join(", ")
+    ))
+}
+
+fn next_command(p: &PlanReport, gate: bool, invocation: &Invocation) -> String {
     let a = &p.actions;
-    if a.reencrypt == 0 && a.reprovision == 0 {
-        return "rekey verify".into();
-    }
-    let mut cmd = format!("rekey run --mode {}", p.mode.as_str());
-    if gate {
-        cmd.push_str(&format!(" --confirm-reprovision {}", a.reprovision));
-    }
-    cmd
+    let mut words: Vec<String> = if a.reencrypt == 0 && a.reprovision == 0 {
+        vec!["rekey".into(), "verify".into()]
+    } else {
+        let mut run = vec![
+            "rekey".into(),
+            "run".into(),
+            "--mode".into(),
+            p.mode.as_str().into(),
+        ];
+        if gate {
+            run.extend(["--confirm-reprovision".into(), a.reprovision.to_string()]);
+        }
+        run.extend(invocation.run_flags.iter().cloned());
+        run
+    };
+    words.extend(invocation.repeat_flags.iter().cloned());
+    words.join(" ")
 }

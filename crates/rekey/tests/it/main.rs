@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod bad_input;
+mod cli_help;
 mod connect;
 mod crash_resume;
 mod envelope_props;

@@ -2,6 +2,8 @@
 
 use std::io::Write;
 
+use zeroize::Zeroizing;
+
 use crate::cli::args::{Global, KeyFormat, KeygenArgs};
 use crate::cli::output::report;
 use crate::cli::CliError;
@@ -9,8 +11,9 @@ use crate::keys::Key;
 use crate::rotate::Outcome;
 
 /// The top-level entry point for `rekey keygen`: a fresh key to stdout or
-/// to a new 0600 file; its id to stderr (or, with `--json`, as JSON on stdout
-/// when the key went to a file).
+/// to a new 0600 file; its id to stderr. With `--json`, one JSON object on
+/// stdout instead: the key id, and the file or (only when it goes to
+/// stdout anyway) the key itself.
 pub fn keygen(global: &Global, args: &KeygenArgs) -> Result<Outcome, CliError> {
     let key =
         Key::generate().map_err(|_| CliError::Refused("the OS random source failed".into()))?;
@@ -37,12 +40,27 @@ pub fn keygen(global: &Global, args: &KeygenArgs) -> Result<Outcome, CliError> {
                 );
             }
         }
+        // With --json the key goes to stdout as a field of the one JSON
+        // object, so that a script reading it gets both in one parse.
+        None if global.json => report::print(&key_json_line(&key.id().0, &text)),
         None => {
             report::print(&format!("{}\n", text.as_str()));
             eprintln!("key id {}", key.id());
         }
     }
     Ok(Outcome::Done)
+}
+
+/// `{"key_id":…,"key":…}` and a newline, assembled by hand in one zeroized
+/// buffer sized up front: a `serde_json::Value` would keep a copy of the key
+/// that is never wiped. Neither a key id (hex) nor a key (hex or base64)
+/// holds a character JSON must escape.
+fn key_json_line(key_id: &str, key: &str) -> Zeroizing<String> {
+    let mut line = Zeroizing::new(String::with_capacity(key_id.len() + key.len() + 32));
+    for part in [r#"{"key_id":""#, key_id, r#"","key":""#, key, "\"}\n"] {
+        line.push_str(part);
+    }
+    line
 }
 
 /// Creates `path` for writing with mode 0600; never opens an existing file.

@@ -2,6 +2,7 @@
 //! (through `config`), call the engine, render the report, and say which
 //! outcome the exit code should carry.
 
+mod completions;
 mod finalize;
 mod fleet_bench;
 mod keygen;
@@ -22,9 +23,10 @@ use crate::rotate::Outcome;
 
 /// Runs the parsed command line.
 pub async fn dispatch(cli: Cli) -> Result<Outcome, CliError> {
-    let global = &cli.global;
+    let global = &config::global(&cli);
     match &cli.command {
         Command::Keygen(args) => keygen::keygen(global, args),
+        Command::Completions(args) => Ok(completions::completions(args)),
         Command::Plan(args) => plan::plan(global, args).await,
         Command::Run(args) => run::run(global, args).await,
         Command::Verify(args) => verify::verify(global, args).await,
@@ -42,6 +44,6 @@ pub async fn dispatch(cli: Cli) -> Result<Outcome, CliError> {
 /// Connects and checks the operator's table against the database.
 async fn open_table(global: &Global, connections: u32) -> Result<(PgPool, Table), CliError> {
     let pool = db::connect(config::database_url(global)?, connections).await?;
-    let table = db::resolve_table(&pool, &config::table_spec(&global.table)).await?;
+    let table = db::resolve_table(&pool, &global.table).await?;
     Ok((pool, table))
 }

@@ -23,7 +23,7 @@ pub async fn run(global: &Global, args: &RunArgs) -> Result<Outcome, CliError> {
     let access = config::cloud_access(global)?;
     let (pool, table) = open_table(global, args.workers as u32 + 4).await?;
     db::migrate(&pool).await?;
-    let style = Style::detect(global.json);
+    let style = Style::detect(global.json, global.quiet);
     let mut sinks: Vec<Arc<dyn EventSink>> = vec![Arc::from(style.sink())];
     let metrics = match &args.metrics_file {
         Some(path) => Some(Arc::new(MetricsFile::create(path)?)),

@@ -17,13 +17,18 @@ pub enum Style {
     Bars,
     Plain,
     Json,
+    /// `--quiet`: no progress at all; the final report still prints.
+    Quiet,
 }
 
 impl Style {
-    /// Bars when stderr is a terminal, plain lines otherwise, JSON on request.
-    pub fn detect(json: bool) -> Style {
+    /// Nothing with `--quiet`, JSON on request, bars when stderr is a
+    /// terminal, plain lines otherwise.
+    pub fn detect(json: bool, quiet: bool) -> Style {
         use std::io::IsTerminal;
-        if json {
+        if quiet {
+            Style::Quiet
+        } else if json {
             Style::Json
         } else if std::io::stderr().is_terminal() {
             Style::Bars
@@ -37,6 +42,7 @@ impl Style {
             Style::Bars => Box::new(Bars::new()),
             Style::Plain => Box::new(Plain::new(Duration::from_secs(2))),
             Style::Json => Box::new(JsonLines),
+            Style::Quiet => Box::new(Quiet),
         }
     }
 }
@@ -144,6 +150,28 @@ impl EventSink for JsonLines {
             // A closed pipe ends output quietly rather than failing the run.
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{line}");
+        }
+    }
+}
+
+/// `--quiet`: no progress, but what the operator must still see: the
+/// engine's warnings and every tenant given up.
+pub struct Quiet;
+
+impl EventSink for Quiet {
+    fn emit(&self, event: &Event) {
+        match event {
+            Event::Warning { message } => eprintln!("warning: {message}"),
+            Event::Tenant {
+                org_id,
+                step,
+                outcome: TenantOutcome::GivenUp,
+                error,
+            } => eprintln!(
+                "tenant {org_id}: given up at step {step}: {}",
+                error.as_deref().unwrap_or("-")
+            ),
+            _ => {}
         }
     }
 }

@@ -85,6 +85,9 @@ pub fn plan_text(p: &PlanReport) -> String {
         let _ = writeln!(out, "  WARNING: {w}");
     }
     let _ = writeln!(out, "next: {}", p.next_command);
+    if !p.next_command_env.is_empty() {
+        let _ = writeln!(out, "  (with {} set as now)", p.next_command_env.join(", "));
+    }
     out
 }
 
