@@ -285,7 +285,13 @@ async fn walk(
             scan(&ctx.pool, &ctx.table, &ctx.keyring, opts.mode, filter)
         })
         .await?;
-        let again = needing_work(ctx, inplace.run_id, opts.mode, &check).await?;
+        let mut again = needing_work(ctx, inplace.run_id, opts.mode, &check).await?;
+        // Rows the pass saw and decided to leave (a failed check before
+        // write) will be left again: only rows it did not get to (locked,
+        // or changed under it) are worth another pass.
+        let decided: std::collections::HashSet<&str> =
+            total.left.iter().map(|(id, _)| id.as_str()).collect();
+        again.retain(|id| !decided.contains(id.as_str()));
         if again.is_empty() {
             return Ok(Walk {
                 tally: total,
