@@ -11,7 +11,7 @@ use crate::cli::output::metrics::MetricsFile;
 use crate::cli::output::progress::Style;
 use crate::cli::output::report;
 use crate::cli::{config, CliError};
-use crate::db::{self, Table};
+use crate::db::Table;
 use crate::envelope::Keyring;
 use crate::rotate::events::{EventSink, FanOut};
 use crate::rotate::{reprovision, run, Outcome};
@@ -22,7 +22,6 @@ pub async fn run(global: &Global, args: &RunArgs) -> Result<Outcome, CliError> {
     let keyring = Arc::new(config::keyring(global)?);
     let access = config::cloud_access(global)?;
     let (pool, table) = open_table(global, args.workers as u32 + 4).await?;
-    db::migrate(&pool).await?;
     let style = Style::detect(global.json);
     let mut sinks: Vec<Arc<dyn EventSink>> = vec![Arc::from(style.sink())];
     let metrics = match &args.metrics_file {

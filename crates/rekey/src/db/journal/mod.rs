@@ -12,6 +12,6 @@ mod runs;
 pub use backups::purge_backups;
 pub use items::{failed_items, queue_items, queued_among, FailedItem};
 pub use runs::{
-    close_run, get_run, mark_verified, open_or_resume, open_run, run_counts, RunCounts, RunRecord,
-    RunStart,
+    close_run, get_run, mark_verified, open_or_resume, open_run, run_counts, run_of_key, RunCounts,
+    RunRecord, RunStart,
 };

@@ -1,0 +1,252 @@
+//! A run's lifecycle as the journal records it: one run per new key (a
+//! later `run` re-opens the ended run rather than starting a second one),
+//! `verify`, `status` and `finalize` naming that run, a refused command
+//! leaving the database as it was, the summary written when a run closes,
+//! the metrics file never replacing a file it did not write, and SIGTERM
+//! handled like the first Ctrl-C.
+
+use rekey::db::seed::{SeedKind, SeedSpec, SeedTenant};
+use rekey_testkit::*;
+use sqlx::PgPool;
+
+/// `rekey run --json` with the test's keys and `extra`.
+fn run_json(url: &str, keys: &Keys, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["run", "--json"];
+    args.extend_from_slice(extra);
+    rekey_with_keys(url, keys, &args)
+}
+
+/// Backup batches the journal holds for `run_id`.
+async fn backup_batches(pool: &PgPool, run_id: i64) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM rekey.backups WHERE run_id = $1")
+        .bind(run_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// One run per new key.
+// ---------------------------------------------------------------------------
+
+#[sqlx::test(migrations = false)]
+async fn a_second_run_with_the_same_new_key_reopens_the_first_and_finalize_purges_its_backups(
+    pool: PgPool,
+) {
+    let table = reference_table(&pool).await;
+    let keys = Keys::new();
+    let tenants = seed_fleet(&pool, &table, &keys.old, 120).await;
+    let url = db_url(&pool);
+
+    let first = run_json(&url, &keys, &["--batch-size", "20"]);
+    assert_exit(&first, 0, "first run");
+    assert_eq!(run_summary(&first)["start"], "started");
+    let held = backup_batches(&pool, 1).await;
+    assert!(held > 0, "the first run backed up what it rewrote");
+
+    let second = run_json(&url, &keys, &[]);
+    assert_exit(&second, 0, "second run with the same keys");
+    let report = run_summary(&second);
+    assert_eq!(report["run_id"], 1, "{report}");
+    assert_eq!(report["start"], "reopened", "{report}");
+    assert_eq!(run_states(&pool).await, ["finished"], "no second run");
+
+    let verify = rekey_with_keys(&url, &keys, &["verify"]);
+    assert_exit(&verify, 0, "verify");
+    assert!(
+        text(&verify).contains("recorded run 1 as verified"),
+        "{}",
+        text(&verify)
+    );
+
+    let status = rekey(&url, &["status"]);
+    assert_exit(&status, 0, "status");
+    assert!(
+        text(&status).starts_with("run 1: finished"),
+        "{}",
+        text(&status)
+    );
+    assert!(
+        text(&status).contains("next: rekey finalize --run 1"),
+        "{}",
+        text(&status)
+    );
+
+    assert_refused(&rekey(&url, &["finalize", "--run", "2"]), &["no run 2"]);
+    let out = rekey(&url, &["finalize", "--run", "1"]);
+    assert_exit(&out, 0, "finalize run 1");
+    assert!(
+        text(&out).contains(&format!("purged {held} backup batches")),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        journal_rows(&pool, "backups").await,
+        0,
+        "every backup purged"
+    );
+    assert_all_open_to_seed(&snapshot(&pool).await, &keys.new, &tenants);
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_journal_refuses_a_second_run_for_one_new_key(pool: PgPool) {
+    rekey::db::migrate(&pool).await.expect("migrate");
+    let insert = "INSERT INTO rekey.runs (mode, new_key_id, target_table, state)
+                  VALUES ('auto', 'k1', 'org_instances', $1)";
+    sqlx::query(insert)
+        .bind("finished")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let second = sqlx::query(insert).bind("finished").execute(&pool).await;
+    let err = second.expect_err("a second run for key k1 must be refused");
+    assert!(
+        err.to_string().contains("runs_one_per_new_key"),
+        "refused by the wrong constraint: {err}"
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_run_that_gave_tenants_up_is_reopened_and_retries_them(pool: PgPool) {
+    let table = reference_table(&pool).await;
+    let keys = Keys::new();
+    let mut cloud = Cloud::start(fake_config(20, 20));
+    let tenants = seed_cloud_fleet(&pool, &table, &keys.old, 4, &cloud).await;
+    let url = db_url(&pool);
+    cloud.configure(|c| c.error_rate = 1.0);
+    let extra = ["--json", "--max-attempts", "1"];
+
+    let out = run_cloud(&url, &cloud, &extra, &new_key_only(&keys));
+    assert_exit(&out, 1, "every tenant given up");
+    assert_eq!(run_states(&pool).await, ["failed"]);
+    assert_eq!(item_states(&pool).await.get("failed"), Some(&4));
+
+    cloud.configure(|c| c.error_rate = 0.0);
+    let out = run_cloud(&url, &cloud, &extra, &new_key_only(&keys));
+    assert_exit(&out, 0, "the same command once the cloud answers");
+    let report = run_summary(&out);
+    assert_eq!(report["run_id"], 1, "{report}");
+    assert_eq!(report["start"], "reopened", "{report}");
+    assert_eq!(report["reason"], serde_json::Value::Null, "{report}");
+    assert_eq!(run_states(&pool).await, ["finished"]);
+    assert_fleet_reprovisioned(&pool, &cloud, &tenants, &keys.new).await;
+}
+
+// ---------------------------------------------------------------------------
+// A refusal changes nothing.
+// ---------------------------------------------------------------------------
+
+#[sqlx::test(migrations = false)]
+async fn a_run_refused_at_preflight_leaves_no_journal_behind(pool: PgPool) {
+    let table = reference_table(&pool).await;
+    let keys = Keys::new();
+    // Sealed under a third key: nothing opens under the old key.
+    let (third, _) = keys.another("third.key");
+    seed_fleet(&pool, &table, &third, 30).await;
+    let url = db_url(&pool);
+    let before = snapshot(&pool).await;
+
+    // The wrong-old-key gate.
+    assert_refused(
+        &rekey_with_keys(&url, &keys, &["run"]),
+        &["--confirm-reprovision 30"],
+    );
+    assert!(
+        !journal_schema_exists(&pool).await,
+        "the gate's refusal created schema rekey"
+    );
+    // No cloud credentials, the gate acknowledged.
+    let out = rekey_with_keys(&url, &keys, &["run", "--confirm-reprovision", "30"]);
+    assert_refused(&out, &["NEON_API_KEY"]);
+    assert!(
+        !journal_schema_exists(&pool).await,
+        "the credentials' refusal created schema rekey"
+    );
+
+    assert_eq!(snapshot(&pool).await, before);
+    assert_refused(&rekey(&url, &["status"]), &["no run in the journal"]);
+}
+
+// ---------------------------------------------------------------------------
+// The wrong-old-key gate after a run ended.
+// ---------------------------------------------------------------------------
+
+/// A fleet with a few tenants sealed under a throwaway key, registered in
+/// the fake cloud (a Neon project each).
+async fn fleet_with_unopenable(pool: &PgPool, keys: &Keys, cloud: &Cloud) -> Vec<SeedTenant> {
+    let table = reference_table(pool).await;
+    let mut tenants = rekey::db::seed::tenants(&SeedSpec {
+        rows: 40,
+        undecryptable_share: 0.1,
+        kms_share: 0.0,
+        null_redis_share: 0.0,
+        seed: 5,
+    });
+    for (i, t) in tenants.iter_mut().enumerate() {
+        t.neon_project_id = format!("proj-{i:07}");
+    }
+    rekey::db::seed::seed(pool, &table, &keys.old, &tenants)
+        .await
+        .unwrap();
+    cloud.register(&tenants).await;
+    tenants
+}
+
+#[sqlx::test(migrations = false)]
+async fn after_a_failed_run_the_same_key_is_not_refused_by_the_gate(pool: PgPool) {
+    let keys = Keys::new();
+    let cloud = Cloud::start(fake_config(20, 20));
+    let tenants = fleet_with_unopenable(&pool, &keys, &cloud).await;
+    let unopenable = tenants
+        .iter()
+        .filter(|t| t.kind == SeedKind::Undecryptable)
+        .count();
+    assert!(unopenable > 0 && unopenable * 2 < tenants.len());
+    let url = db_url(&pool);
+    let keys_args = key_args(&keys);
+
+    // In place only: the unopenable tenants are left and the run fails.
+    let out = run_cloud(&url, &cloud, &["--mode", "reencrypt"], &keys_args);
+    assert_exit(&out, 1, "reencrypt leaves the unopenable tenants");
+    assert_eq!(run_states(&pool).await, ["failed"]);
+
+    // Everything the old key opens is already re-encrypted by that run: the
+    // gate counts it, and the tenants left are re-provisioned.
+    let out = run_cloud(&url, &cloud, &["--json"], &keys_args);
+    assert_exit(&out, 0, "the same key, re-provisioning what is left");
+    let report = run_summary(&out);
+    assert_eq!(report["run_id"], 1, "{report}");
+    assert_eq!(report["reprovisioned"], unopenable, "{report}");
+    assert_eq!(run_states(&pool).await, ["finished"]);
+}
+
+// ---------------------------------------------------------------------------
+// The summary in the journal.
+// ---------------------------------------------------------------------------
+
+#[sqlx::test(migrations = false)]
+async fn the_journal_summary_holds_the_runs_timings(pool: PgPool) {
+    let table = reference_table(&pool).await;
+    let keys = Keys::new();
+    seed_fleet(&pool, &table, &keys.old, 200).await;
+    let url = db_url(&pool);
+    let out = run_json(&url, &keys, &["--batch-size", "25"]);
+    assert_exit(&out, 0, "run");
+
+    let summary: serde_json::Value = sqlx::query_scalar("SELECT summary FROM rekey.runs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let printed = run_summary(&out);
+    for field in ["elapsed_secs", "in_place_secs", "rows_per_sec"] {
+        let v = summary[field].as_f64().unwrap_or_default();
+        assert!(v > 0.0, "summary {field} is {v}: {summary}");
+    }
+    assert!(
+        summary["passes"].as_u64().unwrap_or_default() >= 1,
+        "{summary}"
+    );
+    assert_eq!(summary["passes"], printed["passes"]);
+    assert_eq!(summary["in_place_secs"], printed["in_place_secs"]);
+    assert_eq!(summary["rows_per_sec"], printed["rows_per_sec"]);
+}
