@@ -619,10 +619,15 @@ async fn processes_starting_together_on_a_fresh_database_all_join_one_run(pool: 
     let keys = Keys::new();
     let tenants = seed_fleet(&pool, &table, &keys.old, 300).await;
     let url = db_url(&pool);
-    let args = args_with_keys(&["run", "--workers", "1", "--batch-size", "20"], &keys);
+    let args = args_with_keys(
+        &["run", "--json", "--workers", "1", "--batch-size", "20"],
+        &keys,
+    );
     let args = strs(&args);
     // Spawned back to back, they reach the journal's migration together:
-    // the first one to run on a database creates schema rekey.
+    // the first one to run on a database creates schema rekey. However the
+    // scheduler orders them (a late one may start after the run finished),
+    // they share one run: joined while it is open, re-opened once it ended.
     let children: Vec<_> = (0..6)
         .map(|_| {
             rekey_cmd(&url, &args)
@@ -635,6 +640,7 @@ async fn processes_starting_together_on_a_fresh_database_all_join_one_run(pool: 
     for (i, child) in children.into_iter().enumerate() {
         let out = child.wait_with_output().expect("wait for rekey");
         assert_eq!(out.status.code(), Some(0), "process {i}: {}", text(&out));
+        assert_eq!(run_summary(&out)["run_id"], 1, "process {i}");
     }
     assert_all_open_to_seed(&snapshot(&pool).await, &keys.new, &tenants);
     assert_eq!(

@@ -55,7 +55,9 @@ pub async fn open_or_resume(
     old_key: Option<&KeyId>,
     target: &str,
 ) -> Result<(RunRecord, RunStart), DbError> {
-    for _ in 0..3 {
+    // Each lost race means another process opened or closed the run in
+    // between; processes starting together lose only a few times.
+    for _ in 0..8 {
         if let Some(open) = open_run(pool).await? {
             if open.new_key_id != new_key.0 {
                 return Err(DbError::OpenRunWithOtherKey {
