@@ -250,3 +250,82 @@ async fn the_journal_summary_holds_the_runs_timings(pool: PgPool) {
     assert_eq!(summary["in_place_secs"], printed["in_place_secs"]);
     assert_eq!(summary["rows_per_sec"], printed["rows_per_sec"]);
 }
+
+// ---------------------------------------------------------------------------
+// --metrics-file replaces only its own file.
+// ---------------------------------------------------------------------------
+
+#[sqlx::test(migrations = false)]
+async fn a_metrics_file_pointed_at_a_key_file_is_refused_before_anything_changes(pool: PgPool) {
+    let table = reference_table(&pool).await;
+    let keys = Keys::new();
+    seed_fleet(&pool, &table, &keys.old, 20).await;
+    let url = db_url(&pool);
+    let before = snapshot(&pool).await;
+    let new_key = std::fs::read(&keys.new_file).unwrap();
+    let old_key = std::fs::read(&keys.old_file).unwrap();
+
+    for key_file in [&keys.new_file, &keys.old_file] {
+        let out = rekey_with_keys(&url, &keys, &["run", "--metrics-file", path_str(key_file)]);
+        assert_refused(&out, &["--metrics-file", "key file"]);
+        assert_no_secret("refusal", &text(&out), &keys.secret_texts());
+    }
+    assert_eq!(
+        std::fs::read(&keys.new_file).unwrap(),
+        new_key,
+        "new key file changed"
+    );
+    assert_eq!(
+        std::fs::read(&keys.old_file).unwrap(),
+        old_key,
+        "old key file changed"
+    );
+    assert!(
+        !journal_schema_exists(&pool).await,
+        "the refusal created schema rekey"
+    );
+    assert_eq!(snapshot(&pool).await, before);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_metrics_file_replaces_only_a_metrics_file_rekey_wrote(pool: PgPool) {
+    let table = reference_table(&pool).await;
+    let keys = Keys::new();
+    seed_fleet(&pool, &table, &keys.old, 20).await;
+    let url = db_url(&pool);
+    let before = snapshot(&pool).await;
+
+    // Another key, not named on this command line: still not a metrics file.
+    let (_, stray_key) = keys.another("spare.key");
+    let notes = keys.dir.path().join("notes.txt");
+    std::fs::write(&notes, "# runbook notes\nstep 1: rotate\n").unwrap();
+    for other in [&stray_key, &notes] {
+        let held = std::fs::read(other).unwrap();
+        let out = rekey_with_keys(&url, &keys, &["run", "--metrics-file", path_str(other)]);
+        assert_refused(&out, &["--metrics-file", "not a metrics file rekey wrote"]);
+        assert_eq!(
+            std::fs::read(other).unwrap(),
+            held,
+            "{} changed",
+            other.display()
+        );
+    }
+    assert!(!journal_schema_exists(&pool).await);
+    assert_eq!(snapshot(&pool).await, before);
+
+    // Its own file, from an earlier invocation, it replaces.
+    let prom = keys.dir.path().join("rekey.prom");
+    let out = rekey_with_keys(
+        &url,
+        &keys,
+        &["run", "--limit", "5", "--metrics-file", path_str(&prom)],
+    );
+    assert_exit(&out, 1, "a partial run");
+    let out = rekey_with_keys(&url, &keys, &["run", "--metrics-file", path_str(&prom)]);
+    assert_exit(&out, 0, "the rest, into the same metrics file");
+    let written = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        written.contains("rekey_run_state{run=\"1\",state=\"finished\"} 1"),
+        "{written}"
+    );
+}

@@ -7,7 +7,7 @@ use sqlx::PgPool;
 
 use super::open_table;
 use crate::cli::args::{Global, RunArgs};
-use crate::cli::output::metrics::MetricsFile;
+use crate::cli::output::metrics::{self, MetricsFile};
 use crate::cli::output::progress::Style;
 use crate::cli::output::report;
 use crate::cli::{config, CliError};
@@ -19,13 +19,21 @@ use crate::rotate::{reprovision, run, Outcome};
 /// The top-level entry point for `rekey run`.
 pub async fn run(global: &Global, args: &RunArgs) -> Result<Outcome, CliError> {
     let opts = config::run_options(args)?;
+    let key_files: Vec<&std::path::Path> = [&global.old_key_file, &global.new_key_file]
+        .into_iter()
+        .flatten()
+        .map(std::path::PathBuf::as_path)
+        .collect();
+    if let Some(path) = &args.metrics_file {
+        metrics::check_path(path, &key_files)?;
+    }
     let keyring = Arc::new(config::keyring(global)?);
     let access = config::cloud_access(global)?;
     let (pool, table) = open_table(global, args.workers as u32 + 4).await?;
     let style = Style::detect(global.json);
     let mut sinks: Vec<Arc<dyn EventSink>> = vec![Arc::from(style.sink())];
     let metrics = match &args.metrics_file {
-        Some(path) => Some(Arc::new(MetricsFile::create(path)?)),
+        Some(path) => Some(Arc::new(MetricsFile::create(path, &key_files)?)),
         None => None,
     };
     if let Some(m) = &metrics {
