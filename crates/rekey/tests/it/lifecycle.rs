@@ -329,3 +329,198 @@ async fn a_metrics_file_replaces_only_a_metrics_file_rekey_wrote(pool: PgPool) {
         "{written}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// SIGTERM is the first Ctrl-C.
+// ---------------------------------------------------------------------------
+
+/// A run of the real binary held mid-batch: the test holds a lock that the
+/// batch's backup INSERT waits for, so the process is certainly in the
+/// middle of a batch, with rows left, for as long as the test likes.
+struct HeldRun {
+    child: std::process::Child,
+    stderr: std::sync::mpsc::Receiver<String>,
+    stdout: std::thread::JoinHandle<String>,
+    blocker: sqlx::Transaction<'static, sqlx::Postgres>,
+    metrics: std::path::PathBuf,
+}
+
+impl HeldRun {
+    /// Opens the run with a first `--limit` invocation (so the journal
+    /// exists to lock), locks rekey.backups, and starts the run that will
+    /// wait on it; returns once its batch waits for the lock.
+    async fn start(pool: &PgPool, keys: &Keys) -> HeldRun {
+        let url = db_url(pool);
+        let out = rekey_with_keys(&url, keys, &["run", "--mode", "reencrypt", "--limit", "1"]);
+        assert_exit(&out, 1, "the opening --limit run");
+        let mut blocker = pool.begin().await.unwrap();
+        sqlx::query("LOCK TABLE rekey.backups IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *blocker)
+            .await
+            .unwrap();
+        let metrics = keys.dir.path().join("held.prom");
+        let args = args_with_keys(
+            &[
+                "run",
+                "--json",
+                "--mode",
+                "reencrypt",
+                "--workers",
+                "1",
+                "--batch-size",
+                "20",
+                "--metrics-file",
+                path_str(&metrics),
+            ],
+            keys,
+        );
+        let mut child = rekey_cmd(&url, &strs(&args))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = lines_of(child.stderr.take().unwrap());
+        let mut out = child.stdout.take().unwrap();
+        let stdout = std::thread::spawn(move || {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut out, &mut s).unwrap();
+            s
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !rekey_waits_for_a_lock(pool).await {
+            assert_still_waiting_to_kill(&mut child, deadline, &"a batch waiting for the lock");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        HeldRun {
+            child,
+            stderr,
+            stdout,
+            blocker,
+            metrics,
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name}");
+    }
+
+    /// Waits for a line on stderr containing `needle`.
+    fn wait_for_stderr(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut seen = String::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => seen.push_str(&line),
+                Err(e) => panic!("no {needle:?} on stderr ({e}); saw: {seen}"),
+            }
+        }
+    }
+
+    /// Releases the lock and waits for the process; returns its exit code
+    /// and its stdout.
+    async fn release_and_wait(mut self) -> (Option<i32>, String) {
+        self.blocker.rollback().await.unwrap();
+        let status = self.child.wait().unwrap();
+        (status.code(), self.stdout.join().unwrap())
+    }
+}
+
+/// Lines of a child's stream as they come.
+fn lines_of(stream: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stream)) {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// True when one of the binary's connections waits for a lock.
+async fn rekey_waits_for_a_lock(pool: &PgPool) -> bool {
+    sqlx::query_scalar(
+        "SELECT count(*) > 0 FROM pg_stat_activity
+          WHERE datname = current_database() AND application_name = 'rekey'
+            AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn sigterm_finishes_the_batch_in_flight_and_ends_the_run_open_with_its_report(pool: PgPool) {
+    let table = reference_table(&pool).await;
+    let keys = Keys::new();
+    let tenants = seed_fleet(&pool, &table, &keys.old, 200).await;
+    let held = HeldRun::start(&pool, &keys).await;
+
+    held.signal("TERM");
+    held.wait_for_stderr("SIGTERM");
+    let metrics = held.metrics.clone();
+    let (code, stdout) = held.release_and_wait().await;
+
+    assert_eq!(code, Some(1), "not everything done: {stdout}");
+    assert_eq!(
+        run_states(&pool).await,
+        ["running"],
+        "the run stays open to resume"
+    );
+    // The opening --limit batch and the one in flight; no batch after the signal.
+    assert_eq!(journal_rows(&pool, "backups").await, 2);
+    let summary = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "summary")
+        .unwrap_or_else(|| panic!("no summary: {stdout}"));
+    assert_eq!(summary["report"]["state"], "running", "{summary}");
+    let written = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        written.contains("rekey_run_finished{run=\"1\"} 1"),
+        "{written}"
+    );
+    assert!(
+        written.contains("rekey_run_state{run=\"1\",state=\"running\"} 1"),
+        "{written}"
+    );
+
+    let out = rekey_with_keys(&db_url(&pool), &keys, &["run"]);
+    assert_exit(&out, 0, "the same command resumes");
+    assert_all_open_to_seed(&snapshot(&pool).await, &keys.new, &tenants);
+    assert_eq!(run_states(&pool).await, ["finished"]);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_second_signal_after_sigterm_stops_at_once(pool: PgPool) {
+    let table = reference_table(&pool).await;
+    let keys = Keys::new();
+    let tenants = seed_fleet(&pool, &table, &keys.old, 200).await;
+    let mut held = HeldRun::start(&pool, &keys).await;
+
+    held.signal("TERM");
+    held.wait_for_stderr("SIGTERM");
+    held.signal("INT");
+    // It exits while its batch still waits for the lock the test holds.
+    let status = held.child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "exit 128 + SIGINT");
+    let (_, _) = held.release_and_wait().await;
+    assert_eq!(run_states(&pool).await, ["running"]);
+    assert_eq!(
+        journal_rows(&pool, "backups").await,
+        1,
+        "the batch in flight rolled back"
+    );
+
+    let out = rekey_with_keys(&db_url(&pool), &keys, &["run"]);
+    assert_exit(&out, 0, "the same command resumes");
+    assert_all_open_to_seed(&snapshot(&pool).await, &keys.new, &tenants);
+}

@@ -1,4 +1,6 @@
-//! `rekey run`.
+//! `rekey run`: the command line's checks (the metrics file's path first,
+//! before anything changes), the sinks the engine reports to, and the
+//! signals that stop a run gracefully.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -110,24 +112,101 @@ impl Engine {
     }
 }
 
-/// The first ctrl-c lets the work in flight finish (in-place batches
-/// commit, tenants mid-way complete their step); that can take a while
-/// when the cloud is slow or gone, so a second one stops at once. Both
-/// are safe: the journal resumes a run killed at any instant.
+/// The first Ctrl-C or SIGTERM (systemd, Kubernetes and `timeout` stop a
+/// process with SIGTERM) lets the work in flight finish (in-place batches
+/// commit, tenants mid-way complete their step), then the run ends open with
+/// its report and metrics written; that can take a while when the cloud is
+/// slow or gone, so a second signal of either kind stops at once. Both are
+/// safe: the journal resumes a run killed at any instant. The handlers are
+/// installed before this returns, so no signal can arrive unhandled once the
+/// run has started.
 fn watch_signals(stop: Arc<AtomicBool>) {
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!(
-                "rekey: interrupted; finishing the work in flight (the run stays open to resume); \
-                 ctrl-c again to stop at once"
-            );
-            stop.store(true, Ordering::SeqCst);
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!(
-                    "rekey: interrupted again; stopping now (run the same command to resume)"
-                );
-                std::process::exit(130);
-            }
+    let mut signals = match Signals::install() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("warning: cannot watch for Ctrl-C and SIGTERM ({e}); a signal stops at once");
+            return;
         }
+    };
+    tokio::spawn(async move {
+        let first = signals.next().await;
+        eprintln!(
+            "rekey: {first}; finishing the work in flight (the run stays open to resume); \
+             Ctrl-C or SIGTERM again to stop at once"
+        );
+        stop.store(true, Ordering::SeqCst);
+        let second = signals.next().await;
+        eprintln!("rekey: {second} again; stopping now (run the same command to resume)");
+        std::process::exit(second.exit_code());
     });
+}
+
+/// The signals that interrupt a run.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(unix), allow(dead_code))]
+enum Interrupt {
+    CtrlC,
+    Terminate,
+}
+
+impl Interrupt {
+    /// 128 + the signal's number, as a shell reports a process it killed.
+    fn exit_code(self) -> i32 {
+        match self {
+            Interrupt::CtrlC => 130,
+            Interrupt::Terminate => 143,
+        }
+    }
+}
+
+impl std::fmt::Display for Interrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Interrupt::CtrlC => "interrupted (Ctrl-C)",
+            Interrupt::Terminate => "terminated (SIGTERM)",
+        })
+    }
+}
+
+/// SIGINT and SIGTERM streams, registered with the runtime at once.
+#[cfg(unix)]
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn next(&mut self) -> Interrupt {
+        tokio::select! {
+            _ = self.interrupt.recv() => Interrupt::CtrlC,
+            _ = self.terminate.recv() => Interrupt::Terminate,
+        }
+    }
+}
+
+/// Elsewhere only Ctrl-C is watched.
+#[cfg(not(unix))]
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals)
+    }
+
+    async fn next(&mut self) -> Interrupt {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        Interrupt::CtrlC
+    }
 }
