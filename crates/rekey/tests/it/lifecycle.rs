@@ -524,3 +524,91 @@ async fn a_second_signal_after_sigterm_stops_at_once(pool: PgPool) {
     assert_exit(&out, 0, "the same command resumes");
     assert_all_open_to_seed(&snapshot(&pool).await, &keys.new, &tenants);
 }
+
+// ---------------------------------------------------------------------------
+// Journals written before the rule.
+// ---------------------------------------------------------------------------
+
+/// Applies only the first migration, as a version of the tool before one
+/// run per new key left the journal.
+async fn journal_of_an_older_version(pool: &PgPool) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("0001_journal.sql"),
+        include_str!("../../migrations/0001_journal.sql"),
+    )
+    .unwrap();
+    let older = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("CREATE SCHEMA rekey")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("SET search_path TO rekey")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    older.run(&mut *conn).await.unwrap();
+    sqlx::query("RESET search_path")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn duplicate_runs_of_an_older_journal_are_folded_into_the_first(pool: PgPool) {
+    journal_of_an_older_version(&pool).await;
+    sqlx::raw_sql(
+        "INSERT INTO rekey.runs (id, mode, new_key_id, target_table, state, finished_at, summary)
+         VALUES (1, 'auto', 'k1', 'org_instances', 'finished', now(), '{\"run_id\": 1}'),
+                (2, 'auto', 'k1', 'org_instances', 'finished', now(), '{\"run_id\": 2}'),
+                (3, 'auto', 'k2', 'org_instances', 'finished', now(), NULL),
+                (4, 'reencrypt', 'k1', 'org_instances', 'failed', now(), '{\"run_id\": 4}');
+         UPDATE rekey.runs SET reason = '1 rows left' WHERE id = 4;
+         INSERT INTO rekey.backups (run_id, org_ids, old_db, old_redis)
+         VALUES (1, '{a}', '{\"\\\\x01\"}', '{NULL}'), (4, '{b}', '{\"\\\\x02\"}', '{NULL}');
+         INSERT INTO rekey.items (run_id, org_id, state) VALUES (4, 'c', 'failed');",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    rekey::db::migrate(&pool)
+        .await
+        .expect("migration 0002 applies");
+
+    let runs: Vec<(i64, String, String, String, Option<String>)> =
+        sqlx::query_as("SELECT id, new_key_id, mode, state, reason FROM rekey.runs ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let k1_latest = (
+        1,
+        "k1".to_string(),
+        "reencrypt".to_string(),
+        "failed".to_string(),
+        Some("1 rows left".to_string()),
+    );
+    let k2 = (
+        3,
+        "k2".to_string(),
+        "auto".to_string(),
+        "finished".to_string(),
+        None,
+    );
+    assert_eq!(
+        runs,
+        [k1_latest, k2],
+        "k1's runs fold into run 1 with the latest's state"
+    );
+    let backup_runs: Vec<i64> = sqlx::query_scalar("SELECT run_id FROM rekey.backups ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(backup_runs, [1, 1], "every backup of k1 is run 1's");
+    let item_runs: Vec<i64> = sqlx::query_scalar("SELECT run_id FROM rekey.items")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(item_runs, [1]);
+}
