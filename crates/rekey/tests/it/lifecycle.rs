@@ -120,6 +120,14 @@ async fn a_run_that_gave_tenants_up_is_reopened_and_retries_them(pool: PgPool) {
     assert_exit(&out, 1, "every tenant given up");
     assert_eq!(run_states(&pool).await, ["failed"]);
     assert_eq!(item_states(&pool).await.get("failed"), Some(&4));
+    let status = text(&rekey(&url, &["status"]));
+    assert!(status.contains(" after 1 attempt: "), "{status}");
+    assert!(status.contains("(after 1 attempt)"), "{status}");
+    assert!(!status.contains("1 attempts"), "{status}");
+    assert!(
+        status.contains("next: fix what the reason says, then run the same `rekey run` command again: it re-opens run 1"),
+        "{status}"
+    );
 
     cloud.configure(|c| c.error_rate = 0.0);
     let out = run_cloud(&url, &cloud, &extra, &new_key_only(&keys));
