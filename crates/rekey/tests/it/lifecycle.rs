@@ -620,3 +620,32 @@ async fn duplicate_runs_of_an_older_journal_are_folded_into_the_first(pool: PgPo
         .unwrap();
     assert_eq!(item_runs, [1]);
 }
+
+#[sqlx::test(migrations = false)]
+async fn verify_names_the_run_of_its_key_when_it_cannot_record_it(pool: PgPool) {
+    let table = reference_table(&pool).await;
+    let keys = Keys::new();
+    seed_fleet(&pool, &table, &keys.old, 30).await;
+    let url = db_url(&pool);
+    // Every row done, but by a deliberately partial invocation: the run is open.
+    let out = rekey_with_keys(&url, &keys, &["run", "--limit", "1000"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        run_states(&pool).await,
+        ["running"],
+        "a --limit run stays open"
+    );
+
+    let out = rekey_with_keys(&url, &keys, &["verify"]);
+    assert_exit(&out, 0, "every row opens under the new key");
+    let said = text(&out);
+    assert!(
+        said.contains("run 1 of new key")
+            && said.contains("is running, so it is not recorded as verified"),
+        "{said}"
+    );
+    assert_refused(
+        &rekey(&url, &["finalize", "--run", "1"]),
+        &["run 1 is running"],
+    );
+}
