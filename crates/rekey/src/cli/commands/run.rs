@@ -42,11 +42,16 @@ pub async fn run(global: &Global, args: &RunArgs) -> Result<Outcome, CliError> {
         sinks.push(Arc::clone(m) as Arc<dyn EventSink>);
     }
     let sink: Arc<dyn EventSink> = Arc::new(FanOut(sinks));
+    // From the moment the metrics file says `running`, a signal must reach
+    // the code that writes its end.
+    let stop = Arc::new(AtomicBool::new(false));
+    watch_signals(Arc::clone(&stop));
     let engine = Engine {
         pool,
         table,
         keyring,
         access,
+        stop,
     };
     let report = match engine.run(args, &opts, &sink).await {
         Ok(report) => report,
@@ -75,6 +80,8 @@ struct Engine {
     table: Table,
     keyring: Arc<Keyring>,
     access: Option<reprovision::CloudAccess>,
+    /// Set by the first Ctrl-C or SIGTERM.
+    stop: Arc<AtomicBool>,
 }
 
 impl Engine {
@@ -98,15 +105,13 @@ impl Engine {
             )?)),
             None => None,
         };
-        let stop = Arc::new(AtomicBool::new(false));
-        watch_signals(Arc::clone(&stop));
         let ctx = run::RunContext {
             pool: self.pool,
             table: self.table,
             keyring: self.keyring,
             sink: Arc::clone(sink),
             reprovisioner,
-            stop,
+            stop: self.stop,
         };
         Ok(run::run(&ctx, opts).await?)
     }
