@@ -50,3 +50,8 @@ UPDATE rekey.runs r
                     WHERE f.keep = r.id);
 
 CREATE UNIQUE INDEX runs_one_per_new_key ON rekey.runs (new_key_id);
+
+-- How many times the run was re-opened. A process closes the run only in
+-- the opening it joined: one still busy in an earlier opening must not
+-- close the one a later `run` started.
+ALTER TABLE rekey.runs ADD COLUMN reopened INT NOT NULL DEFAULT 0;

@@ -24,7 +24,7 @@ use super::inplace::{InPlace, PassTally};
 use super::reprovision::{ProvisionTally, Reprovisioner};
 use super::scan::{scan, ScanResult};
 use super::{Outcome, RunError};
-use crate::db::journal::{self, RunStart};
+use crate::db::journal::{self, RunRecord, RunStart};
 use crate::db::org_instances::{count_rows, RowFilter};
 use crate::db::Table;
 use crate::envelope::{Keyring, Mode};
@@ -204,7 +204,7 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
     conclude(
         ctx,
         opts,
-        run.id,
+        &run,
         start,
         &tally,
         &provisioned,
@@ -312,7 +312,7 @@ async fn walk(
 async fn conclude(
     ctx: &RunContext,
     opts: &RunOptions,
-    run_id: i64,
+    run: &RunRecord,
     start: RunStart,
     tally: &PassTally,
     provisioned: &ProvisionTally,
@@ -343,7 +343,7 @@ async fn conclude(
             });
         }
     }
-    let failed_items = journal::failed_items(&ctx.pool, run_id, 100).await?;
+    let failed_items = journal::failed_items(&ctx.pool, run.id, 100).await?;
     let unprovisioned = check.reprovision_ids.len() as u64;
     for id in check
         .reprovision_ids
@@ -389,7 +389,7 @@ async fn conclude(
         )
     };
     let report = RunReport {
-        run_id,
+        run_id: run.id,
         start,
         mode: opts.mode,
         new_key_id: ctx.keyring.new_key_id().0.clone(),
@@ -432,7 +432,7 @@ async fn conclude(
         let summary = serde_json::to_value(&report).unwrap_or(serde_json::Value::Null);
         journal::close_run(
             &ctx.pool,
-            run_id,
+            run,
             state == "finished",
             reason.as_deref(),
             &summary,

@@ -67,6 +67,11 @@ async fn a_second_run_with_the_same_new_key_reopens_the_first_and_finalize_purge
         text(&status)
     );
     assert!(
+        text(&status).contains("re-opened 1 time(s)"),
+        "{}",
+        text(&status)
+    );
+    assert!(
         text(&status).contains("next: rekey finalize --run 1"),
         "{}",
         text(&status)
@@ -647,5 +652,47 @@ async fn verify_names_the_run_of_its_key_when_it_cannot_record_it(pool: PgPool) 
     assert_refused(
         &rekey(&url, &["finalize", "--run", "1"]),
         &["run 1 is running"],
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_process_still_in_an_earlier_opening_does_not_close_the_reopened_run(pool: PgPool) {
+    use rekey::db::journal::{self, RunStart};
+    use rekey::envelope::Mode;
+    rekey::db::migrate(&pool).await.unwrap();
+    let key = rekey::keys::KeyId("k1".into());
+    let open = || journal::open_or_resume(&pool, Mode::Auto, &key, None, "org_instances");
+    let nothing = serde_json::json!({});
+
+    let (first, start) = open().await.unwrap();
+    assert_eq!(start, RunStart::Started);
+    // A second process joins and is slow; the first closes the run.
+    let (slow, start) = open().await.unwrap();
+    assert_eq!(start, RunStart::Resumed);
+    journal::close_run(&pool, &first, true, None, &nothing)
+        .await
+        .unwrap();
+    // A later invocation re-opens it, and only then the slow one concludes.
+    let (again, start) = open().await.unwrap();
+    assert_eq!(
+        (start, again.id, again.reopened),
+        (RunStart::Reopened, first.id, 1)
+    );
+    journal::close_run(&pool, &slow, false, Some("stale"), &nothing)
+        .await
+        .unwrap();
+    let run = journal::get_run(&pool, Some(first.id)).await.unwrap();
+    assert_eq!(
+        (run.state.as_str(), run.reason),
+        ("running", None),
+        "the stale close changed the re-opened run"
+    );
+
+    journal::close_run(&pool, &again, true, None, &nothing)
+        .await
+        .unwrap();
+    assert_eq!(
+        journal::get_run(&pool, None).await.unwrap().state,
+        "finished"
     );
 }

@@ -232,6 +232,13 @@ pub fn status_text(s: &StatusReport) -> String {
         r.old_key_id.as_deref().unwrap_or("(none)")
     );
     let _ = writeln!(out, "  started {}", r.started_at.to_rfc3339());
+    if r.reopened > 0 {
+        let _ = writeln!(
+            out,
+            "  re-opened {} time(s) by a later run with this key",
+            r.reopened
+        );
+    }
     if let Some(f) = r.finished_at {
         let _ = writeln!(out, "  ended   {}", f.to_rfc3339());
     }

@@ -23,10 +23,12 @@ pub struct RunRecord {
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
     pub verified_at: Option<chrono::DateTime<chrono::Utc>>,
     pub backups_purged_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// How many times a later `run` re-opened it after it had ended.
+    pub reopened: i32,
 }
 
 const RUN_COLUMNS: &str = "id, mode, old_key_id, new_key_id, target_table, state, reason, \
-     started_at, finished_at, verified_at, backups_purged_at";
+     started_at, finished_at, verified_at, backups_purged_at, reopened";
 
 /// Whether `open_or_resume` made a new run, joined the open one, or
 /// re-opened the closed run of the same new key.
@@ -123,7 +125,7 @@ async fn reopen(
     let run = sqlx::query_as::<_, RunRecord>(&format!(
         "UPDATE rekey.runs
             SET state = 'running', reason = NULL, finished_at = NULL, verified_at = NULL,
-                summary = NULL, mode = $2, old_key_id = $3
+                summary = NULL, mode = $2, old_key_id = $3, reopened = reopened + 1
           WHERE id = $1 AND state <> 'running'
          RETURNING {RUN_COLUMNS}"
     ))
@@ -194,19 +196,23 @@ pub async fn get_run(pool: &PgPool, id: Option<i64>) -> Result<RunRecord, DbErro
     })
 }
 
-/// Closes a run as finished or failed, with its final figures.
+/// Closes a run as finished or failed, with its final figures, if it is
+/// still in the opening the caller joined (`reopened` as the caller saw it):
+/// a process that finishes late must not close the run a later `run`
+/// re-opened meanwhile, whose work it knows nothing of.
 pub async fn close_run(
     pool: &PgPool,
-    run_id: i64,
+    run: &RunRecord,
     finished: bool,
     reason: Option<&str>,
     summary: &serde_json::Value,
 ) -> Result<(), DbError> {
     sqlx::query(
-        "UPDATE rekey.runs SET state = $2, reason = $3, summary = $4, finished_at = now()
-          WHERE id = $1 AND state = 'running'",
+        "UPDATE rekey.runs SET state = $3, reason = $4, summary = $5, finished_at = now()
+          WHERE id = $1 AND reopened = $2 AND state = 'running'",
     )
-    .bind(run_id)
+    .bind(run.id)
+    .bind(run.reopened)
     .bind(if finished { "finished" } else { "failed" })
     .bind(reason)
     .bind(summary)
