@@ -696,3 +696,11 @@ async fn a_process_still_in_an_earlier_opening_does_not_close_the_reopened_run(p
         "finished"
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn status_on_a_journal_without_runs_says_so(pool: PgPool) {
+    rekey::db::migrate(&pool).await.unwrap();
+    let out = rekey(&db_url(&pool), &["status"]);
+    assert_refused(&out, &["no run in the journal yet"]);
+    assert!(!text(&out).contains("run 0"), "{}", text(&out));
+}
