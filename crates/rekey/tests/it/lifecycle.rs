@@ -704,3 +704,40 @@ async fn status_on_a_journal_without_runs_says_so(pool: PgPool) {
     assert_refused(&out, &["no run in the journal yet"]);
     assert!(!text(&out).contains("run 0"), "{}", text(&out));
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_journal_an_older_version_wrote_is_read_before_it_is_migrated(pool: PgPool) {
+    let table = reference_table(&pool).await;
+    let keys = Keys::new();
+    let (third, _) = keys.another("third.key");
+    seed_fleet(&pool, &table, &third, 10).await;
+    journal_of_an_older_version(&pool).await;
+    sqlx::query(
+        "INSERT INTO rekey.runs (mode, new_key_id, target_table, state, finished_at)
+         VALUES ('auto', 'older', 'org_instances', 'finished', now())",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let url = db_url(&pool);
+
+    // Read-only commands read it as it is (another process may be
+    // migrating it at this very moment, too).
+    let out = rekey(&url, &["status"]);
+    assert_exit(&out, 0, "status on an older journal");
+    assert!(text(&out).starts_with("run 1: finished"), "{}", text(&out));
+    // A run refused at preflight reads it too, and leaves it unmigrated.
+    assert_refused(
+        &rekey_with_keys(&url, &keys, &["run"]),
+        &["--confirm-reprovision 10"],
+    );
+    let reopened_column: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.columns
+                         WHERE table_schema = 'rekey' AND table_name = 'runs'
+                           AND column_name = 'reopened')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(!reopened_column, "the refused run migrated the journal");
+}

@@ -27,8 +27,14 @@ pub struct RunRecord {
     pub reopened: i32,
 }
 
+/// `reopened` came with migration 0002, and the journal is read before
+/// `run` migrates it (the preflight checks, and `status`, `verify` and
+/// `finalize`, which never migrate): the journal may be one an older version
+/// wrote, or one another process is migrating at this instant. So that column
+/// is read through the row's JSON, as 0 where it does not exist yet.
 const RUN_COLUMNS: &str = "id, mode, old_key_id, new_key_id, target_table, state, reason, \
-     started_at, finished_at, verified_at, backups_purged_at, reopened";
+     started_at, finished_at, verified_at, backups_purged_at, \
+     coalesce((to_jsonb(runs) ->> 'reopened')::int, 0) AS reopened";
 
 /// Whether `open_or_resume` made a new run, joined the open one, or
 /// re-opened the closed run of the same new key.
