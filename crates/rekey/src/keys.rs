@@ -38,6 +38,10 @@ pub enum KeyParseError {
     UnrecognisedForm(usize),
     #[error("the key looks like hex but is not valid hex; {ACCEPTED_FORMS}")]
     BadHex,
+    /// A key file's bytes are not UTF-8: no accepted form is (a raw key is
+    /// 32 bytes of text, as the control plane's loader reads it).
+    #[error("the key file is not text (its {0} bytes are not valid UTF-8); {ACCEPTED_FORMS}")]
+    NotText(usize),
 }
 
 /// Why a key could not be loaded from where the operator pointed.
@@ -111,32 +115,54 @@ impl FromStr for Key {
     /// order matters: 64 hex characters are also valid base64 (of 48 bytes,
     /// so no clash), and a 32-character hex string is accepted as raw bytes,
     /// exactly as the control plane's loader would.
+    ///
+    /// Trimming would cut a raw key whose first or last byte is whitespace,
+    /// so text that is exactly 32 bytes *before* trimming, and whose trimmed
+    /// form is none of the forms, is taken as the raw key as it is. This is
+    /// never ambiguous: when trimming removed anything, the trimmed text is
+    /// shorter than 32 bytes, so it could only have been refused. Such a key
+    /// must be given with nothing around it (no line ending: `printf %s`).
+    /// Text that is nothing but whitespace is refused as empty.
     fn from_str(text: &str) -> Result<Key, KeyParseError> {
-        let text = text.trim();
-        if text.is_empty() {
+        let trimmed = text.trim();
+        if trimmed.is_empty() {
             return Err(KeyParseError::Empty);
         }
-        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
-        if text.len() == 2 * KEY_LEN && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            hex::decode_to_slice(text, &mut bytes[..]).map_err(|_| KeyParseError::BadHex)?;
-            return Ok(Key(bytes));
+        match parse_trimmed(trimmed) {
+            Err(_) if text.len() == KEY_LEN => Ok(raw_key(text)),
+            parsed => parsed,
         }
-        if let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(text) {
-            let decoded = Zeroizing::new(decoded);
-            if decoded.len() == KEY_LEN {
-                bytes.copy_from_slice(&decoded);
-                return Ok(Key(bytes));
-            }
-        }
-        if text.len() == KEY_LEN {
-            bytes.copy_from_slice(text.as_bytes());
-            return Ok(Key(bytes));
-        }
-        if text.len() == 2 * KEY_LEN {
-            return Err(KeyParseError::BadHex);
-        }
-        Err(KeyParseError::UnrecognisedForm(text.chars().count()))
     }
+}
+
+/// The three forms, tried in order on text already trimmed.
+fn parse_trimmed(text: &str) -> Result<Key, KeyParseError> {
+    let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+    if text.len() == 2 * KEY_LEN && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        hex::decode_to_slice(text, &mut bytes[..]).map_err(|_| KeyParseError::BadHex)?;
+        return Ok(Key(bytes));
+    }
+    if let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(text) {
+        let decoded = Zeroizing::new(decoded);
+        if decoded.len() == KEY_LEN {
+            bytes.copy_from_slice(&decoded);
+            return Ok(Key(bytes));
+        }
+    }
+    if text.len() == KEY_LEN {
+        return Ok(raw_key(text));
+    }
+    if text.len() == 2 * KEY_LEN {
+        return Err(KeyParseError::BadHex);
+    }
+    Err(KeyParseError::UnrecognisedForm(text.chars().count()))
+}
+
+/// The bytes of a 32-byte text as the key. The caller checked the length.
+fn raw_key(text: &str) -> Key {
+    let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+    bytes.copy_from_slice(text.as_bytes());
+    Key(bytes)
 }
 
 /// A key's public identifier (16 hex characters). See [`Key::id`].
@@ -203,7 +229,7 @@ fn load_file(path: &Path) -> Result<LoadedKey, KeyLoadError> {
     let raw = Zeroizing::new(std::fs::read(path).map_err(read_err)?);
     let text = std::str::from_utf8(&raw).map_err(|_| KeyLoadError::ParseFile {
         path: path.to_path_buf(),
-        source: KeyParseError::UnrecognisedForm(raw.len()),
+        source: KeyParseError::NotText(raw.len()),
     })?;
     let key = text
         .parse::<Key>()
@@ -287,4 +313,47 @@ mod tests {
     }
 
     const KEY_ID_OF_HEX: &str = "cb1cf07faec54353";
+
+    #[test]
+    fn a_raw_key_with_whitespace_at_either_end_is_taken_as_it_is() {
+        for raw in [
+            " bcdefghijklmnopqrstuvwxyz012345",
+            "abcdefghijklmnopqrstuvwxyz01234\t",
+            " bcdefghijklmnopqrstuvwxyz01234 ",
+        ] {
+            assert_eq!(raw.len(), KEY_LEN);
+            let key: Key = raw.parse().unwrap();
+            assert_eq!(&key.expose_bytes()[..], raw.as_bytes());
+        }
+    }
+
+    #[test]
+    fn text_that_trims_to_a_valid_form_is_read_in_that_form() {
+        // 32 bytes around a 30-byte text: no form once trimmed, so raw.
+        let raw = format!(" {} ", "x".repeat(30));
+        let key: Key = raw.parse().unwrap();
+        assert_eq!(&key.expose_bytes()[..], raw.as_bytes());
+        // A raw key with a line ending trims to the key.
+        let key: Key = "abcdefghijklmnopqrstuvwxyz012345\n".parse().unwrap();
+        assert_eq!(&key.expose_bytes()[..], b"abcdefghijklmnopqrstuvwxyz012345");
+        // Whitespace only is empty, whatever its length.
+        assert_eq!(
+            " ".repeat(32).parse::<Key>().err(),
+            Some(KeyParseError::Empty)
+        );
+    }
+
+    #[test]
+    fn a_key_file_that_is_not_text_is_refused_as_not_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("binary.key");
+        let bytes: Vec<u8> = (0..32u8).map(|b| b.wrapping_mul(37) | 0x80).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let message = match load(Some(&path), "REKEY_TEST_UNUSED") {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a non-UTF-8 key file must be refused"),
+        };
+        assert!(message.contains("not text"), "{message}");
+        assert!(!message.contains("characters long"), "{message}");
+    }
 }

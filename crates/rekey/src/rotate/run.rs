@@ -1,4 +1,4 @@
-//! The top of `rekey run`: open or resume the run, check the gate, walk the
+//! The top of `rekey run`: open, resume or re-open the run, check the gate, walk the
 //! table in place, hand unopenable tenants to re-provisioning, check that
 //! every row converged, and close the run with its reason.
 //!
@@ -6,7 +6,9 @@
 //! to do; otherwise it is recorded as failed with the reason, or left open
 //! when the invocation was deliberately partial (`--limit`, `--org`,
 //! `--max-tenants` with tenants left) or interrupted, so that running the
-//! same command again resumes it.
+//! same command again resumes it. There is one run per new key: a later
+//! `run` with a key whose run has ended (finished or failed) re-opens that
+//! run, under the same id, for another convergence pass.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,7 +24,7 @@ use super::inplace::{InPlace, PassTally};
 use super::reprovision::{ProvisionTally, Reprovisioner};
 use super::scan::{scan, ScanResult};
 use super::{retry, Outcome, RunError};
-use crate::db::journal::{self, RunStart};
+use crate::db::journal::{self, RunRecord, RunStart};
 use crate::db::org_instances::{count_rows, RowFilter};
 use crate::db::Table;
 use crate::envelope::{Keyring, Mode};
@@ -122,6 +124,9 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
     };
     gate::refuse_other_open_run(ctx).await?;
     let prescan = gate::preflight(ctx, opts, &filter).await?;
+    // Only now that the run is going to act: a refusal above leaves the
+    // database as it was, without even schema rekey.
+    crate::db::migrate(&ctx.pool).await?;
     let (run, start) = journal::open_or_resume(
         &ctx.pool,
         opts.mode,
@@ -204,29 +209,31 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
         .await
         .map_err(|e| e.stopped(run.id))?,
     };
-    let report = conclude(
+    let timing = Timing {
+        passes,
+        in_place_secs,
+        started,
+    };
+    conclude(
         ctx,
         opts,
-        run.id,
+        &run,
         start,
         &tally,
         &provisioned,
         &check,
         partial,
+        &timing,
     )
     .await
-    .map_err(|e| e.stopped(run.id))?;
-    Ok(RunReport {
-        passes,
-        in_place_secs,
-        rows_per_sec: if in_place_secs > 0.0 {
-            tally.rows as f64 / in_place_secs
-        } else {
-            0.0
-        },
-        elapsed_secs: started.elapsed().as_secs_f64(),
-        ..report
-    })
+    .map_err(|e| e.stopped(run.id))
+}
+
+/// How long the invocation took, for the report and the journal's summary.
+struct Timing {
+    passes: u32,
+    in_place_secs: f64,
+    started: Instant,
 }
 
 /// What the in-place walk did.
@@ -357,12 +364,13 @@ async fn needing_work(
 async fn conclude(
     ctx: &RunContext,
     opts: &RunOptions,
-    run_id: i64,
+    run: &RunRecord,
     start: RunStart,
     tally: &PassTally,
     provisioned: &ProvisionTally,
     check: &ScanResult,
     partial: bool,
+    timing: &Timing,
 ) -> Result<RunReport, RunError> {
     let mut left: Vec<LeftRow> = Vec::new();
     let reason_of = |r: LeftReason| {
@@ -393,7 +401,7 @@ async fn conclude(
             });
         }
     }
-    let failed_items = journal::failed_items(&ctx.pool, run_id, 100).await?;
+    let failed_items = journal::failed_items(&ctx.pool, run.id, 100).await?;
     let unprovisioned = check.reprovision_ids.len() as u64;
     for id in check
         .reprovision_ids
@@ -439,7 +447,7 @@ async fn conclude(
         )
     };
     let report = RunReport {
-        run_id,
+        run_id: run.id,
         start,
         mode: opts.mode,
         new_key_id: ctx.keyring.new_key_id().0.clone(),
@@ -456,12 +464,16 @@ async fn conclude(
         left,
         left_total,
         fields_seen: tally.fields,
-        elapsed_secs: 0.0,
-        in_place_secs: 0.0,
-        rows_per_sec: 0.0,
+        elapsed_secs: timing.started.elapsed().as_secs_f64(),
+        in_place_secs: timing.in_place_secs,
+        rows_per_sec: if timing.in_place_secs > 0.0 {
+            tally.rows as f64 / timing.in_place_secs
+        } else {
+            0.0
+        },
         batch_p50_ms: percentile_ms(&tally.batch_latencies, 0.50),
         batch_p99_ms: percentile_ms(&tally.batch_latencies, 0.99),
-        passes: 0,
+        passes: timing.passes,
         phase_secs: PhaseSecs {
             claim: tally.phases.claim.as_secs_f64(),
             crypto: tally.phases.crypto.as_secs_f64(),
@@ -478,7 +490,7 @@ async fn conclude(
         let summary = serde_json::to_value(&report).unwrap_or(serde_json::Value::Null);
         journal::close_run(
             &ctx.pool,
-            run_id,
+            run,
             state == "finished",
             reason.as_deref(),
             &summary,

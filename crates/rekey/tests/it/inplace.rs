@@ -620,10 +620,15 @@ async fn processes_starting_together_on_a_fresh_database_all_join_one_run(pool: 
     let keys = Keys::new();
     let tenants = seed_fleet(&pool, &table, &keys.old, 300).await;
     let url = db_url(&pool);
-    let args = args_with_keys(&["run", "--workers", "1", "--batch-size", "20"], &keys);
+    let args = args_with_keys(
+        &["run", "--json", "--workers", "1", "--batch-size", "20"],
+        &keys,
+    );
     let args = strs(&args);
     // Spawned back to back, they reach the journal's migration together:
-    // the first one to run on a database creates schema rekey.
+    // the first one to run on a database creates schema rekey. However the
+    // scheduler orders them (a late one may start after the run finished),
+    // they share one run: joined while it is open, re-opened once it ended.
     let children: Vec<_> = (0..6)
         .map(|_| {
             rekey_cmd(&url, &args)
@@ -636,6 +641,7 @@ async fn processes_starting_together_on_a_fresh_database_all_join_one_run(pool: 
     for (i, child) in children.into_iter().enumerate() {
         let out = child.wait_with_output().expect("wait for rekey");
         assert_eq!(out.status.code(), Some(0), "process {i}: {}", text(&out));
+        assert_eq!(run_summary(&out)["run_id"], 1, "process {i}");
     }
     assert_all_open_to_seed(&snapshot(&pool).await, &keys.new, &tenants);
     assert_eq!(
@@ -876,6 +882,9 @@ async fn no_key_password_or_url_appears_in_any_output_or_the_journal(pool: PgPoo
     }
     let (_, other_key) = keys.another("other.key");
     let mut outputs: Vec<(String, String)> = Vec::new();
+    // Read when the run fails: a later run with the same key re-opens the
+    // run and clears its reason.
+    let mut failed_reasons: Vec<String> = Vec::new();
     let mut record = |what: &str, out: std::process::Output| {
         outputs.push((what.to_string(), text(&out)));
         out
@@ -914,6 +923,11 @@ async fn no_key_password_or_url_appears_in_any_output_or_the_journal(pool: PgPoo
             ),
         );
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        let reasons: Vec<Option<String>> = sqlx::query_scalar("SELECT reason FROM rekey.runs")
+            .fetch_all(&pool)
+            .await
+            .expect("run reasons");
+        failed_reasons.extend(reasons.into_iter().flatten());
         record(
             "run auto (gate)",
             rekey_with_keys(&url, &keys, &with!("run")),
@@ -990,10 +1004,11 @@ async fn no_key_password_or_url_appears_in_any_output_or_the_journal(pool: PgPoo
     .await
     .expect("journal text");
     assert!(
-        journal.iter().flatten().any(|r| r.contains("rows left")),
+        failed_reasons.iter().any(|r| r.contains("rows left")),
         "a failed run records its reason"
     );
-    for (i, t) in journal.into_iter().flatten().enumerate() {
+    let journal = journal.into_iter().flatten().chain(failed_reasons);
+    for (i, t) in journal.enumerate() {
         outputs.push((format!("journal text {i}"), t));
     }
 

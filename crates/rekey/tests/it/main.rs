@@ -12,6 +12,7 @@ mod envelope_props;
 mod fleet_bench;
 mod http_policy;
 mod inplace;
+mod lifecycle;
 mod metrics;
 mod provision_caps;
 mod rehearsal;

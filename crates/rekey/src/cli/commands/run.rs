@@ -1,4 +1,6 @@
-//! `rekey run`.
+//! `rekey run`: the command line's checks (the metrics file's path first,
+//! before anything changes), the sinks the engine reports to, and the
+//! signals that stop a run gracefully.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -7,11 +9,11 @@ use sqlx::PgPool;
 
 use super::open_table;
 use crate::cli::args::{Global, RunArgs};
-use crate::cli::output::metrics::MetricsFile;
+use crate::cli::output::metrics::{self, MetricsFile};
 use crate::cli::output::progress::Style;
 use crate::cli::output::report;
 use crate::cli::{config, CliError};
-use crate::db::{self, Table};
+use crate::db::Table;
 use crate::envelope::Keyring;
 use crate::rotate::events::{EventSink, FanOut};
 use crate::rotate::{reprovision, run, Outcome};
@@ -19,25 +21,37 @@ use crate::rotate::{reprovision, run, Outcome};
 /// The top-level entry point for `rekey run`.
 pub async fn run(global: &Global, args: &RunArgs) -> Result<Outcome, CliError> {
     let opts = config::run_options(args)?;
+    let key_files: Vec<&std::path::Path> = [&global.keys.old_key_file, &global.keys.new_key_file]
+        .into_iter()
+        .flatten()
+        .map(std::path::PathBuf::as_path)
+        .collect();
+    if let Some(path) = &args.metrics_file {
+        metrics::check_path(path, &key_files)?;
+    }
     let keyring = Arc::new(config::keyring(global)?);
     let access = config::cloud_access(global)?;
     let (pool, table) = open_table(global, args.workers as u32 + 4).await?;
-    db::migrate(&pool).await?;
     let style = Style::detect(global.json, global.quiet);
     let mut sinks: Vec<Arc<dyn EventSink>> = vec![Arc::from(style.sink())];
     let metrics = match &args.metrics_file {
-        Some(path) => Some(Arc::new(MetricsFile::create(path)?)),
+        Some(path) => Some(Arc::new(MetricsFile::create(path, &key_files)?)),
         None => None,
     };
     if let Some(m) = &metrics {
         sinks.push(Arc::clone(m) as Arc<dyn EventSink>);
     }
     let sink: Arc<dyn EventSink> = Arc::new(FanOut(sinks));
+    // From the moment the metrics file says `running`, a signal must reach
+    // the code that writes its end.
+    let stop = Arc::new(AtomicBool::new(false));
+    watch_signals(Arc::clone(&stop));
     let engine = Engine {
         pool,
         table,
         keyring,
         access,
+        stop,
     };
     let report = match engine.run(args, &opts, &sink).await {
         Ok(report) => report,
@@ -66,6 +80,8 @@ struct Engine {
     table: Table,
     keyring: Arc<Keyring>,
     access: Option<reprovision::CloudAccess>,
+    /// Set by the first Ctrl-C or SIGTERM.
+    stop: Arc<AtomicBool>,
 }
 
 impl Engine {
@@ -89,38 +105,113 @@ impl Engine {
             )?)),
             None => None,
         };
-        let stop = Arc::new(AtomicBool::new(false));
-        watch_signals(Arc::clone(&stop));
         let ctx = run::RunContext {
             pool: self.pool,
             table: self.table,
             keyring: self.keyring,
             sink: Arc::clone(sink),
             reprovisioner,
-            stop,
+            stop: self.stop,
         };
         Ok(run::run(&ctx, opts).await?)
     }
 }
 
-/// The first ctrl-c lets the work in flight finish (in-place batches
-/// commit, tenants mid-way complete their step); that can take a while
-/// when the cloud is slow or gone, so a second one stops at once. Both
-/// are safe: the journal resumes a run killed at any instant.
+/// The first Ctrl-C or SIGTERM (systemd, Kubernetes and `timeout` stop a
+/// process with SIGTERM) lets the work in flight finish (in-place batches
+/// commit, tenants mid-way complete their step), then the run ends open with
+/// its report and metrics written; that can take a while when the cloud is
+/// slow or gone, so a second signal of either kind stops at once. Both are
+/// safe: the journal resumes a run killed at any instant. The handlers are
+/// installed before this returns, so no signal can arrive unhandled once the
+/// run has started.
 fn watch_signals(stop: Arc<AtomicBool>) {
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!(
-                "rekey: interrupted; finishing the work in flight (the run stays open to resume); \
-                 ctrl-c again to stop at once"
-            );
-            stop.store(true, Ordering::SeqCst);
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!(
-                    "rekey: interrupted again; stopping now (run the same command to resume)"
-                );
-                std::process::exit(130);
-            }
+    let mut signals = match Signals::install() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("warning: cannot watch for Ctrl-C and SIGTERM ({e}); a signal stops at once");
+            return;
         }
+    };
+    tokio::spawn(async move {
+        let first = signals.next().await;
+        eprintln!(
+            "rekey: {first}; finishing the work in flight (the run stays open to resume); \
+             Ctrl-C or SIGTERM again to stop at once"
+        );
+        stop.store(true, Ordering::SeqCst);
+        let second = signals.next().await;
+        eprintln!("rekey: {second} again; stopping now (run the same command to resume)");
+        std::process::exit(second.exit_code());
     });
+}
+
+/// The signals that interrupt a run.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(unix), allow(dead_code))]
+enum Interrupt {
+    CtrlC,
+    Terminate,
+}
+
+impl Interrupt {
+    /// 128 + the signal's number, as a shell reports a process it killed.
+    fn exit_code(self) -> i32 {
+        match self {
+            Interrupt::CtrlC => 130,
+            Interrupt::Terminate => 143,
+        }
+    }
+}
+
+impl std::fmt::Display for Interrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Interrupt::CtrlC => "interrupted (Ctrl-C)",
+            Interrupt::Terminate => "terminated (SIGTERM)",
+        })
+    }
+}
+
+/// SIGINT and SIGTERM streams, registered with the runtime at once.
+#[cfg(unix)]
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn next(&mut self) -> Interrupt {
+        tokio::select! {
+            _ = self.interrupt.recv() => Interrupt::CtrlC,
+            _ = self.terminate.recv() => Interrupt::Terminate,
+        }
+    }
+}
+
+/// Elsewhere only Ctrl-C is watched.
+#[cfg(not(unix))]
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals)
+    }
+
+    async fn next(&mut self) -> Interrupt {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        Interrupt::CtrlC
+    }
 }

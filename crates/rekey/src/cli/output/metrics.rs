@@ -9,8 +9,13 @@
 //! when the command stopped with an error (a refusal, a lost database)
 //! before it had a report. A dashboard can alert on anything but
 //! `finished` once `rekey_run_finished` is 1.
+//!
+//! The file is only ever replaced when it is one this tool wrote (it
+//! begins with `# HELP rekey_`): a path mistyped onto a key file or any
+//! other file is refused before the run changes anything.
 
 use std::fmt::Write as _;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -43,9 +48,63 @@ pub struct MetricsFile {
     state: Mutex<(Counters, Option<Instant>)>,
 }
 
+/// How a metrics file this tool wrote begins: the first family's HELP line
+/// (every version has written `rekey_rows_total` first). A file at the path
+/// that begins otherwise is someone else's and is never replaced.
+const SIGNATURE: &str = "# HELP rekey_";
+
+/// Refuses, before anything is written anywhere, a `--metrics-file` path
+/// that would destroy something: one of the key files (a pasted path, a
+/// tab-completion slip), or any existing file that is not a metrics file
+/// this tool wrote. An empty file holds nothing to lose and is accepted.
+pub fn check_path(path: &Path, key_files: &[&Path]) -> Result<(), CliError> {
+    let same = |key: &Path| match (std::fs::canonicalize(path), std::fs::canonicalize(key)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => path == key,
+    };
+    if key_files.iter().any(|k| same(k)) {
+        return Err(CliError::Refused(format!(
+            "--metrics-file {} is a key file; the metrics would replace the key. \
+             Name another file (e.g. /var/lib/node_exporter/rekey.prom)",
+            path.display()
+        )));
+    }
+    let first_line = match std::fs::File::open(path) {
+        Ok(file) => {
+            use std::io::BufRead as _;
+            // At most a line's worth is read, and none of it is ever shown:
+            // the file may hold a secret.
+            let mut line = Vec::new();
+            let mut reader = std::io::BufReader::new(file).take(256);
+            reader.read_until(b'\n', &mut line).map_err(|e| {
+                CliError::io(format!("reading --metrics-file {}", path.display()), e)
+            })?;
+            line
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(CliError::io(
+                format!("opening --metrics-file {}", path.display()),
+                e,
+            ))
+        }
+    };
+    if first_line.is_empty() || first_line.starts_with(SIGNATURE.as_bytes()) {
+        return Ok(());
+    }
+    Err(CliError::Refused(format!(
+        "--metrics-file {} already exists and is not a metrics file rekey wrote (those begin \
+         with `{SIGNATURE}`); rekey replaces only its own. Name another file, or remove this \
+         one if it is not needed",
+        path.display()
+    )))
+}
+
 impl MetricsFile {
-    /// Creates (or replaces) the file at once, so a bad path fails before the run.
-    pub fn create(path: &Path) -> Result<MetricsFile, CliError> {
+    /// Creates the file at once, so a bad path fails before the run; call
+    /// [`check_path`] first (before anything changes), it is checked again here.
+    pub fn create(path: &Path, key_files: &[&Path]) -> Result<MetricsFile, CliError> {
+        check_path(path, key_files)?;
         let m = MetricsFile {
             path: path.to_path_buf(),
             started: Instant::now(),
@@ -242,4 +301,15 @@ fn render(c: &Counters, elapsed: Duration) -> String {
         &states,
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_the_tool_writes_carries_the_signature_it_recognises() {
+        let text = render(&Counters::default(), Duration::from_secs(1));
+        assert!(text.starts_with(SIGNATURE), "{text}");
+    }
 }

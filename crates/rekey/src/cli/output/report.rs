@@ -166,7 +166,8 @@ pub fn run_text(r: &RunReport) -> String {
         _ => {
             let _ = writeln!(
                 out,
-                "next: fix what the rows left say, then rekey run (a new run with the same key)"
+                "next: fix what the rows left say, then run the same command again (it re-opens run {})",
+                r.run_id
             );
         }
     }
@@ -235,6 +236,13 @@ pub fn status_text(s: &StatusReport) -> String {
         r.old_key_id.as_deref().unwrap_or("(none)")
     );
     let _ = writeln!(out, "  started {}", r.started_at.to_rfc3339());
+    if r.reopened > 0 {
+        let _ = writeln!(
+            out,
+            "  re-opened {} time(s) by a later run with this key",
+            r.reopened
+        );
+    }
     if let Some(f) = r.finished_at {
         let _ = writeln!(out, "  ended   {}", f.to_rfc3339());
     }
@@ -257,10 +265,10 @@ pub fn status_text(s: &StatusReport) -> String {
     for f in &s.failed {
         let _ = writeln!(
             out,
-            "    given up {} at {} after {} attempts: {}",
+            "    given up {} at {} after {}: {}",
             f.org_id,
             f.step,
-            f.attempts,
+            attempts(i64::from(f.attempts)),
             f.last_error.as_deref().unwrap_or("-")
         );
     }
@@ -285,7 +293,40 @@ pub fn status_text(s: &StatusReport) -> String {
         }
         (None, None) => {}
     }
+    let _ = writeln!(out, "next: {}", status_next(r));
     out
+}
+
+/// "1 attempt", "3 attempts".
+pub fn attempts(n: i64) -> String {
+    format!("{n} attempt{}", if n == 1 { "" } else { "s" })
+}
+
+/// What the operator does next with the run `status` shows.
+fn status_next(r: &RunRecord) -> String {
+    let verified_after_finish = matches!(
+        (r.verified_at, r.finished_at),
+        (Some(v), Some(f)) if v >= f
+    );
+    match r.state.as_str() {
+        "running" => format!(
+            "run the same `rekey run` command to resume run {} (unless a process is still on it)",
+            r.id
+        ),
+        "failed" => format!(
+            "fix what the reason says, then run the same `rekey run` command again: it re-opens run {}",
+            r.id
+        ),
+        _ if r.backups_purged_at.is_some() && verified_after_finish => format!(
+            "nothing: run {} is finished, verified and its backups are purged",
+            r.id
+        ),
+        _ if verified_after_finish => format!(
+            "rekey finalize --run {} (deletes the backups of the old ciphertexts)",
+            r.id
+        ),
+        _ => format!("rekey verify, then rekey finalize --run {}", r.id),
+    }
 }
 
 /// fleet-bench's figures as a table.

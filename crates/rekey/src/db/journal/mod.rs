@@ -22,5 +22,5 @@ pub use items::{
 };
 pub use runs::{
     begin_rollback, close_run, get_run, mark_rolled_back, mark_verified, open_or_resume, open_run,
-    rollback_marks, run_counts, RollbackMarks, RunCounts, RunRecord, RunStart,
+    rollback_marks, run_counts, run_of_key, RollbackMarks, RunCounts, RunRecord, RunStart,
 };

@@ -23,21 +23,39 @@ pub struct RunRecord {
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
     pub verified_at: Option<chrono::DateTime<chrono::Utc>>,
     pub backups_purged_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// How many times a later `run` re-opened it after it had ended.
+    pub reopened: i32,
 }
 
+/// `reopened` came with migration 0002, and the journal is read before
+/// `run` migrates it (the preflight checks, and `status`, `verify` and
+/// `finalize`, which never migrate): the journal may be one an older version
+/// wrote, or one another process is migrating at this instant. So that column
+/// is read through the row's JSON, as 0 where it does not exist yet.
 const RUN_COLUMNS: &str = "id, mode, old_key_id, new_key_id, target_table, state, reason, \
-     started_at, finished_at, verified_at, backups_purged_at";
+     started_at, finished_at, verified_at, backups_purged_at, \
+     coalesce((to_jsonb(runs) ->> 'reopened')::int, 0) AS reopened";
 
-/// Whether `open_or_resume` made a new run or joined the open one.
+/// Whether `open_or_resume` made a new run, joined the open one, or
+/// re-opened the closed run of the same new key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStart {
     Started,
     Resumed,
+    /// The new key's run had ended (finished or failed); it is running
+    /// again, under the same id, for another convergence pass.
+    Reopened,
 }
 
-/// Starts a run, or joins the open one when it was started with the same
-/// new key. Refuses (changing nothing) when a run is open with another key.
+/// Opens the run of `new_key`: joins it when it is open, re-opens it when it
+/// has ended (one rotation per new key, docs/design.md "Run lifecycle"), or
+/// starts it when the key has none. Refuses, changing nothing, when a run is
+/// open with another key.
+///
+/// Two processes may start together: the unique indexes (one open run, one
+/// run per new key) let one INSERT or re-open win, and the other sees the
+/// winner on its next look.
 pub async fn open_or_resume(
     pool: &PgPool,
     mode: Mode,
@@ -45,9 +63,9 @@ pub async fn open_or_resume(
     old_key: Option<&KeyId>,
     target: &str,
 ) -> Result<(RunRecord, RunStart), DbError> {
-    // Two processes may start together: the unique index on open runs lets
-    // one INSERT win; the other sees the winner on its second look.
-    for _ in 0..2 {
+    // Each lost race means another process opened or closed the run in
+    // between; processes starting together lose only a few times.
+    for _ in 0..8 {
         if let Some(open) = open_run(pool).await? {
             if open.new_key_id != new_key.0 {
                 return Err(DbError::OpenRunWithOtherKey {
@@ -58,23 +76,96 @@ pub async fn open_or_resume(
             }
             return Ok((open, RunStart::Resumed));
         }
-        let inserted = sqlx::query_as::<_, RunRecord>(&format!(
-            "INSERT INTO rekey.runs (mode, old_key_id, new_key_id, target_table)
-             VALUES ($1, $2, $3, $4) RETURNING {RUN_COLUMNS}"
-        ))
-        .bind(mode.as_str())
-        .bind(old_key.map(|k| k.0.as_str()))
-        .bind(&new_key.0)
-        .bind(target)
-        .fetch_one(pool)
-        .await;
-        match inserted {
-            Ok(run) => return Ok((run, RunStart::Started)),
+        let attempt = match run_of_key(pool, new_key).await? {
+            Some(ended) => reopen(pool, ended.id, mode, old_key)
+                .await
+                .map(|run| run.map(|r| (r, RunStart::Reopened))),
+            None => insert_run(pool, mode, new_key, old_key, target)
+                .await
+                .map(|r| Some((r, RunStart::Started))),
+        };
+        match attempt {
+            Ok(Some(won)) => return Ok(won),
+            // Another process re-opened it first: join it on the next look.
+            Ok(None) => continue,
             Err(sqlx::Error::Database(db)) if db.is_unique_violation() => continue,
             Err(e) => return Err(e.into()),
         }
     }
     Err(DbError::RunsChurning)
+}
+
+async fn insert_run(
+    pool: &PgPool,
+    mode: Mode,
+    new_key: &KeyId,
+    old_key: Option<&KeyId>,
+    target: &str,
+) -> Result<RunRecord, sqlx::Error> {
+    sqlx::query_as::<_, RunRecord>(&format!(
+        "INSERT INTO rekey.runs (mode, old_key_id, new_key_id, target_table)
+         VALUES ($1, $2, $3, $4) RETURNING {RUN_COLUMNS}"
+    ))
+    .bind(mode.as_str())
+    .bind(old_key.map(|k| k.0.as_str()))
+    .bind(&new_key.0)
+    .bind(target)
+    .fetch_one(pool)
+    .await
+}
+
+/// Puts an ended run back to `running` for another pass: its reason,
+/// end, summary and verification no longer describe it (verify and finalize
+/// must see it finish again). Tenants it gave up get another chance: those
+/// given up before their row was rewritten start over (what they had made
+/// was removed when they were given up, and the branch step adopts what was
+/// not); those given up while cleaning up retry the clean-up. `None` when
+/// another process re-opened it first.
+async fn reopen(
+    pool: &PgPool,
+    run_id: i64,
+    mode: Mode,
+    old_key: Option<&KeyId>,
+) -> Result<Option<RunRecord>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let run = sqlx::query_as::<_, RunRecord>(&format!(
+        "UPDATE rekey.runs
+            SET state = 'running', reason = NULL, finished_at = NULL, verified_at = NULL,
+                summary = NULL, mode = $2, old_key_id = $3, reopened = reopened + 1
+          WHERE id = $1 AND state <> 'running'
+         RETURNING {RUN_COLUMNS}"
+    ))
+    .bind(run_id)
+    .bind(mode.as_str())
+    .bind(old_key.map(|k| k.0.as_str()))
+    .fetch_optional(&mut *tx)
+    .await?;
+    if run.is_some() {
+        sqlx::query(
+            "UPDATE rekey.items
+                SET state = 'pending', attempts = 0, last_error = NULL, owner = NULL,
+                    lease_until = NULL, updated_at = now(),
+                    step = CASE WHEN step IN ('cleanup', 'done') THEN step ELSE 'queued' END,
+                    new_branch_id = CASE WHEN step IN ('cleanup', 'done') THEN new_branch_id END,
+                    new_machine_id = CASE WHEN step IN ('cleanup', 'done') THEN new_machine_id END
+              WHERE run_id = $1 AND state = 'failed'",
+        )
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(run)
+}
+
+/// The run of `new_key`, whatever its state (there is at most one).
+pub async fn run_of_key(pool: &PgPool, new_key: &KeyId) -> Result<Option<RunRecord>, DbError> {
+    Ok(sqlx::query_as::<_, RunRecord>(&format!(
+        "SELECT {RUN_COLUMNS} FROM rekey.runs WHERE new_key_id = $1 ORDER BY id DESC LIMIT 1"
+    ))
+    .bind(&new_key.0)
+    .fetch_optional(pool)
+    .await?)
 }
 
 /// The open run, if any.
@@ -105,22 +196,29 @@ pub async fn get_run(pool: &PgPool, id: Option<i64>) -> Result<RunRecord, DbErro
             .await?
         }
     };
-    run.ok_or(DbError::NoSuchRun(id.unwrap_or(0)))
+    run.ok_or(match id {
+        Some(id) => DbError::NoSuchRun(id),
+        None => DbError::NoRuns,
+    })
 }
 
-/// Closes a run as finished or failed, with its final figures.
+/// Closes a run as finished or failed, with its final figures, if it is
+/// still in the opening the caller joined (`reopened` as the caller saw it):
+/// a process that finishes late must not close the run a later `run`
+/// re-opened meanwhile, whose work it knows nothing of.
 pub async fn close_run(
     pool: &PgPool,
-    run_id: i64,
+    run: &RunRecord,
     finished: bool,
     reason: Option<&str>,
     summary: &serde_json::Value,
 ) -> Result<(), DbError> {
     sqlx::query(
-        "UPDATE rekey.runs SET state = $2, reason = $3, summary = $4, finished_at = now()
-          WHERE id = $1 AND state = 'running'",
+        "UPDATE rekey.runs SET state = $3, reason = $4, summary = $5, finished_at = now()
+          WHERE id = $1 AND reopened = $2 AND state = 'running'",
     )
-    .bind(run_id)
+    .bind(run.id)
+    .bind(run.reopened)
     .bind(if finished { "finished" } else { "failed" })
     .bind(reason)
     .bind(summary)
@@ -130,11 +228,12 @@ pub async fn close_run(
 }
 
 /// Records that `verify` found every row of the table opening under the
-/// run's new key; `finalize` requires it.
+/// new key, on the run of that key when it is finished; `finalize`
+/// requires it. `None` when the key has no finished run.
 pub async fn mark_verified(pool: &PgPool, new_key: &KeyId) -> Result<Option<i64>, DbError> {
     Ok(sqlx::query_scalar(
         "UPDATE rekey.runs SET verified_at = now()
-          WHERE id = (SELECT max(id) FROM rekey.runs WHERE new_key_id = $1 AND state = 'finished')
+          WHERE new_key_id = $1 AND state = 'finished'
          RETURNING id",
     )
     .bind(&new_key.0)

@@ -30,7 +30,10 @@ impl Reprovisioner {
         // must not delete what the process that took over has built.
         if !swapped && self.still_owns(item).await? {
             if let Err(e) = self.compensate(item).await {
-                note = format!("; removing what it created failed too ({e}), see status");
+                note = format!(
+                    "; removing what it created failed too ({e}); running the same command \
+                     again re-opens the run and retries this tenant"
+                );
             }
         }
         let reason = format!("{reason}{note}");

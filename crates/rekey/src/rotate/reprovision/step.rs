@@ -241,7 +241,8 @@ impl Reprovisioner {
             Err(StepError::Permanent(reason)) => self.give_up(&mut item, &reason).await,
             Err(StepError::Transient(reason)) | Err(StepError::Database(reason)) => {
                 if item.attempts >= self.settings.max_attempts {
-                    let reason = format!("{reason} (after {} attempts)", item.attempts);
+                    let plural = if item.attempts == 1 { "" } else { "s" };
+                    let reason = format!("{reason} (after {} attempt{plural})", item.attempts);
                     return self.give_up(&mut item, &reason).await;
                 }
                 self.retry_later(&item, &reason).await?;
