@@ -216,6 +216,7 @@ async fn measure(url: &str, args: &BenchOptions) -> Result<BenchReport, BenchErr
             limit: None,
             confirm_reprovision: None,
             lock_wait: run::DEFAULT_LOCK_WAIT,
+            until_quiet: None,
         };
         let wal_before: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
             .fetch_one(&pool)
@@ -374,6 +375,7 @@ async fn measure_reprovision(
         limit: None,
         confirm_reprovision: None,
         lock_wait: run::DEFAULT_LOCK_WAIT,
+        until_quiet: None,
     };
     let started = Instant::now();
     let r = run::run(&ctx, &opts).await?;

@@ -172,7 +172,7 @@ pub enum Command {
     Plan(PlanArgs),
     /// Rotate: re-encrypt in place what the old key opens, re-provision what it does not; resumable.
     #[command(after_help = CLOUD_ENV)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check that every row opens under the new key; exit non-zero otherwise.
     Verify(VerifyArgs),
     /// Show the journal's view of a run.
@@ -382,6 +382,10 @@ pub struct RunArgs {
         help_heading = "Re-provisioning"
     )]
     pub max_attempts: i32,
+    /// Keep re-walking until no row has needed work for this long (e.g. 5m), for a rolling
+    /// restart of the control plane during which some instances still write under the old key.
+    #[arg(long, value_name = "DURATION")]
+    pub until_quiet: Option<humantime::Duration>,
     /// Seconds the run waits, in all, for rows someone keeps locked before it reports them as left.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub lock_wait_secs: u64,

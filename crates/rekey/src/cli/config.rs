@@ -191,6 +191,7 @@ pub fn run_options(args: &RunArgs) -> Result<RunOptions, CliError> {
         limit: args.limit,
         confirm_reprovision: args.confirm_reprovision,
         lock_wait: Duration::from_secs(args.lock_wait_secs),
+        until_quiet: args.until_quiet.map(Duration::from),
     })
 }
 

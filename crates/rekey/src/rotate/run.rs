@@ -51,6 +51,11 @@ pub struct RunOptions {
     /// How long the run waits, in all, for rows someone keeps locked; then
     /// it reports them as left and the run closes as failed (exit 1).
     pub lock_wait: Duration,
+    /// `--until-quiet`: keep re-walking until no row has needed work for
+    /// this long (a rolling restart of the control plane, during which some
+    /// instances still write under the old key), instead of giving up after
+    /// a few passes.
+    pub until_quiet: Option<Duration>,
 }
 
 /// The outcome of a run invocation, for the summary and the exit code.
@@ -264,18 +269,31 @@ async fn walk(
     // under a second, or a control-plane transaction). One bounded wait for
     // the whole run, not one per worker and row.
     let mut idle_since: Option<Instant> = None;
-    while busy_passes < MAX_PASSES && !ctx.stop.load(Ordering::SeqCst) {
-        passes += 1;
-        let rows = pass_filter.ids.as_ref().map_or(0, |ids| ids.len() as u64);
-        ctx.sink.emit(&Event::PassStarted { pass: passes, rows });
-        let tally = inplace.pass(pass_filter.clone()).await?;
+    // When the reads began to find nothing to do, with `--until-quiet`.
+    let mut quiet_since: Option<Instant> = None;
+    while (opts.until_quiet.is_some() || busy_passes < MAX_PASSES)
+        && !ctx.stop.load(Ordering::SeqCst)
+    {
+        let nothing_to_walk = pass_filter.ids.as_ref().is_some_and(Vec::is_empty);
+        let tally = if nothing_to_walk {
+            PassTally::default()
+        } else {
+            passes += 1;
+            let rows = pass_filter.ids.as_ref().map_or(0, |ids| ids.len() as u64);
+            ctx.sink.emit(&Event::PassStarted { pass: passes, rows });
+            let tally = inplace.pass(pass_filter.clone()).await?;
+            ctx.sink.emit(&Event::PassFinished {
+                pass: passes,
+                changed: tally.changed(),
+            });
+            tally
+        };
         let changed = tally.changed();
-        ctx.sink.emit(&Event::PassFinished {
-            pass: passes,
-            changed,
-        });
-        // The last pass says what is still left.
-        total.left.clear();
+        // The last pass says what is still left (a watch without a pass
+        // leaves what the last pass said).
+        if !nothing_to_walk {
+            total.left.clear();
+        }
         total.absorb(tally);
         if opts.limit.is_some() {
             return Ok(Walk {
@@ -300,13 +318,29 @@ async fn walk(
             total.left.iter().map(|(id, _)| id.as_str()).collect();
         again.retain(|id| !decided.contains(id.as_str()));
         if again.is_empty() {
-            return Ok(Walk {
-                tally: total,
-                passes,
-                secs: started.elapsed().as_secs_f64(),
-                last_scan: Some(check),
-            });
+            let quiet_for = quiet_since.get_or_insert_with(Instant::now).elapsed();
+            match opts.until_quiet {
+                Some(quiet) if quiet_for < quiet => {
+                    // Watch, not walk: the next read finds what old-key
+                    // writers wrote meanwhile.
+                    tokio::time::sleep((quiet - quiet_for).min(Duration::from_secs(1))).await;
+                    pass_filter = RowFilter {
+                        ids: Some(Vec::new()),
+                        wait_for_locked: false,
+                    };
+                    continue;
+                }
+                _ => {
+                    return Ok(Walk {
+                        tally: total,
+                        passes,
+                        secs: started.elapsed().as_secs_f64(),
+                        last_scan: Some(check),
+                    });
+                }
+            }
         }
+        quiet_since = None;
         if changed > 0 {
             busy_passes += 1;
             idle_since = None;

@@ -533,6 +533,7 @@ async fn a_new_ciphertext_that_fails_the_check_before_write_is_never_written(poo
         limit: None,
         confirm_reprovision: None,
         lock_wait: run::DEFAULT_LOCK_WAIT,
+        until_quiet: None,
     };
     let report = run::run(&ctx, &opts)
         .await

@@ -206,3 +206,59 @@ async fn rows_locked_for_a_while_are_waited_for_and_rotated(pool: PgPool) {
     );
     assert_all_open_to_seed(&snapshot(&pool).await, &keys.new, &tenants);
 }
+
+#[sqlx::test(migrations = false)]
+async fn until_quiet_keeps_walking_while_the_control_plane_still_writes_under_the_old_key(
+    pool: PgPool,
+) {
+    let table = reference_table(&pool).await;
+    let keys = Keys::new();
+    let tenants = seed_fleet(&pool, &table, &keys.old, 500).await;
+    let url = db_url(&pool);
+    let old = rekey::envelope::Cipher::new(&keys.old);
+    // A control-plane instance not yet restarted: it keeps writing rows
+    // under the old key for a while after the run has started.
+    let writer = {
+        let pool = pool.clone();
+        let ids: Vec<uuid::Uuid> = tenants.iter().map(|t| t.org_id).collect();
+        tokio::spawn(async move {
+            let mut written = std::collections::BTreeMap::new();
+            for (i, id) in ids.iter().cycle().take(40).enumerate() {
+                let plain = format!("postgresql://u:p{i}@db-{i}.internal/neondb");
+                sqlx::query(
+                    "UPDATE org_instances SET database_url_encrypted = $2 WHERE org_id = $1",
+                )
+                .bind(id)
+                .bind(old.seal(plain.as_bytes()))
+                .execute(&pool)
+                .await
+                .expect("old-key write");
+                written.insert(*id, plain);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            written
+        })
+    };
+    let args = args_with_keys(
+        &["run", "--mode", "reencrypt", "--until-quiet", "3s"],
+        &keys,
+    );
+    // The binary runs on a blocking thread so the writer keeps writing.
+    let out = tokio::task::spawn_blocking(move || rekey(&url, &strs(&args)))
+        .await
+        .expect("rekey thread");
+    let written = writer.await.expect("writer");
+    assert_exit(&out, 0, "a run with --until-quiet after the writes stopped");
+    let new = rekey::envelope::Cipher::new(&keys.new);
+    let after = snapshot(&pool).await;
+    for (id, plain) in &written {
+        let (db, _) = &after[&id.to_string()];
+        let opened = db.as_deref().and_then(|ct| new.open(ct));
+        assert_eq!(
+            opened.as_deref(),
+            Some(plain.as_bytes()),
+            "{id}: the last old-key write was not rotated"
+        );
+    }
+    assert_eq!(run_states(&pool).await, vec!["finished".to_string()]);
+}
