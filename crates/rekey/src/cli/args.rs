@@ -401,23 +401,16 @@ pub struct RunArgs {
         help_heading = "Re-provisioning"
     )]
     pub step_deadline_secs: u64,
-    /// Before a re-provisioned tenant's row is swapped and its old machine stopped, open a real session with its new DATABASE_URL (off only against a fake cloud, whose URLs point nowhere).
+    /// Prove each new DATABASE_URL opens a session first
     #[arg(
         long,
         value_enum,
+        hide_possible_values = true,
         default_value = "on",
         value_name = "on|off",
         help_heading = "Re-provisioning"
     )]
     pub prove_connect: OnOff,
-    /// Seconds that session may take to open with --prove-connect on.
-    #[arg(
-        long,
-        default_value_t = 10,
-        value_name = "SECS",
-        help_heading = "Re-provisioning"
-    )]
-    pub prove_connect_timeout_secs: u64,
     #[command(flatten)]
     pub provision: ProvisionArgs,
     #[command(flatten)]

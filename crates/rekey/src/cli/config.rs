@@ -139,7 +139,8 @@ pub fn provision_settings(args: &RunArgs) -> ProvisionSettings {
         max_tenants: args.max_tenants,
         canary: args.canary,
         prove_connect: args.prove_connect == OnOff::On,
-        prove_timeout: Duration::from_secs(args.prove_connect_timeout_secs.max(1)),
+        // As `verify --connect`'s default per-connection timeout.
+        prove_timeout: Duration::from_secs(10),
     }
 }
 
