@@ -423,6 +423,9 @@ pub const FAST_PROVISION: &[&str] = &[
     "1000",
     "--fly-rps",
     "1000",
+    // The fake's tenant database URLs point nowhere: no session to prove.
+    "--prove-connect",
+    "off",
 ];
 
 /// A fake cloud that wants distinctive credentials, and the Redis URL the

@@ -349,6 +349,9 @@ async fn measure_reprovision(
         step_deadline: Duration::from_secs(120),
         max_tenants: None,
         canary: None,
+        // The fake's tenant database URLs point nowhere.
+        prove_connect: false,
+        prove_timeout: Duration::from_secs(10),
     };
     let access = CloudAccess {
         neon_url: fake.neon_url(),

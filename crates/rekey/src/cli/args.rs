@@ -405,6 +405,16 @@ pub struct RunArgs {
         help_heading = "Re-provisioning"
     )]
     pub step_deadline_secs: u64,
+    /// Prove each new DATABASE_URL opens a session first
+    #[arg(
+        long,
+        value_enum,
+        hide_possible_values = true,
+        default_value = "on",
+        value_name = "on|off",
+        help_heading = "Re-provisioning"
+    )]
+    pub prove_connect: OnOff,
     #[command(flatten)]
     pub provision: ProvisionArgs,
     #[command(flatten)]
@@ -511,6 +521,13 @@ pub struct RegisterFakeCloudArgs {
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub table: TableArgs,
+}
+
+/// A switch given as `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

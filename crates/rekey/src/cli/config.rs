@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::args::{BenchArgs, Cli, Global, ProvisionArgs, RunArgs, TableArgs, VerifyArgs};
+use super::args::{BenchArgs, Cli, Global, OnOff, ProvisionArgs, RunArgs, TableArgs, VerifyArgs};
 use super::CliError;
 use crate::bench::BenchOptions;
 use crate::cloud::Secret;
@@ -138,6 +138,9 @@ pub fn provision_settings(args: &RunArgs) -> ProvisionSettings {
         step_deadline: Duration::from_secs(args.step_deadline_secs.max(1)),
         max_tenants: args.max_tenants,
         canary: args.canary,
+        prove_connect: args.prove_connect == OnOff::On,
+        // As `verify --connect`'s default per-connection timeout.
+        prove_timeout: Duration::from_secs(10),
     }
 }
 

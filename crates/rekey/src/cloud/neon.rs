@@ -321,6 +321,35 @@ impl NeonClient {
         }
     }
 
+    /// Every branch of the project, with its annotation, across pages.
+    pub async fn list_branches(&self, project: &str) -> Result<Vec<Branch>, CloudError> {
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut request =
+                ApiRequest::get(&["projects", project, "branches"]).query("limit", BRANCH_PAGE);
+            if let Some(c) = &cursor {
+                request = request.query("cursor", c.clone());
+            }
+            let page: BranchPage = self.http.send(request).await?.json()?;
+            let empty = page.branches.is_empty();
+            for mut branch in page.branches {
+                branch.annotations = annotation_values(page.annotations.get(&branch.id));
+                all.push(branch);
+            }
+            let next = page
+                .pagination
+                .and_then(|p| p.next)
+                .filter(|n| !n.is_empty());
+            // As in `find_branch_by_name`: an empty page or a cursor that
+            // does not move ends the walk.
+            match next {
+                Some(n) if !empty && cursor.as_deref() != Some(n.as_str()) => cursor = Some(n),
+                _ => return Ok(all),
+            }
+        }
+    }
+
     /// The branch named exactly `name`. Neon's `search` also matches
     /// substrings and ids, so the exact match is made here, across pages.
     pub async fn find_branch_by_name(

@@ -49,6 +49,12 @@ pub enum DbError {
     RunNotVerified { run_id: i64 },
     #[error("run {run_id} has been rolled back (or a rollback of it began); there is nothing to finalize")]
     RunRolledBack { run_id: i64 },
+    #[error(
+        "{tenants} re-provisioned tenants' clean-up is not done (old credentials or created \
+         resources still live); run the same `rekey run` again until it reports cleanup_pending 0, \
+         then finalize"
+    )]
+    CleanupPending { tenants: i64 },
     #[error("the operating system's random source failed")]
     NoRandomness,
 }

@@ -74,6 +74,10 @@ pub struct RunReport {
     pub queued_for_reprovision: u64,
     pub reprovisioned: u64,
     pub reprovision_failed: u64,
+    /// Re-provisioned or given-up tenants (of any run) whose clean-up or
+    /// compensation is not done: their leaked credentials may still open
+    /// something. Exit 1 and `finalize` refused until it is 0.
+    pub cleanup_pending: u64,
     pub conflicts: u64,
     pub kms_rows_untouched: u64,
     /// Rows left as they are and why (at most 100 listed).
@@ -203,6 +207,7 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
     // table would only add to the outage.
     let quiet_since = provisioned.done == 0
         && provisioned.failed == 0
+        && provisioned.cleanup_pending == 0
         && !provisioned.capped
         && !provisioned.canary_failed
         && !ctx.stop.load(Ordering::SeqCst);
@@ -458,6 +463,7 @@ async fn conclude(
     }
     let left_total = still_old + unprovisioned;
     let interrupted = ctx.stop.load(Ordering::SeqCst);
+    let cleanup_pending = journal::cleanup_pending_count(&ctx.pool).await? as u64;
     let (state, reason) = if left_total == 0 && !partial {
         ("finished", None)
     } else if partial || interrupted {
@@ -493,6 +499,7 @@ async fn conclude(
         queued_for_reprovision: tally.queued,
         reprovisioned: provisioned.done,
         reprovision_failed: provisioned.failed,
+        cleanup_pending,
         conflicts: tally.conflicts,
         kms_rows_untouched: check.kms_rows,
         left,
@@ -514,7 +521,7 @@ async fn conclude(
             write: tally.phases.write.as_secs_f64(),
             commit: tally.phases.commit.as_secs_f64(),
         },
-        outcome: if left_total == 0 && !interrupted {
+        outcome: if left_total == 0 && cleanup_pending == 0 && !interrupted {
             Outcome::Done
         } else {
             Outcome::Incomplete

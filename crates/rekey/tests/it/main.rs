@@ -17,6 +17,7 @@ mod metrics;
 mod provision_caps;
 mod rehearsal;
 mod reprovision;
+mod reprovision_safety;
 mod resilience;
 mod rollback;
 mod smoke;

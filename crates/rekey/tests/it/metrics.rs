@@ -508,6 +508,8 @@ async fn metrics_file_counts_tenants_reprovisioned_through_the_fake_cloud(pool: 
             "20",
             "--lookup-settle-ms",
             "50",
+            "--prove-connect",
+            "off",
             "--metrics-file",
             path_str(&file),
         ],

@@ -78,7 +78,7 @@ fn make_snapshot(rows: u64, plain: bool) -> Snapshot {
 
 /// Options that keep a rehearsal short: the fake cloud has no account
 /// limits to respect, and its operations finish at once.
-const FAST_RUN: [&str; 9] = [
+const FAST_RUN: [&str; 11] = [
     "--",
     "--neon-rps",
     "200",
@@ -88,6 +88,9 @@ const FAST_RUN: [&str; 9] = [
     "20",
     "--lookup-settle-ms",
     "100",
+    // The fake's tenant database URLs point nowhere.
+    "--prove-connect",
+    "off",
 ];
 
 /// What a rehearsal made, as its output names it.
@@ -289,7 +292,15 @@ async fn a_rehearsal_stopped_with_sigterm_mid_run_cleans_up() {
         .args(["--cloud-latency-ms", "200", "--cloud-op-ms", "300"])
         .arg(&snap.dump)
         // Two tenants in flight: the graceful stop has little to finish.
-        .args(["--", "--provision-concurrency", "2", "--poll-ms", "20"])
+        .args([
+            "--",
+            "--provision-concurrency",
+            "2",
+            "--poll-ms",
+            "20",
+            "--prove-connect",
+            "off",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

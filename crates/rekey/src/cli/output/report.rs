@@ -120,6 +120,7 @@ pub fn run_text(r: &RunReport) -> String {
         ("queued to re-provision", r.queued_for_reprovision),
         ("re-provisioned", r.reprovisioned),
         ("re-provision given up", r.reprovision_failed),
+        ("clean-up pending", r.cleanup_pending),
         ("changed under us", r.conflicts),
         ("KMS rows untouched", r.kms_rows_untouched),
         ("rows left", r.left_total),

@@ -33,6 +33,7 @@ pub async fn purge_backups(pool: &PgPool, run_id: i64) -> Result<u64, DbError> {
     if rollback_marks(pool, run_id).await?.started_at.is_some() {
         return Err(DbError::RunRolledBack { run_id });
     }
+    super::items::refuse_pending_cleanup(pool).await?;
     let mut tx = pool.begin().await?;
     let deleted = sqlx::query("DELETE FROM rekey.backups WHERE run_id = $1")
         .bind(run_id)

@@ -126,6 +126,9 @@ impl Records {
 /// A tenant claimed for an attempt: its journal row as the claim returned it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedItem {
+    /// The run that queued the tenant: this one's, or an earlier run's
+    /// for a clean-up or compensation still owed.
+    pub run_id: i64,
     pub org_id: String,
     /// The step's journal name (`rotate::reprovision::Step` parses it).
     pub step: String,
@@ -152,8 +155,14 @@ fn owned<'q>(sql: &'q str, key: &ItemKey<'q>) -> Query<'q, Postgres, PgArguments
         .bind(key.owner)
 }
 
+/// The steps whose work makes a leak harmless or removes what a given-up
+/// tenant left: taken up by any later run, whichever run queued them.
+const OWED_STEPS: &str = "('cleanup', 'compensate')";
+
 /// Claims the next pending tenant of the run whose lease is free (among
-/// `only`, when given) for `owner`, counting an attempt.
+/// `only`, when given) for `owner`, counting an attempt. Clean-ups and
+/// compensations of earlier runs are claimable too, and go first: a
+/// tenant's new saga waits for its earlier one's to be settled.
 pub async fn claim_item(
     pool: &PgPool,
     run_id: i64,
@@ -161,20 +170,20 @@ pub async fn claim_item(
     lease: Duration,
     only: Option<&[String]>,
 ) -> Result<Option<ClaimedItem>, sqlx::Error> {
-    sqlx::query_as::<_, ClaimedItem>(
+    sqlx::query_as::<_, ClaimedItem>(&format!(
         "UPDATE rekey.items i
                 SET owner = $2, lease_until = now() + $3 * interval '1 millisecond',
                     attempts = attempts + 1, updated_at = now()
               WHERE (i.run_id, i.org_id) = (
                     SELECT run_id, org_id FROM rekey.items
-                     WHERE run_id = $1 AND state = 'pending'
+                     WHERE (run_id = $1 OR step IN {OWED_STEPS}) AND state = 'pending'
                        AND (lease_until IS NULL OR lease_until < now())
                        AND ($4::text[] IS NULL OR org_id = ANY($4))
-                     ORDER BY updated_at, org_id
+                     ORDER BY step IN {OWED_STEPS} DESC, updated_at, org_id
                      LIMIT 1 FOR UPDATE SKIP LOCKED)
-             RETURNING i.org_id, i.step, i.attempts, i.new_branch_id, i.new_machine_id,
-                       i.old_branch_id, i.old_machine_id, i.old_db, i.old_redis",
-    )
+             RETURNING i.run_id, i.org_id, i.step, i.attempts, i.new_branch_id, i.new_machine_id,
+                       i.old_branch_id, i.old_machine_id, i.old_db, i.old_redis"
+    ))
     .bind(run_id)
     .bind(owner)
     .bind(millis(lease))
@@ -183,12 +192,121 @@ pub async fn claim_item(
     .await
 }
 
-/// Tenants of the run still pending (claimable now, later, or held).
+/// Tenants of the run still pending (claimable now, later, or held), and
+/// earlier runs' clean-ups and compensations this invocation took up.
 pub async fn pending_count(pool: &PgPool, run_id: i64) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM rekey.items WHERE run_id = $1 AND state = 'pending'")
-        .bind(run_id)
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM rekey.items
+          WHERE (run_id = $1 OR step IN {OWED_STEPS}) AND state = 'pending'"
+    ))
+    .bind(run_id)
+    .fetch_one(pool)
+    .await
+}
+
+/// Makes the clean-ups and compensations earlier invocations parked as
+/// `owed` claimable again, each with a fresh budget of attempts: every
+/// `rekey run` with cloud access takes them up. Returns how many.
+pub async fn rearm_owed(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let rearmed = sqlx::query(
+        "UPDATE rekey.items SET state = 'pending', attempts = 0, lease_until = NULL, owner = NULL,
+                    updated_at = now()
+          WHERE state = 'owed'",
+    )
+    .execute(pool)
+    .await?;
+    Ok(rearmed.rows_affected())
+}
+
+/// Parks a tenant whose clean-up or compensation this invocation could
+/// not finish: not given up, taken up again by the next `rekey run`.
+pub async fn mark_owed(pool: &PgPool, key: &ItemKey<'_>, reason: &str) -> Result<(), sqlx::Error> {
+    owned(
+        "UPDATE rekey.items SET state = 'owed', last_error = $4, owner = NULL, lease_until = NULL,
+                    updated_at = now()
+              WHERE run_id = $1 AND org_id = $2 AND owner = $3",
+        key,
+    )
+    .bind(reason)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Clean-ups and compensations not done yet, in any run: tenants whose
+/// leaked credentials may still work, or whose created resources (each
+/// answering to a credential) are still there.
+pub async fn cleanup_pending_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM rekey.items
+          WHERE state IN ('pending', 'owed') AND step IN {OWED_STEPS}"
+    ))
+    .fetch_one(pool)
+    .await
+}
+
+/// Whether another run's clean-up or compensation of this tenant is not
+/// settled yet: a new saga for it would race the removal of what the
+/// earlier one created.
+pub async fn earlier_saga_unsettled(
+    pool: &PgPool,
+    run_id: i64,
+    org_id: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(&format!(
+        "SELECT EXISTS (SELECT 1 FROM rekey.items
+                         WHERE org_id = $2 AND run_id <> $1
+                           AND state IN ('pending', 'owed') AND step IN {OWED_STEPS})"
+    ))
+    .bind(run_id)
+    .bind(org_id)
+    .fetch_one(pool)
+    .await
+}
+
+/// Refuses (for `finalize`) while any clean-up or compensation is pending
+/// or owed: until they are done, leaked credentials may still open
+/// something, and the run is not over.
+pub async fn refuse_pending_cleanup(pool: &PgPool) -> Result<(), DbError> {
+    let pending = cleanup_pending_count(pool).await?;
+    if pending > 0 {
+        return Err(DbError::CleanupPending { tenants: pending });
+    }
+    Ok(())
+}
+
+/// Gives a tenant up and moves it to `compensate`, keeping the step it
+/// stopped at and why; returns the rows updated (0: lease lost).
+pub async fn begin_compensation(
+    pool: &PgPool,
+    key: &ItemKey<'_>,
+    reason: &str,
+    gave_up_step: &str,
+) -> Result<u64, sqlx::Error> {
+    let moved = owned(
+        "UPDATE rekey.items SET step = 'compensate', last_error = $4,
+                    gave_up_step = coalesce(gave_up_step, $5), updated_at = now()
+              WHERE run_id = $1 AND org_id = $2 AND owner = $3",
+        key,
+    )
+    .bind(reason)
+    .bind(gave_up_step)
+    .execute(pool)
+    .await?;
+    Ok(moved.rows_affected())
+}
+
+/// Marks a compensated tenant given up, back at the step it stopped at.
+pub async fn finish_compensation(pool: &PgPool, key: &ItemKey<'_>) -> Result<(), sqlx::Error> {
+    owned(
+        "UPDATE rekey.items SET state = 'failed', step = coalesce(gave_up_step, step),
+                    owner = NULL, lease_until = NULL, updated_at = now()
+              WHERE run_id = $1 AND org_id = $2 AND owner = $3",
+        key,
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// How many of `org_ids` were given up, and how many are done.

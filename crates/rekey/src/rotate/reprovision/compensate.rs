@@ -1,5 +1,6 @@
-//! Giving a tenant up: removing the branch and machine this run created for
-//! it (compensation), unless its row already points at them or another
+//! Giving a tenant up: removing the branches and machines rekey created for
+//! it (compensation, journaled as step `compensate` and retried, by later
+//! runs too, until done), unless its row already points at them or another
 //! process owns it now, and recording why in the journal.
 //!
 //! Not here: deciding that a tenant is given up (`step`, from how its
@@ -8,7 +9,7 @@
 
 use tokio::time::Instant;
 
-use super::step::Item;
+use super::step::{Item, Step, REKEY_ORG};
 use super::{NeonStrategy, Reprovisioner};
 use crate::cloud::fly::ITEM_TAG;
 use crate::cloud::CloudError;
@@ -17,29 +18,60 @@ use crate::rotate::events::TenantOutcome;
 use crate::rotate::RunError;
 
 impl Reprovisioner {
-    /// Gives a tenant up: removes what this run created for it unless its
-    /// row already points there, and records the reason.
+    /// Gives a tenant up: journals it at step `compensate` (so that the
+    /// removal of what it created is retried, by later runs too, until it
+    /// is done) unless its row already points there, then removes it.
     pub(super) async fn give_up(
         &self,
         item: &mut Item,
         reason: &str,
     ) -> Result<TenantOutcome, RunError> {
         let swapped = matches!(item.step, Ok(step) if step.row_swapped());
-        let mut note = String::new();
         // Only the tenant's owner may undo: a process paused past its lease
         // must not delete what the process that took over has built.
-        if !swapped && self.still_owns(item).await? {
-            if let Err(e) = self.compensate(item).await {
-                note = format!(
-                    "; removing what it created failed too ({e}); running the same command \
-                     again re-opens the run and retries this tenant"
+        if swapped || !self.still_owns(item).await? {
+            journal::mark_failed(&self.pool, &item.key(&self.owner), reason).await?;
+            self.emit(item, TenantOutcome::GivenUp, Some(reason.to_string()));
+            return Ok(TenantOutcome::GivenUp);
+        }
+        let at = item.step_text();
+        let moved =
+            journal::begin_compensation(&self.pool, &item.key(&self.owner), reason, &at).await?;
+        if moved == 0 {
+            return Ok(TenantOutcome::Stepped);
+        }
+        item.step = Ok(Step::Compensate);
+        self.settle_compensation(item, Some(reason)).await
+    }
+
+    /// Removes what the tenant's saga created; done, it is given up for
+    /// good. Failed, it stays at `compensate`: retried after a pause in
+    /// this invocation, then parked as owed for the next `rekey run`.
+    pub(super) async fn settle_compensation(
+        &self,
+        item: &mut Item,
+        reason: Option<&str>,
+    ) -> Result<TenantOutcome, RunError> {
+        match self.compensate(item).await {
+            Ok(()) => {
+                journal::finish_compensation(&self.pool, &item.key(&self.owner)).await?;
+                self.emit(item, TenantOutcome::GivenUp, reason.map(str::to_string));
+                Ok(TenantOutcome::GivenUp)
+            }
+            Err(e) => {
+                let why = format!(
+                    "{}; removing what it created failed ({e}); retried until done",
+                    reason.unwrap_or("given up")
                 );
+                if item.attempts >= self.settings.max_attempts {
+                    journal::mark_owed(&self.pool, &item.key(&self.owner), &why).await?;
+                } else {
+                    self.retry_later(item, &why).await?;
+                }
+                self.emit(item, TenantOutcome::Retrying, Some(why));
+                Ok(TenantOutcome::Retrying)
             }
         }
-        let reason = format!("{reason}{note}");
-        journal::mark_failed(&self.pool, &item.key(&self.owner), &reason).await?;
-        self.emit(item, TenantOutcome::GivenUp, Some(reason));
-        Ok(TenantOutcome::GivenUp)
     }
 
     /// Gives up a tenant just claimed, before anything was created for it
@@ -74,35 +106,56 @@ impl Reprovisioner {
         };
         let named = named.unwrap_or_default();
         let (row_branch, row_machine) = (named.neon_branch, named.fly_machine);
+        // Found by the tenant's marker, whichever run made them, and by this
+        // run's tag (machines made before the marker existed).
         let tag = Self::machine_tag(item);
-        let tagged = self
+        let mut found = self
             .fly
-            .list_machines(&item.app, &[(ITEM_TAG, tag.as_str())], false)
+            .list_machines(&item.app, &[(REKEY_ORG, item.org_id.as_str())], false)
             .await?;
-        for m in tagged
-            .iter()
-            .filter(|m| m.id != item.old_machine && m.id != row_machine)
-        {
-            self.fly.destroy_machine(&item.app, &m.id, true).await?;
+        found.extend(
+            self.fly
+                .list_machines(&item.app, &[(ITEM_TAG, tag.as_str())], false)
+                .await?,
+        );
+        let mut seen = std::collections::BTreeSet::new();
+        for m in found.iter().filter(|m| {
+            m.id != item.old_machine
+                && m.id != row_machine
+                && !matches!(m.state.as_str(), "destroyed" | "destroying")
+        }) {
+            if seen.insert(m.id.clone()) {
+                self.fly.destroy_machine(&item.app, &m.id, true).await?;
+            }
         }
         if self.settings.strategy == NeonStrategy::NewBranch && !item.project.is_empty() {
-            self.remove_new_branch(item, &row_branch).await?;
+            self.remove_new_branches(item, &row_branch).await?;
         }
         Ok(())
     }
 
-    /// Deletes the branch this run created for the tenant (found by its
-    /// name), unless it is the tenant's own or the one its row names.
-    async fn remove_new_branch(&self, item: &Item, row_branch: &str) -> Result<(), CloudError> {
-        let Some(branch) = self
-            .neon
-            .find_branch_by_name(&item.project, &self.branch_name(item))
-            .await?
-        else {
-            return Ok(());
-        };
-        if branch.id != item.old_branch && branch.id != row_branch {
-            let ops = self.neon.delete_branch(&item.project, &branch.id).await?;
+    /// Deletes the branches rekey made for the tenant (its marker, or this
+    /// run's name), unless one is the tenant's own, the one its row names,
+    /// or a parent (a branch an earlier saga retired stays as its
+    /// successor's parent, and Neon refuses to delete parents).
+    async fn remove_new_branches(&self, item: &Item, row_branch: &str) -> Result<(), CloudError> {
+        let all = self.neon.list_branches(&item.project).await?;
+        let name = self.branch_name(item);
+        let doomed: Vec<&str> = all
+            .iter()
+            .filter(|b| {
+                b.annotations.get(REKEY_ORG).map(String::as_str) == Some(item.org_id.as_str())
+                    || b.name == name
+            })
+            .filter(|b| b.id != item.old_branch && b.id != row_branch)
+            .filter(|b| {
+                !all.iter()
+                    .any(|c| c.parent_id.as_deref() == Some(b.id.as_str()))
+            })
+            .map(|b| b.id.as_str())
+            .collect();
+        for id in doomed {
+            let ops = self.neon.delete_branch(&item.project, id).await?;
             let deadline = Instant::now() + self.settings.step_deadline;
             self.neon
                 .wait_operations(&item.project, &ops, deadline)

@@ -77,6 +77,12 @@ pub struct ProvisionSettings {
     pub max_tenants: Option<u64>,
     /// Do this many tenants first; stop if any of them is given up.
     pub canary: Option<u64>,
+    /// Open a real session with each new `DATABASE_URL` before the row is
+    /// swapped and the old machine stopped (`--prove-connect`, on by
+    /// default; the fake cloud's URLs point nowhere, so its runs say off).
+    pub prove_connect: bool,
+    /// How long that session may take to open.
+    pub prove_timeout: Duration,
 }
 
 /// What re-provisioning did in one invocation.
@@ -88,6 +94,9 @@ pub struct ProvisionTally {
     pub canary_failed: bool,
     /// Set when `--max-tenants` stopped the invocation with tenants left.
     pub capped: bool,
+    /// Clean-ups and compensations not done when the invocation ended (any
+    /// run's): rows may have been swapped without a tenant counted done.
+    pub cleanup_pending: u64,
 }
 
 /// Drives queued tenants through their state machine.

@@ -74,6 +74,9 @@ impl Reprovisioner {
             failed: Arc::new(AtomicU64::new(0)),
             tally: ProvisionTally::default(),
         };
+        // Clean-ups and compensations earlier invocations could not finish
+        // are taken up again first: each is what makes a leak harmless.
+        journal::rearm_owed(&self.pool).await?;
         let mut tasks = JoinSet::new();
         while !stop.load(Ordering::SeqCst) {
             self.fill(run_id, &mut schedule, &mut tasks).await?;
@@ -95,6 +98,7 @@ impl Reprovisioner {
         let mut tally = schedule.tally;
         tally.done = schedule.done.load(Ordering::SeqCst);
         tally.failed = schedule.failed.load(Ordering::SeqCst);
+        tally.cleanup_pending = journal::cleanup_pending_count(&self.pool).await? as u64;
         Ok(tally)
     }
 
@@ -234,11 +238,11 @@ impl Reprovisioner {
         let named =
             org_instances::named_resources(&self.pool, &self.table, cols, &row.org_id).await?;
         let Some(named) = named else {
-            self.give_up_quietly(run_id, &row.org_id, "the tenant's row is gone")
+            self.give_up_quietly(row.run_id, &row.org_id, "the tenant's row is gone")
                 .await?;
             return Ok(None);
         };
-        Ok(Some(item_of(run_id, row, named)))
+        Ok(Some(item_of(row, named)))
     }
 
     /// Renews the tenant's lease every third of its length; returns (and
@@ -263,9 +267,9 @@ impl Reprovisioner {
 
 /// A claimed tenant: the journal's record of what it had when it was
 /// queued, or else what its row names now.
-fn item_of(run_id: i64, row: ClaimedItem, named: org_instances::NamedResources) -> Item {
+fn item_of(row: ClaimedItem, named: org_instances::NamedResources) -> Item {
     Item {
-        run_id,
+        run_id: row.run_id,
         org_id: row.org_id,
         step: row.step.parse(),
         attempts: row.attempts,

@@ -15,12 +15,17 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::{NeonStrategy, Reprovisioner};
-use crate::cloud::fly::{CreateMachine, WaitState};
+use crate::cloud::fly::{CreateMachine, StopOptions, WaitState};
 use crate::cloud::{CloudError, Secret};
 use crate::db::journal::{self, ItemFields, ItemKey, Records};
 use crate::db::org_instances::{self, ProvisionSwap};
 use crate::rotate::events::{Event, TenantOutcome};
 use crate::rotate::RunError;
+
+/// The metadata key (Fly) and annotation key (Neon) every resource rekey
+/// creates for a tenant carries, with the tenant's org id: how any later
+/// run finds what an earlier one left, whatever its run id.
+pub(super) const REKEY_ORG: &str = "rekey_org";
 
 /// A tenant's step, in the order it goes through them (docs/design.md,
 /// "Re-provision state machine"). The journal stores [`Step::as_str`].
@@ -39,13 +44,17 @@ pub enum Step {
     /// Compare-and-swap of the tenant's row under the new key.
     Row,
     /// The row points at the new resources; the old ones are retired.
+    /// Never given up: retried by every later run until done.
     Cleanup,
     Done,
+    /// Given up before its row was swapped; what it created is being
+    /// removed. Retried like a step, by later runs too, until done.
+    Compensate,
 }
 
 impl Step {
     /// Every step, in the state machine's order.
-    pub const ALL: [Step; 8] = [
+    pub const ALL: [Step; 9] = [
         Step::Queued,
         Step::Branch,
         Step::Password,
@@ -54,6 +63,7 @@ impl Step {
         Step::Row,
         Step::Cleanup,
         Step::Done,
+        Step::Compensate,
     ];
 
     /// The step's name in the journal, in events and on progress lines.
@@ -67,6 +77,7 @@ impl Step {
             Step::Row => "row",
             Step::Cleanup => "cleanup",
             Step::Done => "done",
+            Step::Compensate => "compensate",
         }
     }
 
@@ -127,7 +138,7 @@ pub(super) struct Item {
 
 impl Item {
     /// The step as events name it, known or not.
-    fn step_text(&self) -> String {
+    pub(super) fn step_text(&self) -> String {
         match &self.step {
             Ok(step) => step.as_str().to_string(),
             Err(UnknownStep(text)) => text.clone(),
@@ -222,6 +233,12 @@ impl Reprovisioner {
         // lease lapsed mid-step would be claimed and driven a second time,
         // by this process or another, both creating and compensating.
         let (run_id, org_id) = (item.run_id, item.org_id.clone());
+        if matches!(item.step, Ok(Step::Compensate)) {
+            return tokio::select! {
+                outcome = self.settle_compensation(&mut item, None) => outcome,
+                () = self.keep_lease(run_id, &org_id) => Ok(TenantOutcome::Stepped),
+            };
+        }
         let outcome = tokio::select! {
             outcome = self.steps(&mut item) => outcome,
             () = self.keep_lease(run_id, &org_id) => Err(StepError::LostLease),
@@ -232,6 +249,7 @@ impl Reprovisioner {
                 Ok(TenantOutcome::Done)
             }
             Err(StepError::LostLease) => Ok(TenantOutcome::Stepped),
+            Err(e) if matches!(item.step, Ok(Step::Cleanup)) => self.cleanup_failed(&item, e).await,
             Err(StepError::RowChanged) => {
                 let reason =
                     "the control plane changed the row during re-provisioning; what this run \
@@ -252,6 +270,28 @@ impl Reprovisioner {
         }
     }
 
+    /// A clean-up that failed is never given up: until it is done, the
+    /// leaked credentials may still open the old branch and the old
+    /// machine may still run with them. Retried in this invocation up to
+    /// the attempt bound, then parked as owed for the next `rekey run`.
+    async fn cleanup_failed(&self, item: &Item, e: StepError) -> Result<TenantOutcome, RunError> {
+        let reason = match e {
+            StepError::Transient(r) | StepError::Permanent(r) | StepError::Database(r) => r,
+            StepError::RowChanged | StepError::LostLease => "the clean-up was interrupted".into(),
+        };
+        let reason = format!(
+            "clean-up of the old branch and machine not done ({reason}); the old credentials may \
+             still work; run the same `rekey run` again"
+        );
+        if item.attempts >= self.settings.max_attempts {
+            journal::mark_owed(&self.pool, &item.key(&self.owner), &reason).await?;
+        } else {
+            self.retry_later(item, &reason).await?;
+        }
+        self.emit(item, TenantOutcome::Retrying, Some(reason));
+        Ok(TenantOutcome::Retrying)
+    }
+
     async fn steps(&self, item: &mut Item) -> Result<(), StepError> {
         // Fetched once per attempt; after a resume, again from Neon.
         let mut uri: Option<Secret> = None;
@@ -268,13 +308,21 @@ impl Reprovisioner {
                     let u = self.ensure_uri(item, &mut uri).await?;
                     self.step_machine(item, u).await?;
                 }
-                Step::Started => self.step_started(item).await?,
+                Step::Started => {
+                    let u = self.ensure_uri(item, &mut uri).await?;
+                    self.step_started(item, u).await?;
+                }
                 Step::Row => {
                     let u = self.ensure_uri(item, &mut uri).await?;
                     self.step_row(item, u).await?;
                 }
                 Step::Cleanup => self.step_cleanup(item).await?,
                 Step::Done => return Ok(()),
+                Step::Compensate => {
+                    return Err(StepError::Permanent(
+                        "a tenant being compensated is not driven forward".into(),
+                    ))
+                }
             }
             self.emit(item, TenantOutcome::Stepped, None);
         }
@@ -290,6 +338,11 @@ impl Reprovisioner {
         {
             return Err(StepError::Permanent(
                 "the row names no Neon project/branch or Fly app/machine to replace".into(),
+            ));
+        }
+        if journal::earlier_saga_unsettled(&self.pool, item.run_id, &item.org_id).await? {
+            return Err(StepError::Transient(
+                "an earlier run's clean-up or compensation of this tenant is not done yet".into(),
             ));
         }
         let next = match self.settings.strategy {
@@ -311,7 +364,7 @@ impl Reprovisioner {
         let deadline = Instant::now() + self.settings.step_deadline;
         let mut notes = BTreeMap::new();
         notes.insert("rekey_run".to_string(), item.run_id.to_string());
-        notes.insert("rekey_org".to_string(), item.org_id.clone());
+        notes.insert(REKEY_ORG.to_string(), item.org_id.clone());
         let created = self
             .neon
             .create_branch(
@@ -416,6 +469,7 @@ impl Reprovisioner {
             &Self::machine_tag(item),
             &[
                 ("rekey_run", run.as_str()),
+                (REKEY_ORG, item.org_id.as_str()),
                 ("rekey_replaces", item.old_machine.as_str()),
             ],
         )?;
@@ -434,7 +488,12 @@ impl Reprovisioner {
         self.persist(item, Step::Started, Records::NewMachine).await
     }
 
-    async fn step_started(&self, item: &mut Item) -> Result<(), StepError> {
+    /// Waits for the new machine to start, then proves it works before
+    /// anything of the old is touched: its health checks pass (when its
+    /// config has any) and, with `--prove-connect on`, the new
+    /// `DATABASE_URL` opens a real session. A proof that fails leaves the
+    /// old machine and row alone; the tenant is retried, then compensated.
+    async fn step_started(&self, item: &mut Item, uri: &Secret) -> Result<(), StepError> {
         let id = item
             .new_machine
             .clone()
@@ -443,6 +502,17 @@ impl Reprovisioner {
         self.fly
             .wait_for_state(&item.app, &id, WaitState::Started, None, deadline)
             .await?;
+        self.fly
+            .wait_healthy(&item.app, &id, self.settings.step_deadline)
+            .await
+            .map_err(|e| {
+                StepError::Transient(format!(
+                    "the new machine {id} did not prove healthy, so the old one was kept: {e}"
+                ))
+            })?;
+        if self.settings.prove_connect {
+            prove_session(uri, self.settings.prove_timeout).await?;
+        }
         self.persist(item, Step::Row, Records::StepOnly).await
     }
 
@@ -493,8 +563,17 @@ impl Reprovisioner {
     /// Destroys the old machine and makes the old credentials useless.
     async fn step_cleanup(&self, item: &mut Item) -> Result<(), StepError> {
         if item.new_machine.as_deref() != Some(item.old_machine.as_str()) {
+            // Stopped with its signal and grace period, then destroyed
+            // without force: the tenant's app shuts down cleanly.
+            let deadline = Instant::now() + self.settings.step_deadline;
             self.fly
-                .destroy_machine(&item.app, &item.old_machine, true)
+                .stop_then_destroy(
+                    &item.app,
+                    &item.old_machine,
+                    &StopOptions::default(),
+                    None,
+                    deadline,
+                )
                 .await?;
         }
         if self.settings.strategy == NeonStrategy::NewBranch
@@ -571,7 +650,7 @@ impl Reprovisioner {
 
     /// Leaves the tenant pending at its step, with a backoff before the
     /// next claim (the lease doubles as the retry time).
-    async fn retry_later(&self, item: &Item, reason: &str) -> Result<(), RunError> {
+    pub(super) async fn retry_later(&self, item: &Item, reason: &str) -> Result<(), RunError> {
         let backoff_ms = (500u64 << item.attempts.clamp(0, 6)) as f64;
         journal::release_for_retry(&self.pool, &item.key(&self.owner), reason, backoff_ms).await?;
         Ok(())
@@ -585,6 +664,33 @@ impl Reprovisioner {
             outcome,
             error,
         });
+    }
+}
+
+/// Opens one PostgreSQL session with the new `DATABASE_URL` and runs a
+/// query, within `timeout`: proof that the new credentials work before
+/// the old ones are retired. The error names the failure's class, never
+/// the URL.
+async fn prove_session(uri: &Secret, timeout: std::time::Duration) -> Result<(), StepError> {
+    use sqlx::Connection;
+    let refused = |what: String| {
+        StepError::Transient(format!(
+            "the new DATABASE_URL did not open a session ({what}), so the old machine was kept"
+        ))
+    };
+    let session = async {
+        let mut conn = sqlx::PgConnection::connect(uri.expose()).await?;
+        sqlx::query("SELECT 1").execute(&mut conn).await?;
+        conn.close().await
+    };
+    match tokio::time::timeout(timeout, session).await {
+        Err(_) => Err(refused(format!("no answer within {} s", timeout.as_secs()))),
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(sqlx::Error::Database(db))) => Err(refused(format!(
+            "the server refused it, SQLSTATE {}",
+            db.code().as_deref().unwrap_or("unknown")
+        ))),
+        Ok(Err(_)) => Err(refused("no connection".into())),
     }
 }
 
@@ -603,7 +709,7 @@ mod tests {
         let json = serde_json::to_string(&Step::ALL).expect("serialize");
         assert_eq!(
             json,
-            r#"["queued","branch","password","machine","started","row","cleanup","done"]"#
+            r#"["queued","branch","password","machine","started","row","cleanup","done","compensate"]"#
         );
         let err = "teleport".parse::<Step>().expect_err("not a step");
         assert_eq!(err.to_string(), "unknown step \"teleport\" in the journal");

@@ -1,0 +1,95 @@
+//! Re-provisioning that never leaves a leaked credential alive: a clean-up
+//! that fails after the row was swapped is not given up but owed, counted,
+//! kept at exit 1, blocks `finalize`, and is done by a later `rekey run`.
+//! Real binary against the fake cloud over loopback HTTP.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use rekey_testkit::*;
+use sqlx::PgPool;
+
+/// Waits until the fake holds a machine for `app` other than `old`: the
+/// new machine exists, so every Neon call before the row swap is made
+/// (the URI is fetched at the password step), and the run is waiting for
+/// the new machine to boot.
+fn wait_for_new_machine(cloud: &Cloud, app: &str, old: &str, child: &mut std::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cloud.view().machines_of(app).iter().any(|m| m.id != old) {
+        assert!(
+            child.try_wait().expect("poll rekey").is_none(),
+            "rekey exited before creating the new machine"
+        );
+        assert!(Instant::now() < deadline, "no new machine within 60 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_cleanup_that_fails_after_the_swap_is_owed_blocks_finalize_and_a_later_run_finishes_it(
+    pool: PgPool,
+) {
+    // A slow boot leaves seconds between the new machine's creation and
+    // the swap: Neon is cut off in between, so only the clean-up meets it.
+    let (keys, mut cloud, tenants, url) = cloud_fleet(&pool, fake_config(20, 3000), 1).await;
+    let t = &tenants[0];
+    let args = run_args(&["--max-attempts", "1", "--json"], &new_key_only(&keys));
+    let mut child = rekey_cloud_cmd(&url, &cloud, &strs(&args))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rekey");
+    wait_for_new_machine(&cloud, &t.fly_app, &t.fly_machine_id, &mut child);
+    let real_key = cloud.neon_key.clone();
+    cloud.configure(|c| c.neon_api_key = Some("napi-not-the-binarys".into()));
+    let out = child.wait_with_output().expect("rekey output");
+
+    assert_exit(&out, 1, "a run whose clean-up could not be done");
+    let report = run_summary(&out);
+    assert_eq!(report["cleanup_pending"], 1, "{report}");
+    assert_eq!(report["reprovision_failed"], 0, "{report}");
+    assert_eq!(report["state"], "finished", "{report}");
+    let items = items(&pool).await;
+    assert_eq!(items.len(), 1);
+    assert_eq!(
+        (items[0].state.as_str(), items[0].step.as_str()),
+        ("owed", "cleanup")
+    );
+    let view = cloud.view();
+    let old = view
+        .branches_of(&t.neon_project_id)
+        .into_iter()
+        .find(|b| b.id == t.neon_branch_id)
+        .expect("the old branch");
+    assert!(
+        old.passwords.get(TENANT_ROLE) == Some(&t.password),
+        "the leaked password was to be still live here (the defect's premise)"
+    );
+
+    let run_id = report["run_id"].as_i64().expect("run id").to_string();
+    let verify = rekey(
+        &url,
+        &["verify", "--new-key-file", path_str(&keys.new_file)],
+    );
+    assert_exit(&verify, 0, "verify: every row opens under the new key");
+    let finalize = rekey(&url, &["finalize", "--run", &run_id]);
+    assert_exit(&finalize, 2, "finalize while a clean-up is owed");
+    assert!(
+        text(&finalize).contains("clean-up is not done"),
+        "{}",
+        text(&finalize)
+    );
+
+    cloud.configure(|c| c.neon_api_key = Some(real_key));
+    let again = run_cloud(&url, &cloud, &["--json"], &new_key_only(&keys));
+    assert_exit(&again, 0, "a later run finishes the clean-up");
+    assert_eq!(run_summary(&again)["cleanup_pending"], 0);
+    assert_fleet_reprovisioned(&pool, &cloud, &tenants, &keys.new).await;
+    let verify = rekey(
+        &url,
+        &["verify", "--new-key-file", path_str(&keys.new_file)],
+    );
+    assert_exit(&verify, 0, "verify after the clean-up");
+    let finalize = rekey(&url, &["finalize", "--run", &run_id]);
+    assert_exit(&finalize, 0, "finalize once nothing is owed");
+}
