@@ -16,7 +16,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use super::batch::{FieldCounts, LeftReason};
-use super::events::{Event, EventSink};
+use super::events::{Earlier, Event, EventSink};
 use super::gate;
 use super::inplace::{InPlace, PassTally};
 use super::reprovision::{ProvisionTally, Reprovisioner};
@@ -81,6 +81,8 @@ pub struct RunReport {
     pub passes: u32,
     /// Seconds per batch phase, summed over workers.
     pub phase_secs: PhaseSecs,
+    /// What earlier invocations of this run did (zero for a new run).
+    pub earlier: Earlier,
     #[serde(skip)]
     pub outcome: Outcome,
 }
@@ -131,6 +133,7 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
     )
     .await?;
     let total_rows = count_rows(&ctx.pool, &ctx.table, &filter).await? as u64;
+    let earlier = earlier_counts(&ctx.pool, run.id).await?;
     ctx.sink.emit(&Event::RunStarted {
         run_id: run.id,
         start,
@@ -141,6 +144,7 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
         to_reprovision: prescan
             .as_ref()
             .map_or(0, |s| s.reprovision_ids.len() as u64),
+        earlier,
     });
 
     let inplace = Arc::new(InPlace {
@@ -168,7 +172,7 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
             tokio::spawn(async move { r.work(run_id, closed, stop).await })
         });
 
-    let walked = walk(ctx, &inplace, opts, &filter).await;
+    let walked = walk(ctx, &inplace, opts, &filter, total_rows).await;
     queue_closed.store(true, Ordering::SeqCst);
     let provisioned = match provisioning {
         Some(task) => task
@@ -216,7 +220,13 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
     )
     .await
     .map_err(|e| e.stopped(run.id))?;
+    ctx.sink.emit(&Event::RunFinished {
+        run_id: run.id,
+        state: report.state.clone(),
+        reason: report.reason.clone(),
+    });
     Ok(RunReport {
+        earlier,
         passes,
         in_place_secs,
         rows_per_sec: if in_place_secs > 0.0 {
@@ -246,6 +256,7 @@ async fn walk(
     inplace: &Arc<InPlace>,
     opts: &RunOptions,
     filter: &RowFilter,
+    total_rows: u64,
 ) -> Result<Walk, RunError> {
     let started = Instant::now();
     let mut total = PassTally::default();
@@ -259,7 +270,10 @@ async fn walk(
     let mut idle_since: Option<Instant> = None;
     while busy_passes < MAX_PASSES && !ctx.stop.load(Ordering::SeqCst) {
         passes += 1;
-        let rows = pass_filter.ids.as_ref().map_or(0, |ids| ids.len() as u64);
+        let rows = pass_filter
+            .ids
+            .as_ref()
+            .map_or(total_rows, |ids| ids.len() as u64);
         ctx.sink.emit(&Event::PassStarted { pass: passes, rows });
         let tally = inplace.pass(pass_filter.clone()).await?;
         let changed = tally.changed();
@@ -456,6 +470,7 @@ async fn conclude(
         batch_p50_ms: percentile_ms(&tally.batch_latencies, 0.50),
         batch_p99_ms: percentile_ms(&tally.batch_latencies, 0.99),
         passes: 0,
+        earlier: Earlier::default(),
         phase_secs: PhaseSecs {
             claim: tally.phases.claim.as_secs_f64(),
             crypto: tally.phases.crypto.as_secs_f64(),
@@ -480,6 +495,23 @@ async fn conclude(
         .await?;
     }
     Ok(report)
+}
+
+/// What earlier invocations of run `run_id` did, from its journal.
+async fn earlier_counts(pool: &PgPool, run_id: i64) -> Result<Earlier, RunError> {
+    let c = journal::run_counts(pool, run_id).await?;
+    let n = |v: i64| u64::try_from(v).unwrap_or(0);
+    Ok(Earlier {
+        reencrypted: n(c.reencrypted),
+        tenants_done: n(c.items_done),
+        tenants_given_up: n(c.items_failed),
+        tenants_in_cleanup: c
+            .steps
+            .iter()
+            .filter(|(step, _)| step == "cleanup")
+            .map(|(_, k)| n(*k))
+            .sum(),
+    })
 }
 
 /// The `q` quantile of batch latencies in milliseconds (nearest rank).

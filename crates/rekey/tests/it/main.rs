@@ -13,6 +13,7 @@ mod fleet_bench;
 mod http_policy;
 mod inplace;
 mod metrics;
+mod progress_screen;
 mod provision_caps;
 mod rehearsal;
 mod reprovision;

@@ -13,7 +13,7 @@ use crate::cli::output::report;
 use crate::cli::{config, CliError};
 use crate::db::{self, Table};
 use crate::envelope::Keyring;
-use crate::rotate::events::{EventSink, FanOut};
+use crate::rotate::events::{Event, EventSink, FanOut};
 use crate::rotate::{reprovision, run, Outcome};
 
 /// The top-level entry point for `rekey run`.
@@ -90,7 +90,7 @@ impl Engine {
             None => None,
         };
         let stop = Arc::new(AtomicBool::new(false));
-        watch_signals(Arc::clone(&stop));
+        watch_signals(Arc::clone(&stop), Arc::downgrade(sink));
         let ctx = run::RunContext {
             pool: self.pool,
             table: self.table,
@@ -107,18 +107,21 @@ impl Engine {
 /// commit, tenants mid-way complete their step); that can take a while
 /// when the cloud is slow or gone, so a second one stops at once. Both
 /// are safe: the journal resumes a run killed at any instant.
-fn watch_signals(stop: Arc<AtomicBool>) {
+fn watch_signals(stop: Arc<AtomicBool>, sink: std::sync::Weak<dyn EventSink>) {
+    // Told through the renderer, so that the line lands above the bars
+    // (or in the JSON stream) rather than through them. Weak: the watcher
+    // must not keep the renderer alive past the run.
+    let say = move |again: bool| match sink.upgrade() {
+        Some(sink) => sink.emit(&Event::Interrupted { again }),
+        None if again => eprintln!("rekey: interrupted again; stopping now"),
+        None => eprintln!("rekey: interrupted; finishing the work in flight"),
+    };
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!(
-                "rekey: interrupted; finishing the work in flight (the run stays open to resume); \
-                 ctrl-c again to stop at once"
-            );
+            say(false);
             stop.store(true, Ordering::SeqCst);
             if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!(
-                    "rekey: interrupted again; stopping now (run the same command to resume)"
-                );
+                say(true);
                 std::process::exit(130);
             }
         }
