@@ -63,6 +63,8 @@ pub struct RunReport {
     pub state: String,
     pub reason: Option<String>,
     pub rows_walked: u64,
+    /// Rows walked that were already current (or KMS or empty only).
+    pub skipped: u64,
     pub reencrypted: u64,
     pub queued_for_reprovision: u64,
     pub reprovisioned: u64,
@@ -83,6 +85,9 @@ pub struct RunReport {
     pub phase_secs: PhaseSecs,
     /// What earlier invocations of this run did (zero for a new run).
     pub earlier: Earlier,
+    /// Tenants of the run neither done nor given up when this invocation
+    /// ended (queued, in flight, in clean-up), from the journal.
+    pub tenants_pending: u64,
     #[serde(skip)]
     pub outcome: Outcome,
 }
@@ -220,6 +225,9 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
     )
     .await
     .map_err(|e| e.stopped(run.id))?;
+    let tenants_pending = journal::pending_count(&ctx.pool, run.id)
+        .await
+        .map_or(0, |n| u64::try_from(n).unwrap_or(0));
     ctx.sink.emit(&Event::RunFinished {
         run_id: run.id,
         state: report.state.clone(),
@@ -227,6 +235,7 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
     });
     Ok(RunReport {
         earlier,
+        tenants_pending,
         passes,
         in_place_secs,
         rows_per_sec: if in_place_secs > 0.0 {
@@ -455,6 +464,7 @@ async fn conclude(
         state: state.into(),
         reason: reason.clone(),
         rows_walked: tally.rows,
+        skipped: tally.skipped,
         reencrypted: tally.reencrypted,
         queued_for_reprovision: tally.queued,
         reprovisioned: provisioned.done,
@@ -471,6 +481,7 @@ async fn conclude(
         batch_p99_ms: percentile_ms(&tally.batch_latencies, 0.99),
         passes: 0,
         earlier: Earlier::default(),
+        tenants_pending: 0,
         phase_secs: PhaseSecs {
             claim: tally.phases.claim.as_secs_f64(),
             crypto: tally.phases.crypto.as_secs_f64(),

@@ -114,19 +114,7 @@ pub fn run_text(r: &RunReport) -> String {
         r.new_key_id,
         r.old_key_id.as_deref().unwrap_or("(none)")
     );
-    let rows = [
-        ("rows walked", r.rows_walked),
-        ("re-encrypted", r.reencrypted),
-        ("queued to re-provision", r.queued_for_reprovision),
-        ("re-provisioned", r.reprovisioned),
-        ("re-provision given up", r.reprovision_failed),
-        ("changed under us", r.conflicts),
-        ("KMS rows untouched", r.kms_rows_untouched),
-        ("rows left", r.left_total),
-    ];
-    for (name, n) in rows {
-        let _ = writeln!(out, "  {name:<24} {n:>10}");
-    }
+    counts_lines(&mut out, r);
     let _ = writeln!(
         out,
         "  in place: {:.0} rows/s over {}, batch p50 {:.1} ms p99 {:.1} ms, {} pass(es); total {}",
@@ -171,6 +159,55 @@ pub fn run_text(r: &RunReport) -> String {
         }
     }
     out
+}
+
+/// The run's counts as sums that add up, with the same definitions as
+/// the progress display: rows by what the walk did with them, tenants by
+/// where they stand over the whole run (earlier invocations included).
+fn counts_lines(out: &mut String, r: &RunReport) {
+    let rows = [
+        ("rows walked", r.rows_walked),
+        ("re-encrypted", r.reencrypted),
+        ("queued to re-provision", r.queued_for_reprovision),
+        ("re-provisioned", r.earlier.tenants_done + r.reprovisioned),
+        (
+            "re-provision given up",
+            r.earlier.tenants_given_up + r.reprovision_failed,
+        ),
+        ("re-provision pending", r.tenants_pending),
+        ("changed under us", r.conflicts),
+        ("KMS rows untouched", r.kms_rows_untouched),
+        // Rows that do not open under the new key at the end: those of
+        // tenants given up or pending are among them.
+        ("rows left", r.left_total),
+    ];
+    for (name, n) in rows {
+        let _ = writeln!(out, "  {name:<24} {n:>10}");
+    }
+    let unchanged = r
+        .rows_walked
+        .saturating_sub(r.skipped + r.reencrypted + r.queued_for_reprovision);
+    let _ = writeln!(
+        out,
+        "  rows walked {} = skipped {} + re-encrypted {} + queued to re-provision {} + left {}",
+        r.rows_walked, r.skipped, r.reencrypted, r.queued_for_reprovision, unchanged
+    );
+    let done = r.earlier.tenants_done + r.reprovisioned;
+    let given_up = r.earlier.tenants_given_up + r.reprovision_failed;
+    let total = done + given_up + r.tenants_pending;
+    let _ = writeln!(
+        out,
+        "  tenants {total} = re-provisioned {done} + given up {given_up} + pending {}{}",
+        r.tenants_pending,
+        if r.earlier.tenants_done + r.earlier.tenants_given_up > 0 {
+            format!(
+                " (this invocation: re-provisioned {}, given up {})",
+                r.reprovisioned, r.reprovision_failed
+            )
+        } else {
+            String::new()
+        }
+    );
 }
 
 pub fn verify_text(v: &VerifyReport) -> String {
@@ -359,4 +396,73 @@ pub fn bench_text(b: &crate::bench::BenchReport) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::journal::RunStart;
+    use crate::envelope::Mode;
+    use crate::rotate::events::Earlier;
+    use crate::rotate::run::PhaseSecs;
+    use crate::rotate::Outcome;
+
+    fn report(earlier: Earlier, done: u64, given_up: u64, pending: u64) -> RunReport {
+        RunReport {
+            run_id: 2,
+            start: RunStart::Resumed,
+            mode: Mode::Auto,
+            new_key_id: "new".into(),
+            old_key_id: None,
+            state: "failed".into(),
+            reason: None,
+            rows_walked: 1_000,
+            skipped: 100,
+            reencrypted: 800,
+            queued_for_reprovision: 60,
+            reprovisioned: done,
+            reprovision_failed: given_up,
+            conflicts: 0,
+            kms_rows_untouched: 0,
+            left: Vec::new(),
+            left_total: 38,
+            fields_seen: FieldCounts::default(),
+            elapsed_secs: 1.0,
+            in_place_secs: 1.0,
+            rows_per_sec: 1_000.0,
+            batch_p50_ms: 1.0,
+            batch_p99_ms: 1.0,
+            passes: 1,
+            phase_secs: PhaseSecs::default(),
+            earlier,
+            tenants_pending: pending,
+            outcome: Outcome::Incomplete,
+        }
+    }
+
+    #[test]
+    fn the_run_summary_counts_add_up() {
+        let text = run_text(&report(Earlier::default(), 20, 40, 0));
+        assert!(
+            text.contains("rows walked 1000 = skipped 100 + re-encrypted 800 + queued to re-provision 60 + left 40"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tenants 60 = re-provisioned 20 + given up 40 + pending 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_resumed_runs_summary_counts_the_whole_run_as_progress_does() {
+        let earlier = Earlier {
+            tenants_done: 32,
+            ..Earlier::default()
+        };
+        let text = run_text(&report(earlier, 7, 0, 0));
+        assert!(
+            text.contains("tenants 39 = re-provisioned 39 + given up 0 + pending 0 (this invocation: re-provisioned 7, given up 0)"),
+            "{text}"
+        );
+    }
 }
