@@ -9,6 +9,7 @@ mod cli_help;
 mod connect;
 mod crash_resume;
 mod envelope_props;
+mod events_doc;
 mod fleet_bench;
 mod http_policy;
 mod inplace;
