@@ -418,6 +418,10 @@ pub struct VerifyArgs {
     /// Per-connection timeout in seconds with --connect.
     #[arg(long, default_value_t = 5, value_name = "SECS")]
     pub connect_timeout: u64,
+    /// List every failing row's id, not only the first 20 (with --json:
+    /// a `failing` array).
+    #[arg(long)]
+    pub all_failures: bool,
     #[command(flatten)]
     pub keys: KeyArgs,
     #[command(flatten)]
@@ -431,6 +435,14 @@ pub struct StatusArgs {
     /// The run to show (default: the latest).
     #[arg(long, value_name = "ID")]
     pub run: Option<i64>,
+    /// The run's ledger instead: every tenant not finished (last step,
+    /// attempts, reason) and every tenant re-provisioned (old and new
+    /// branch and machine ids). A table; --json or --csv for a file.
+    #[arg(long)]
+    pub tenants: bool,
+    /// With --tenants: comma-separated values with a header line.
+    #[arg(long, requires = "tenants")]
+    pub csv: bool,
     #[command(flatten)]
     pub database: DatabaseArgs,
 }

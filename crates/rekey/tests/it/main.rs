@@ -13,6 +13,7 @@ mod events_doc;
 mod fleet_bench;
 mod http_policy;
 mod inplace;
+mod ledger;
 mod metrics;
 mod progress_screen;
 mod provision_caps;

@@ -7,7 +7,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use crate::db::journal::{FailedItem, RollbackMarks, RunCounts, RunRecord};
+use crate::db::journal::{FailedItem, LedgerItem, RollbackMarks, RunCounts, RunRecord};
 use crate::envelope::FieldClass;
 use crate::rotate::batch::{ActionCounts, FieldCounts};
 use crate::rotate::plan::PlanReport;
@@ -210,7 +210,8 @@ fn counts_lines(out: &mut String, r: &RunReport) {
     );
 }
 
-pub fn verify_text(v: &VerifyReport) -> String {
+/// The verify report; `all`: every failing id, not only the first 20.
+pub fn verify_text(v: &VerifyReport, all: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -233,8 +234,18 @@ pub fn verify_text(v: &VerifyReport) -> String {
         );
     }
     if !v.ok {
-        let _ = writeln!(out, "  {} rows fail; first ones:", v.failing_rows);
-        for id in &v.failing_examples {
+        let ids = if all {
+            let _ = writeln!(out, "  {} rows fail:", v.failing_rows);
+            &v.failing_all
+        } else {
+            let _ = writeln!(
+                out,
+                "  {} rows fail; first ones (every one with --all-failures):",
+                v.failing_rows
+            );
+            &v.failing_examples
+        };
+        for id in ids {
             let _ = writeln!(out, "    {id}");
         }
     }
@@ -321,6 +332,93 @@ pub fn status_text(s: &StatusReport) -> String {
             );
         }
         (None, None) => {}
+    }
+    out
+}
+
+/// A run's ledger as a table: the tenants not finished first, then the
+/// re-provisioned with what they moved from and to.
+pub fn ledger_text(run_id: i64, items: &[LedgerItem]) -> String {
+    let mut out = String::new();
+    let (done, open): (Vec<&LedgerItem>, Vec<&LedgerItem>) =
+        items.iter().partition(|i| i.state == "done");
+    let _ = writeln!(
+        out,
+        "run {run_id}: {} tenants not finished, {} re-provisioned",
+        open.len(),
+        done.len()
+    );
+    if !open.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {:<38} {:<8} {:<10} {:>8}  reason",
+            "tenant", "state", "last step", "attempts"
+        );
+        for i in &open {
+            let _ = writeln!(
+                out,
+                "  {:<38} {:<8} {:<10} {:>8}  {}",
+                i.org_id,
+                if i.state == "failed" {
+                    "given up"
+                } else {
+                    "pending"
+                },
+                i.step,
+                i.attempts,
+                i.last_error.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    if !done.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {:<38} {:<24} {:<24} {:<18} {:<18}",
+            "tenant", "old branch", "new branch", "old machine", "new machine"
+        );
+        let id = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        for i in &done {
+            let _ = writeln!(
+                out,
+                "  {:<38} {:<24} {:<24} {:<18} {:<18}",
+                i.org_id,
+                id(&i.old_branch_id),
+                id(&i.new_branch_id),
+                id(&i.old_machine_id),
+                id(&i.new_machine_id)
+            );
+        }
+    }
+    out
+}
+
+/// A run's ledger as CSV (RFC 4180 quoting), one tenant a line.
+pub fn ledger_csv(items: &[LedgerItem]) -> String {
+    fn cell(v: &str) -> String {
+        if v.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", v.replace('"', "\"\""))
+        } else {
+            v.to_string()
+        }
+    }
+    let mut out = String::from(
+        "org_id,state,step,attempts,reason,old_branch_id,new_branch_id,old_machine_id,new_machine_id\n",
+    );
+    for i in items {
+        let o = |v: &Option<String>| cell(v.as_deref().unwrap_or(""));
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{},{},{},{}",
+            cell(&i.org_id),
+            i.state,
+            cell(&i.step),
+            i.attempts,
+            o(&i.last_error),
+            o(&i.old_branch_id),
+            o(&i.new_branch_id),
+            o(&i.old_machine_id),
+            o(&i.new_machine_id)
+        );
     }
     out
 }

@@ -75,6 +75,38 @@ pub async fn failed_items(
     .await?)
 }
 
+/// One tenant of a run's ledger: where it stands and, once re-provisioned,
+/// what it was moved from and to. No secret: ids, steps and errors only.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct LedgerItem {
+    pub org_id: String,
+    /// `pending`, `done` or `failed`.
+    pub state: String,
+    /// The last step reached.
+    pub step: String,
+    pub attempts: i32,
+    /// Why the last attempt failed, when one did.
+    pub last_error: Option<String>,
+    pub old_branch_id: Option<String>,
+    pub new_branch_id: Option<String>,
+    pub old_machine_id: Option<String>,
+    pub new_machine_id: Option<String>,
+}
+
+/// Every tenant of the run's re-provisioning, unfinished ones first (the
+/// ones an operator must act on), then the re-provisioned, each by id.
+pub async fn ledger(pool: &PgPool, run_id: i64) -> Result<Vec<LedgerItem>, DbError> {
+    Ok(sqlx::query_as::<_, LedgerItem>(
+        "SELECT org_id, state, step, attempts, last_error,
+                old_branch_id, new_branch_id, old_machine_id, new_machine_id
+           FROM rekey.items WHERE run_id = $1
+          ORDER BY state = 'done', state, org_id",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await?)
+}
+
 /// A tenant's journal row as held by one process: every write of the
 /// re-provisioner's steps names the owner, so a process whose lease lapsed
 /// and was taken over writes nothing.

@@ -15,10 +15,10 @@ pub use backups::{
     RestoreTotals,
 };
 pub use items::{
-    advance, claim_item, failed_and_done_among, failed_items, item_ids, mark_done, mark_failed,
-    mark_failed_unowned, move_to_cleanup, owner_of, pending_count, queue_items, queued_among,
-    release_for_retry, renew_lease, ClaimedItem, FailedAndDone, FailedItem, ItemFields, ItemKey,
-    Records,
+    advance, claim_item, failed_and_done_among, failed_items, item_ids, ledger, mark_done,
+    mark_failed, mark_failed_unowned, move_to_cleanup, owner_of, pending_count, queue_items,
+    queued_among, release_for_retry, renew_lease, ClaimedItem, FailedAndDone, FailedItem,
+    ItemFields, ItemKey, LedgerItem, Records,
 };
 pub use runs::{
     begin_rollback, close_run, get_run, mark_rolled_back, mark_verified, open_or_resume, open_run,
