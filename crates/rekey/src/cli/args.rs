@@ -330,8 +330,8 @@ pub struct ProvisionArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// auto: in place what the old key opens, re-provision the rest; reencrypt: in place only;
-    /// reprovision: fresh credentials for every tenant not yet under the new key.
+    /// auto: in place what the old key opens, the rest re-provisioned; reencrypt: in place
+    /// only; reprovision: fresh credentials for all.
     #[arg(long, value_enum, default_value = "auto")]
     pub mode: ModeArg,
     /// In-place workers (each one database connection).
@@ -346,7 +346,13 @@ pub struct RunArgs {
     /// Act on at most N rows in this invocation; the run stays open.
     #[arg(long, value_name = "N")]
     pub limit: Option<u64>,
-    /// Write the run's counters in Prometheus text format to FILE while it runs.
+    /// Re-walk until no row needed work for this long (e.g. 5m): rolling restarts.
+    #[arg(long, value_name = "DURATION")]
+    pub until_quiet: Option<humantime::Duration>,
+    /// Wait, in all, this long for rows someone keeps locked, then report them.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub lock_wait_secs: u64,
+    /// Write the run's counters to FILE (Prometheus text) while it runs.
     #[arg(long, value_name = "FILE")]
     pub metrics_file: Option<PathBuf>,
     #[command(flatten)]
@@ -382,13 +388,6 @@ pub struct RunArgs {
         help_heading = "Re-provisioning"
     )]
     pub max_attempts: i32,
-    /// Keep re-walking until no row has needed work for this long (e.g. 5m), for a rolling
-    /// restart of the control plane during which some instances still write under the old key.
-    #[arg(long, value_name = "DURATION")]
-    pub until_quiet: Option<humantime::Duration>,
-    /// Seconds the run waits, in all, for rows someone keeps locked before it reports them as left.
-    #[arg(long, default_value_t = 60, value_name = "SECS")]
-    pub lock_wait_secs: u64,
     /// Seconds a claimed tenant stays this process's without progress.
     #[arg(
         long,
@@ -432,6 +431,10 @@ pub struct VerifyArgs {
     /// Per-connection timeout in seconds with --connect.
     #[arg(long, default_value_t = 5, value_name = "SECS")]
     pub connect_timeout: u64,
+    /// List every failing row's id, not only the first 20 (with --json:
+    /// a `failing` array).
+    #[arg(long)]
+    pub all_failures: bool,
     #[command(flatten)]
     pub keys: KeyArgs,
     #[command(flatten)]
@@ -445,6 +448,14 @@ pub struct StatusArgs {
     /// The run to show (default: the latest).
     #[arg(long, value_name = "ID")]
     pub run: Option<i64>,
+    /// The run's ledger instead: every tenant not finished (last step,
+    /// attempts, reason) and every tenant re-provisioned (old and new
+    /// branch and machine ids). A table; --json or --csv for a file.
+    #[arg(long)]
+    pub tenants: bool,
+    /// With --tenants: comma-separated values with a header line.
+    #[arg(long, requires = "tenants")]
+    pub csv: bool,
     #[command(flatten)]
     pub database: DatabaseArgs,
 }

@@ -23,11 +23,20 @@ pub enum Event {
         old_key_id: Option<String>,
         /// Rows the first pass will walk.
         total_rows: u64,
-        /// Tenants the pre-scan found needing re-provisioning.
+        /// Tenants the pre-scan found needing re-provisioning (rows that
+        /// open under neither key, tenants given up earlier included).
         to_reprovision: u64,
+        /// What earlier invocations of this run already did (all zero for
+        /// a new run), so that progress counts the whole run.
+        earlier: Earlier,
     },
     /// An in-place pass over the table began.
-    PassStarted { pass: u32, rows: u64 },
+    PassStarted {
+        pass: u32,
+        /// Rows this pass walks: the whole selection for the first pass,
+        /// the rows found needing work again for later ones.
+        rows: u64,
+    },
     /// One in-place batch was committed.
     Batch(BatchReport),
     /// An in-place pass ended.
@@ -46,6 +55,30 @@ pub enum Event {
     },
     /// Something the operator should know that does not stop the run.
     Warning { message: String },
+    /// Ctrl-C: the work in flight finishes (`again`: a second Ctrl-C, the
+    /// process stops at once).
+    Interrupted { again: bool },
+    /// The invocation is over: the run's state as it left it (`finished`,
+    /// `failed`, or `running` when it stays open to resume).
+    RunFinished {
+        run_id: i64,
+        state: String,
+        reason: Option<String>,
+    },
+}
+
+/// What earlier invocations of a resumed run did, from its journal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Earlier {
+    /// Rows re-encrypted in place.
+    pub reencrypted: u64,
+    /// Tenants re-provisioned.
+    pub tenants_done: u64,
+    /// Tenants given up (their rows are still in the pre-scan's count).
+    pub tenants_given_up: u64,
+    /// Tenants whose row is rewritten but whose old branch and machine
+    /// are still to be removed (not in the pre-scan's count).
+    pub tenants_in_cleanup: u64,
 }
 
 /// The fate of a tenant at a step of its re-provision.
@@ -76,7 +109,8 @@ pub struct BatchReport {
     pub left: u64,
     /// Rows whose compare-and-swap found them changed by someone else.
     pub conflicts: u64,
-    #[serde(serialize_with = "as_millis")]
+    /// Wall time of the batch, claim to commit (`latency_ms` in JSON).
+    #[serde(rename = "latency_ms", serialize_with = "as_millis")]
     pub latency: Duration,
 }
 

@@ -18,7 +18,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use super::batch::{FieldCounts, LeftReason};
-use super::events::{Event, EventSink};
+use super::events::{Earlier, Event, EventSink};
 use super::gate;
 use super::inplace::{InPlace, PassTally};
 use super::reprovision::{ProvisionTally, Reprovisioner};
@@ -70,6 +70,8 @@ pub struct RunReport {
     pub state: String,
     pub reason: Option<String>,
     pub rows_walked: u64,
+    /// Rows walked that were already current (or KMS or empty only).
+    pub skipped: u64,
     pub reencrypted: u64,
     pub queued_for_reprovision: u64,
     pub reprovisioned: u64,
@@ -92,6 +94,11 @@ pub struct RunReport {
     pub passes: u32,
     /// Seconds per batch phase, summed over workers.
     pub phase_secs: PhaseSecs,
+    /// What earlier invocations of this run did (zero for a new run).
+    pub earlier: Earlier,
+    /// Tenants of the run neither done nor given up when this invocation
+    /// ended (queued, in flight, in clean-up), from the journal.
+    pub tenants_pending: u64,
     #[serde(skip)]
     pub outcome: Outcome,
 }
@@ -145,6 +152,7 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
     )
     .await?;
     let total_rows = count_rows(&ctx.pool, &ctx.table, &filter).await? as u64;
+    let earlier = earlier_counts(&ctx.pool, run.id).await?;
     ctx.sink.emit(&Event::RunStarted {
         run_id: run.id,
         start,
@@ -155,6 +163,7 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
         to_reprovision: prescan
             .as_ref()
             .map_or(0, |s| s.reprovision_ids.len() as u64),
+        earlier,
     });
 
     let inplace = Arc::new(InPlace {
@@ -182,7 +191,7 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
             tokio::spawn(async move { r.work(run_id, closed, stop).await })
         });
 
-    let walked = walk(ctx, &inplace, opts, &filter).await;
+    let walked = walk(ctx, &inplace, opts, &filter, total_rows).await;
     queue_closed.store(true, Ordering::SeqCst);
     let provisioned = match provisioning {
         Some(task) => task
@@ -224,7 +233,7 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
         in_place_secs,
         started,
     };
-    conclude(
+    let report = conclude(
         ctx,
         opts,
         &run,
@@ -236,7 +245,20 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
         &timing,
     )
     .await
-    .map_err(|e| e.stopped(run.id))
+    .map_err(|e| e.stopped(run.id))?;
+    let tenants_pending = journal::pending_count(&ctx.pool, run.id)
+        .await
+        .map_or(0, |n| u64::try_from(n).unwrap_or(0));
+    ctx.sink.emit(&Event::RunFinished {
+        run_id: run.id,
+        state: report.state.clone(),
+        reason: report.reason.clone(),
+    });
+    Ok(RunReport {
+        earlier,
+        tenants_pending,
+        ..report
+    })
 }
 
 /// How long the invocation took, for the report and the journal's summary.
@@ -263,6 +285,7 @@ async fn walk(
     inplace: &Arc<InPlace>,
     opts: &RunOptions,
     filter: &RowFilter,
+    total_rows: u64,
 ) -> Result<Walk, RunError> {
     let started = Instant::now();
     let mut total = PassTally::default();
@@ -284,7 +307,10 @@ async fn walk(
             PassTally::default()
         } else {
             passes += 1;
-            let rows = pass_filter.ids.as_ref().map_or(0, |ids| ids.len() as u64);
+            let rows = pass_filter
+                .ids
+                .as_ref()
+                .map_or(total_rows, |ids| ids.len() as u64);
             ctx.sink.emit(&Event::PassStarted { pass: passes, rows });
             let tally = inplace.pass(pass_filter.clone()).await?;
             ctx.sink.emit(&Event::PassFinished {
@@ -495,6 +521,7 @@ async fn conclude(
         state: state.into(),
         reason: reason.clone(),
         rows_walked: tally.rows,
+        skipped: tally.skipped,
         reencrypted: tally.reencrypted,
         queued_for_reprovision: tally.queued,
         reprovisioned: provisioned.done,
@@ -515,6 +542,8 @@ async fn conclude(
         batch_p50_ms: percentile_ms(&tally.batch_latencies, 0.50),
         batch_p99_ms: percentile_ms(&tally.batch_latencies, 0.99),
         passes: timing.passes,
+        earlier: Earlier::default(),
+        tenants_pending: 0,
         phase_secs: PhaseSecs {
             claim: tally.phases.claim.as_secs_f64(),
             crypto: tally.phases.crypto.as_secs_f64(),
@@ -539,6 +568,23 @@ async fn conclude(
         .await?;
     }
     Ok(report)
+}
+
+/// What earlier invocations of run `run_id` did, from its journal.
+async fn earlier_counts(pool: &PgPool, run_id: i64) -> Result<Earlier, RunError> {
+    let c = journal::run_counts(pool, run_id).await?;
+    let n = |v: i64| u64::try_from(v).unwrap_or(0);
+    Ok(Earlier {
+        reencrypted: n(c.reencrypted),
+        tenants_done: n(c.items_done),
+        tenants_given_up: n(c.items_failed),
+        tenants_in_cleanup: c
+            .steps
+            .iter()
+            .filter(|(step, _)| step == "cleanup")
+            .map(|(_, k)| n(*k))
+            .sum(),
+    })
 }
 
 /// The `q` quantile of batch latencies in milliseconds (nearest rank).

@@ -23,6 +23,9 @@ pub struct VerifyReport {
     pub failing_rows: u64,
     /// Up to 20 of them.
     pub failing_examples: Vec<String>,
+    /// Every one of them, by id (`verify --all-failures`).
+    #[serde(skip)]
+    pub failing_all: Vec<String>,
     pub kms_rows: u64,
     /// The run recorded as verified, if any.
     pub verified_run: Option<i64>,
@@ -52,7 +55,8 @@ pub async fn verify(
         rows: result.actions.total(),
         fields: result.fields,
         failing_rows: failing.len() as u64,
-        failing_examples: failing.into_iter().take(20).collect(),
+        failing_examples: failing.iter().take(20).cloned().collect(),
+        failing_all: failing,
         kms_rows: result.kms_rows,
         verified_run,
         ok,

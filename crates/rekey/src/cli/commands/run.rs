@@ -67,7 +67,12 @@ pub async fn run(global: &Global, args: &RunArgs) -> Result<Outcome, CliError> {
     }
     drop(sink);
     if global.json {
-        report::print_json(&serde_json::json!({"event": "summary", "report": report}));
+        report::print_json(&serde_json::json!({
+            "schema_version": crate::cli::output::progress::SCHEMA_VERSION,
+            "ts": crate::cli::output::progress::timestamp(),
+            "event": "summary",
+            "report": report,
+        }));
     } else {
         report::print(&report::run_text(&report));
     }

@@ -29,11 +29,15 @@ pub async fn verify(global: &Global, args: &VerifyArgs) -> Result<Outcome, CliEr
             .as_ref()
             .is_none_or(connect::ConnectReport::all_reachable);
     if global.json {
-        report::print_json(&serde_json::json!({
+        let mut json = serde_json::json!({
             "verify": report, "connect": connect, "ok": ok, "not_recorded": unmarked,
-        }));
+        });
+        if args.all_failures {
+            json["verify"]["failing"] = serde_json::json!(report.failing_all);
+        }
+        report::print_json(&json);
     } else {
-        report::print(&report::verify_text(&report));
+        report::print(&report::verify_text(&report, args.all_failures));
         if let Some(note) = &unmarked {
             report::print(&format!("{note}\n"));
         }

@@ -7,3 +7,4 @@ pub mod chart;
 pub mod metrics;
 pub mod progress;
 pub mod report;
+pub mod totals;

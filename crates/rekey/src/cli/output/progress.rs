@@ -3,13 +3,20 @@
 //! engine emits; they never decide anything.
 
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
 
+use super::totals::{fit, Totals};
 use crate::rotate::events::{Event, EventSink, TenantOutcome};
-use crate::rotate::reprovision::Step;
+
+/// The version of the JSON event lines' shape (`schema_version` in every
+/// line; docs/events.md). Raised when a field changes meaning or goes away.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// How often `--json` emits a `progress` event and plain mode a line.
+const PERIOD: Duration = Duration::from_secs(2);
 
 /// How progress should be shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,352 +46,400 @@ impl Style {
 
     pub fn sink(self) -> Box<dyn EventSink> {
         match self {
-            Style::Bars => Box::new(Bars::new()),
-            Style::Plain => Box::new(Plain::new(Duration::from_secs(2))),
-            Style::Json => Box::new(JsonLines),
+            Style::Bars => Box::new(Bars::stderr()),
+            Style::Plain => Box::new(Plain::stderr()),
+            Style::Json => Box::new(JsonLines::stdout()),
             Style::Quiet => Box::new(Quiet),
         }
     }
 }
 
-/// Running totals a renderer keeps from the events it saw.
-#[derive(Debug, Default, Clone)]
-struct Totals {
-    run_id: i64,
-    total_rows: u64,
-    to_reprovision: u64,
-    rows: u64,
-    reencrypted: u64,
-    skipped: u64,
-    queued: u64,
-    left: u64,
-    tenants_done: u64,
-    tenants_failed: u64,
-    /// Seconds the first pass took, once it is over (freezes the rate).
-    in_place_secs: Option<f64>,
-    /// Each tenant in flight and the step it is at.
-    in_flight: std::collections::HashMap<String, String>,
+/// Calls a function every [`PERIOD`] on its own thread until dropped, so
+/// that rates, ETAs and `progress` events keep coming while no event does
+/// (a slow cloud, a long lock wait).
+struct Ticker {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Totals {
-    fn absorb(&mut self, event: &Event) {
-        match event {
-            Event::RunStarted {
-                run_id,
-                total_rows,
-                to_reprovision,
-                ..
-            } => {
-                self.run_id = *run_id;
-                self.total_rows = *total_rows;
-                self.to_reprovision = *to_reprovision;
-            }
-            Event::Batch(b) => {
-                self.rows += b.rows;
-                self.reencrypted += b.reencrypted;
-                self.skipped += b.skipped;
-                self.queued += b.queued;
-                self.left += b.left;
-            }
-            Event::Tenant {
-                org_id,
-                step,
-                outcome,
-                ..
-            } => match outcome {
-                TenantOutcome::Done | TenantOutcome::GivenUp | TenantOutcome::Retrying => {
-                    self.in_flight.remove(org_id);
-                    self.tenants_done += u64::from(*outcome == TenantOutcome::Done);
-                    self.tenants_failed += u64::from(*outcome == TenantOutcome::GivenUp);
+impl Ticker {
+    fn start(tick: impl Fn() + Send + 'static) -> Ticker {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("rekey-progress".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(PERIOD) {
+                    tick();
                 }
-                TenantOutcome::Started | TenantOutcome::Stepped => {
-                    self.in_flight.insert(org_id.clone(), step.clone());
-                }
-            },
-            _ => {}
-        }
-    }
-
-    fn actions_line(&self) -> String {
-        let mut line = format!(
-            "reencrypted {}, skipped {}, queued {}, left {}; tenants re-provisioned {}/{} (failed {})",
-            self.reencrypted,
-            self.skipped,
-            self.queued,
-            self.left,
-            self.tenants_done,
-            self.to_reprovision.max(self.queued),
-            self.tenants_failed
-        );
-        line.push_str(&self.steps_line());
-        line
-    }
-
-    /// Tenants in flight per step, in the state machine's order.
-    fn steps_line(&self) -> String {
-        let count = |step: Step| {
-            self.in_flight
-                .values()
-                .filter(|s| s.as_str() == step.as_str())
-                .count()
-        };
-        let parts: Vec<String> = Step::ALL
-            .into_iter()
-            .filter(|s| count(*s) > 0)
-            .map(|s| format!("{s} {}", count(s)))
-            .collect();
-        if parts.is_empty() {
-            String::new()
-        } else {
-            format!("; in flight: {}", parts.join(", "))
+            })
+            .ok();
+        Ticker {
+            stop: Some(stop),
+            thread,
         }
     }
 }
 
-/// JSON event lines on stdout.
-pub struct JsonLines;
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        // Disconnecting the channel ends the thread's wait at once.
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// An RFC 3339 UTC timestamp, to the millisecond.
+pub fn timestamp() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// What a given-up tenant says, in every human renderer.
+fn given_up_line(event: &Event) -> Option<String> {
+    match event {
+        Event::Tenant {
+            org_id,
+            step,
+            outcome: TenantOutcome::GivenUp,
+            error,
+        } => Some(format!(
+            "tenant {org_id}: given up at step {step}: {}",
+            error.as_deref().unwrap_or("-")
+        )),
+        _ => None,
+    }
+}
+
+/// The lines every human renderer prints above its progress, if any.
+fn notice_line(event: &Event) -> Option<String> {
+    match event {
+        Event::Warning { message } => Some(format!("warning: {message}")),
+        Event::Interrupted { again: false } => Some(
+            "rekey: interrupted; finishing the work in flight (the run stays open to resume); \
+             ctrl-c again to stop at once"
+                .into(),
+        ),
+        Event::Interrupted { again: true } => {
+            Some("rekey: interrupted again; stopping now (run the same command to resume)".into())
+        }
+        _ => given_up_line(event),
+    }
+}
+
+/// Where a renderer writes, shared with its ticker.
+type Out = Mutex<Box<dyn Write + Send>>;
+
+/// JSON event lines: every engine event with `schema_version` and `ts`,
+/// plus a `progress` event every [`PERIOD`] and when the run ends.
+pub struct JsonLines {
+    shared: Arc<(Out, Mutex<Totals>)>,
+    _ticker: Ticker,
+}
+
+impl JsonLines {
+    pub fn stdout() -> JsonLines {
+        JsonLines::new(Box::new(std::io::stdout()))
+    }
+
+    pub fn new(out: Box<dyn Write + Send>) -> JsonLines {
+        let shared = Arc::new((Mutex::new(out), Mutex::new(Totals::default())));
+        let ticking = Arc::clone(&shared);
+        let ticker = Ticker::start(move || {
+            let Ok(totals) = ticking.1.lock() else {
+                return;
+            };
+            if totals.run_id != 0 && totals.ending.is_none() {
+                write_progress(&ticking.0, &totals);
+            }
+        });
+        JsonLines {
+            shared,
+            _ticker: ticker,
+        }
+    }
+}
+
+/// Writes one JSON line with `schema_version` and `ts` in front.
+fn write_json(out: &Out, value: serde_json::Value) {
+    let mut line = serde_json::Map::new();
+    line.insert("schema_version".into(), SCHEMA_VERSION.into());
+    line.insert("ts".into(), timestamp().into());
+    if let serde_json::Value::Object(fields) = value {
+        line.extend(fields);
+    }
+    if let (Ok(text), Ok(mut out)) = (serde_json::to_string(&line), out.lock()) {
+        // A closed pipe ends output quietly rather than failing the run.
+        let _ = writeln!(out, "{text}");
+        let _ = out.flush();
+    }
+}
+
+fn write_progress(out: &Out, totals: &Totals) {
+    if let Ok(serde_json::Value::Object(mut fields)) =
+        serde_json::to_value(totals.snapshot(Instant::now()))
+    {
+        fields.insert("event".into(), "progress".into());
+        write_json(out, serde_json::Value::Object(fields));
+    }
+}
 
 impl EventSink for JsonLines {
     fn emit(&self, event: &Event) {
-        if let Ok(line) = serde_json::to_string(event) {
-            // A closed pipe ends output quietly rather than failing the run.
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{line}");
+        let Ok(mut totals) = self.shared.1.lock() else {
+            return;
+        };
+        totals.absorb(event, Instant::now());
+        if let Ok(value) = serde_json::to_value(event) {
+            write_json(&self.shared.0, value);
+        }
+        // The last figures, so that even a run shorter than a period has one.
+        if matches!(event, Event::RunFinished { .. }) {
+            write_progress(&self.shared.0, &totals);
         }
     }
 }
 
 /// `--quiet`: no progress, but what the operator must still see: the
-/// engine's warnings and every tenant given up.
+/// engine's warnings, Ctrl-C, and every tenant given up.
 pub struct Quiet;
 
 impl EventSink for Quiet {
     fn emit(&self, event: &Event) {
-        match event {
-            Event::Warning { message } => eprintln!("warning: {message}"),
-            Event::Tenant {
-                org_id,
-                step,
-                outcome: TenantOutcome::GivenUp,
-                error,
-            } => eprintln!(
-                "tenant {org_id}: given up at step {step}: {}",
-                error.as_deref().unwrap_or("-")
-            ),
-            _ => {}
+        if let Some(line) = notice_line(event) {
+            eprintln!("{} {line}", timestamp());
         }
     }
 }
 
-/// Plain lines on stderr, at most one per `every`, plus one per milestone.
+/// Plain lines on stderr (a pipe, a file), each with an RFC 3339 UTC
+/// timestamp: one every [`PERIOD`], one per milestone, and every notice.
 pub struct Plain {
-    every: Duration,
-    state: Mutex<(Totals, Instant, Instant)>,
+    shared: Arc<(Out, Mutex<Totals>)>,
+    _ticker: Ticker,
 }
 
 impl Plain {
-    pub fn new(every: Duration) -> Plain {
-        let now = Instant::now();
+    pub fn stderr() -> Plain {
+        Plain::new(Box::new(std::io::stderr()))
+    }
+
+    pub fn new(out: Box<dyn Write + Send>) -> Plain {
+        let shared = Arc::new((Mutex::new(out), Mutex::new(Totals::default())));
+        let ticking = Arc::clone(&shared);
+        let ticker = Ticker::start(move || {
+            let Ok(totals) = ticking.1.lock() else {
+                return;
+            };
+            if totals.run_id != 0 && totals.ending.is_none() {
+                plain_line(&ticking.0, &status_line(&totals, Instant::now()));
+            }
+        });
         Plain {
-            every,
-            state: Mutex::new((Totals::default(), now, now)),
+            shared,
+            _ticker: ticker,
         }
     }
+}
+
+fn plain_line(out: &Out, line: &str) {
+    if let Ok(mut out) = out.lock() {
+        let _ = writeln!(out, "{} {line}", timestamp());
+    }
+}
+
+/// The whole state in one line, nothing cut: rows, then tenants when any.
+fn status_line(totals: &Totals, now: Instant) -> String {
+    let mut line = format!(
+        "run {}: {}",
+        totals.run_id,
+        totals.rows_parts(now).join(", ")
+    );
+    if totals.tenants_total() > 0 || totals.ending.is_some() {
+        line.push_str("; ");
+        line.push_str(&totals.tenants_parts(now).join(", "));
+    }
+    line
 }
 
 impl EventSink for Plain {
     fn emit(&self, event: &Event) {
-        let Ok(mut guard) = self.state.lock() else {
+        let Ok(mut totals) = self.shared.1.lock() else {
             return;
         };
-        let (totals, started, last) = &mut *guard;
-        totals.absorb(event);
-        let milestone = matches!(
+        let now = Instant::now();
+        totals.absorb(event, now);
+        if let Some(line) = notice_line(event) {
+            plain_line(&self.shared.0, &line);
+        }
+        if matches!(
             event,
-            Event::RunStarted { .. } | Event::PassFinished { pass: 1, .. }
-        );
-        if let Event::PassFinished { pass: 1, .. } = event {
-            totals.in_place_secs = Some(started.elapsed().as_secs_f64());
+            Event::RunStarted { .. } | Event::PassFinished { .. } | Event::RunFinished { .. }
+        ) {
+            plain_line(&self.shared.0, &status_line(&totals, now));
         }
-        if let Event::Warning { message } = event {
-            eprintln!("warning: {message}");
-            return;
-        }
-        if let Event::Tenant {
-            org_id,
-            step,
-            outcome: TenantOutcome::GivenUp,
-            error,
-        } = event
-        {
-            eprintln!(
-                "tenant {org_id}: given up at step {step}: {}",
-                error.as_deref().unwrap_or("-")
-            );
-        }
-        if !milestone && last.elapsed() < self.every {
-            return;
-        }
-        *last = Instant::now();
-        let secs = totals
-            .in_place_secs
-            .unwrap_or_else(|| started.elapsed().as_secs_f64())
-            .max(1e-3);
-        let rate = totals.rows as f64 / secs;
-        let eta = if rate > 0.0 && totals.total_rows > totals.rows {
-            format!(
-                ", ETA {:.0}s",
-                (totals.total_rows - totals.rows) as f64 / rate
-            )
-        } else {
-            String::new()
-        };
-        eprintln!(
-            "run {}: {}/{} rows, {:.0} rows/s{eta}; {}",
-            totals.run_id,
-            totals.rows,
-            totals.total_rows,
-            rate,
-            totals.actions_line()
-        );
     }
 }
 
-/// indicatif bars on stderr: rows walked, and tenants re-provisioned.
+/// indicatif bars on a terminal: rows walked, and tenants re-provisioned,
+/// each on one line fitted to the terminal's width; notices print above
+/// them through the bars' own renderer so the block is never torn.
 pub struct Bars {
-    multi: MultiProgress,
-    rows: ProgressBar,
-    /// Added to the display only once there are tenants to re-provision.
-    tenants: ProgressBar,
-    tenants_shown: std::sync::atomic::AtomicBool,
-    totals: Mutex<Totals>,
+    core: Arc<BarsCore>,
+    _ticker: Ticker,
 }
 
+struct BarsCore {
+    multi: MultiProgress,
+    rows: ProgressBar,
+    tenants: ProgressBar,
+    width: Box<dyn Fn() -> usize + Send + Sync>,
+    state: Mutex<BarsState>,
+}
+
+#[derive(Default)]
+struct BarsState {
+    totals: Totals,
+    rows_shown: bool,
+    tenants_shown: bool,
+    ended: bool,
+}
+
+/// The prefix's width ("in place", "reprov").
+const PREFIX: usize = 8;
+
 impl Bars {
-    pub fn new() -> Bars {
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8));
-        let rows = multi.add(ProgressBar::new(0));
-        rows.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>9} [{bar:30}] {pos}/{len} rows, {rate} rows/s, ETA {eta}\n{wide_msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .with_key(
-                "rate",
-                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                    let _ = write!(w, "{:.0}", state.per_sec());
-                },
-            )
-            .progress_chars("=> "),
-        );
+    /// Bars on stderr, at the terminal's width as it is at each redraw.
+    pub fn stderr() -> Bars {
+        let term = console::Term::stderr();
+        Bars::with_target(
+            ProgressDrawTarget::stderr_with_hz(8),
+            Box::new(move || usize::from(term.size().1)),
+        )
+    }
+
+    /// Bars drawn into `term` (a test's virtual terminal).
+    pub fn on_term<T: TermLike + Clone + 'static>(term: T) -> Bars {
+        let width = term.clone();
+        Bars::with_target(
+            ProgressDrawTarget::term_like_with_hz(Box::new(term), 8),
+            Box::new(move || usize::from(width.width())),
+        )
+    }
+
+    fn with_target(
+        target: ProgressDrawTarget,
+        width: Box<dyn Fn() -> usize + Send + Sync>,
+    ) -> Bars {
+        let multi = MultiProgress::with_draw_target(target);
+        let rows = ProgressBar::hidden();
         rows.set_prefix("in place");
-        let tenants = ProgressBar::new(0);
-        tenants.set_style(
-            ProgressStyle::with_template("{prefix:>9} [{bar:30}] {pos}/{len} tenants {wide_msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
+        let tenants = ProgressBar::hidden();
         tenants.set_prefix("reprov");
-        Bars {
+        let core = Arc::new(BarsCore {
             multi,
             rows,
             tenants,
-            tenants_shown: std::sync::atomic::AtomicBool::new(false),
-            totals: Mutex::new(Totals::default()),
+            width,
+            state: Mutex::new(BarsState::default()),
+        });
+        let ticking = Arc::clone(&core);
+        let ticker = Ticker::start(move || ticking.redraw(None));
+        Bars {
+            core,
+            _ticker: ticker,
         }
     }
 }
 
-impl Default for Bars {
-    fn default() -> Bars {
-        Bars::new()
+impl BarsCore {
+    /// The bar's width, narrower on narrow terminals to leave room for counts.
+    fn bar_width(width: usize) -> usize {
+        if width >= 120 {
+            30
+        } else if width >= 90 {
+            20
+        } else {
+            10
+        }
+    }
+
+    fn style(bar: usize) -> ProgressStyle {
+        ProgressStyle::with_template(&format!("{{prefix:>{PREFIX}}} [{{bar:{bar}}}] {{msg}}"))
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ")
+    }
+
+    /// Takes in `event` (if any) and redraws both bars from the totals.
+    fn redraw(&self, event: Option<&Event>) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        if state.ended {
+            return;
+        }
+        let now = Instant::now();
+        if let Some(event) = event {
+            state.totals.absorb(event, now);
+            if let Some(line) = notice_line(event) {
+                let _ = self.multi.println(line);
+            }
+        }
+        let t = &state.totals;
+        let width = (self.width)().max(20);
+        let bar = Self::bar_width(width);
+        // prefix, space, [bar], space: what is left is the message's.
+        let room = width.saturating_sub(PREFIX + bar + 4);
+        let show_rows = t.total_rows > 0;
+        let show_tenants = t.tenants_total() > 0;
+        self.rows.set_style(Self::style(bar));
+        self.rows.set_length(t.total_rows);
+        self.rows.set_position(t.rows);
+        self.rows.set_message(fit(&t.rows_parts(now), room));
+        self.tenants.set_style(Self::style(bar));
+        self.tenants.set_length(t.tenants_total());
+        self.tenants.set_position(t.tenants_done_all());
+        self.tenants.set_message(fit(&t.tenants_parts(now), room));
+        let ending = matches!(event, Some(Event::RunFinished { .. }));
+        if show_rows && !state.rows_shown {
+            state.rows_shown = true;
+            self.multi.add(self.rows.clone());
+        }
+        if show_tenants && !state.tenants_shown {
+            state.tenants_shown = true;
+            self.multi.add(self.tenants.clone());
+        }
+        if ending {
+            state.ended = true;
+            self.end(&state);
+        }
+    }
+
+    /// Leaves the bars as they are, with the truth: a bar is never filled
+    /// to the end by finishing (abandon, not finish).
+    fn end(&self, state: &BarsState) {
+        if state.rows_shown {
+            self.rows.abandon();
+        }
+        if state.tenants_shown {
+            self.tenants.abandon();
+        }
     }
 }
 
 impl EventSink for Bars {
     fn emit(&self, event: &Event) {
-        let Ok(mut totals) = self.totals.lock() else {
-            return;
-        };
-        totals.absorb(event);
-        match event {
-            Event::RunStarted {
-                total_rows,
-                to_reprovision,
-                ..
-            } => {
-                self.rows.set_length(*total_rows);
-                self.tenants.set_length(*to_reprovision);
-            }
-            Event::Batch(b) => {
-                self.rows.inc(b.rows);
-                self.tenants
-                    .set_length(totals.to_reprovision.max(totals.queued));
-            }
-            Event::PassStarted { pass, rows } if *pass > 1 => {
-                self.rows.set_length(self.rows.length().unwrap_or(0) + rows);
-            }
-            Event::Tenant {
-                org_id,
-                step,
-                outcome,
-                ..
-            } => {
-                if matches!(outcome, TenantOutcome::Done | TenantOutcome::GivenUp) {
-                    self.tenants.inc(1);
-                }
-                self.tenants.set_message(format!("{org_id}: {step}"));
-            }
-            Event::Warning { message } => self.rows.println(format!("warning: {message}")),
-            _ => {}
-        }
-        self.rows.set_message(totals.actions_line());
-        let tenants_known = totals.to_reprovision.max(totals.queued) > 0;
-        if tenants_known
-            && !self
-                .tenants_shown
-                .swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
-            self.multi.add(self.tenants.clone());
-        }
+        self.core.redraw(Some(event));
     }
 }
 
 impl Drop for Bars {
     fn drop(&mut self) {
-        self.rows.finish();
-        self.tenants.finish();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tenant(org: &str, step: &str, outcome: TenantOutcome) -> Event {
-        Event::Tenant {
-            org_id: org.into(),
-            step: step.into(),
-            outcome,
-            error: None,
+        if let Ok(mut state) = self.core.state.lock() {
+            if !state.ended {
+                state.ended = true;
+                self.core.end(&state);
+            }
         }
-    }
-
-    #[test]
-    fn progress_counts_tenants_in_flight_per_step() {
-        let mut t = Totals::default();
-        t.absorb(&tenant("a", "queued", TenantOutcome::Started));
-        t.absorb(&tenant("b", "queued", TenantOutcome::Started));
-        t.absorb(&tenant("a", "machine", TenantOutcome::Stepped));
-        assert!(
-            t.actions_line()
-                .ends_with("; in flight: queued 1, machine 1"),
-            "{}",
-            t.actions_line()
-        );
-        t.absorb(&tenant("a", "done", TenantOutcome::Done));
-        t.absorb(&tenant("b", "branch", TenantOutcome::Retrying));
-        assert_eq!(t.steps_line(), "");
-        assert_eq!((t.tenants_done, t.tenants_failed), (1, 0));
     }
 }

@@ -7,7 +7,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use crate::db::journal::{FailedItem, RollbackMarks, RunCounts, RunRecord};
+use crate::db::journal::{FailedItem, LedgerItem, RollbackMarks, RunCounts, RunRecord};
 use crate::envelope::FieldClass;
 use crate::rotate::batch::{ActionCounts, FieldCounts};
 use crate::rotate::plan::PlanReport;
@@ -114,20 +114,7 @@ pub fn run_text(r: &RunReport) -> String {
         r.new_key_id,
         r.old_key_id.as_deref().unwrap_or("(none)")
     );
-    let rows = [
-        ("rows walked", r.rows_walked),
-        ("re-encrypted", r.reencrypted),
-        ("queued to re-provision", r.queued_for_reprovision),
-        ("re-provisioned", r.reprovisioned),
-        ("re-provision given up", r.reprovision_failed),
-        ("clean-up pending", r.cleanup_pending),
-        ("changed under us", r.conflicts),
-        ("KMS rows untouched", r.kms_rows_untouched),
-        ("rows left", r.left_total),
-    ];
-    for (name, n) in rows {
-        let _ = writeln!(out, "  {name:<24} {n:>10}");
-    }
+    counts_lines(&mut out, r);
     let _ = writeln!(
         out,
         "  in place: {:.0} rows/s over {}, batch p50 {:.1} ms p99 {:.1} ms, {} pass(es); total {}",
@@ -175,7 +162,58 @@ pub fn run_text(r: &RunReport) -> String {
     out
 }
 
-pub fn verify_text(v: &VerifyReport) -> String {
+/// The run's counts as sums that add up, with the same definitions as
+/// the progress display: rows by what the walk did with them, tenants by
+/// where they stand over the whole run (earlier invocations included).
+fn counts_lines(out: &mut String, r: &RunReport) {
+    let rows = [
+        ("rows walked", r.rows_walked),
+        ("re-encrypted", r.reencrypted),
+        ("queued to re-provision", r.queued_for_reprovision),
+        ("re-provisioned", r.earlier.tenants_done + r.reprovisioned),
+        (
+            "re-provision given up",
+            r.earlier.tenants_given_up + r.reprovision_failed,
+        ),
+        ("re-provision pending", r.tenants_pending),
+        ("clean-up pending", r.cleanup_pending),
+        ("changed under us", r.conflicts),
+        ("KMS rows untouched", r.kms_rows_untouched),
+        // Rows that do not open under the new key at the end: those of
+        // tenants given up or pending are among them.
+        ("rows left", r.left_total),
+    ];
+    for (name, n) in rows {
+        let _ = writeln!(out, "  {name:<24} {n:>10}");
+    }
+    let unchanged = r
+        .rows_walked
+        .saturating_sub(r.skipped + r.reencrypted + r.queued_for_reprovision);
+    let _ = writeln!(
+        out,
+        "  rows walked {} = skipped {} + re-encrypted {} + queued to re-provision {} + left {}",
+        r.rows_walked, r.skipped, r.reencrypted, r.queued_for_reprovision, unchanged
+    );
+    let done = r.earlier.tenants_done + r.reprovisioned;
+    let given_up = r.earlier.tenants_given_up + r.reprovision_failed;
+    let total = done + given_up + r.tenants_pending;
+    let _ = writeln!(
+        out,
+        "  tenants {total} = re-provisioned {done} + given up {given_up} + pending {}{}",
+        r.tenants_pending,
+        if r.earlier.tenants_done + r.earlier.tenants_given_up > 0 {
+            format!(
+                " (this invocation: re-provisioned {}, given up {})",
+                r.reprovisioned, r.reprovision_failed
+            )
+        } else {
+            String::new()
+        }
+    );
+}
+
+/// The verify report; `all`: every failing id, not only the first 20.
+pub fn verify_text(v: &VerifyReport, all: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -198,8 +236,18 @@ pub fn verify_text(v: &VerifyReport) -> String {
         );
     }
     if !v.ok {
-        let _ = writeln!(out, "  {} rows fail; first ones:", v.failing_rows);
-        for id in &v.failing_examples {
+        let ids = if all {
+            let _ = writeln!(out, "  {} rows fail:", v.failing_rows);
+            &v.failing_all
+        } else {
+            let _ = writeln!(
+                out,
+                "  {} rows fail; first ones (every one with --all-failures):",
+                v.failing_rows
+            );
+            &v.failing_examples
+        };
+        for id in ids {
             let _ = writeln!(out, "    {id}");
         }
     }
@@ -330,6 +378,93 @@ fn status_next(r: &RunRecord) -> String {
     }
 }
 
+/// A run's ledger as a table: the tenants not finished first, then the
+/// re-provisioned with what they moved from and to.
+pub fn ledger_text(run_id: i64, items: &[LedgerItem]) -> String {
+    let mut out = String::new();
+    let (done, open): (Vec<&LedgerItem>, Vec<&LedgerItem>) =
+        items.iter().partition(|i| i.state == "done");
+    let _ = writeln!(
+        out,
+        "run {run_id}: {} tenants not finished, {} re-provisioned",
+        open.len(),
+        done.len()
+    );
+    if !open.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {:<38} {:<8} {:<10} {:>8}  reason",
+            "tenant", "state", "last step", "attempts"
+        );
+        for i in &open {
+            let _ = writeln!(
+                out,
+                "  {:<38} {:<8} {:<10} {:>8}  {}",
+                i.org_id,
+                if i.state == "failed" {
+                    "given up"
+                } else {
+                    "pending"
+                },
+                i.step,
+                i.attempts,
+                i.last_error.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    if !done.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {:<38} {:<24} {:<24} {:<18} {:<18}",
+            "tenant", "old branch", "new branch", "old machine", "new machine"
+        );
+        let id = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        for i in &done {
+            let _ = writeln!(
+                out,
+                "  {:<38} {:<24} {:<24} {:<18} {:<18}",
+                i.org_id,
+                id(&i.old_branch_id),
+                id(&i.new_branch_id),
+                id(&i.old_machine_id),
+                id(&i.new_machine_id)
+            );
+        }
+    }
+    out
+}
+
+/// A run's ledger as CSV (RFC 4180 quoting), one tenant a line.
+pub fn ledger_csv(items: &[LedgerItem]) -> String {
+    fn cell(v: &str) -> String {
+        if v.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", v.replace('"', "\"\""))
+        } else {
+            v.to_string()
+        }
+    }
+    let mut out = String::from(
+        "org_id,state,step,attempts,reason,old_branch_id,new_branch_id,old_machine_id,new_machine_id\n",
+    );
+    for i in items {
+        let o = |v: &Option<String>| cell(v.as_deref().unwrap_or(""));
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{},{},{},{}",
+            cell(&i.org_id),
+            i.state,
+            cell(&i.step),
+            i.attempts,
+            o(&i.last_error),
+            o(&i.old_branch_id),
+            o(&i.new_branch_id),
+            o(&i.old_machine_id),
+            o(&i.new_machine_id)
+        );
+    }
+    out
+}
+
 /// fleet-bench's figures as a table.
 pub fn bench_text(b: &crate::bench::BenchReport) -> String {
     use std::fmt::Write as _;
@@ -401,4 +536,74 @@ pub fn bench_text(b: &crate::bench::BenchReport) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::journal::RunStart;
+    use crate::envelope::Mode;
+    use crate::rotate::events::Earlier;
+    use crate::rotate::run::PhaseSecs;
+    use crate::rotate::Outcome;
+
+    fn report(earlier: Earlier, done: u64, given_up: u64, pending: u64) -> RunReport {
+        RunReport {
+            run_id: 2,
+            cleanup_pending: 0,
+            start: RunStart::Resumed,
+            mode: Mode::Auto,
+            new_key_id: "new".into(),
+            old_key_id: None,
+            state: "failed".into(),
+            reason: None,
+            rows_walked: 1_000,
+            skipped: 100,
+            reencrypted: 800,
+            queued_for_reprovision: 60,
+            reprovisioned: done,
+            reprovision_failed: given_up,
+            conflicts: 0,
+            kms_rows_untouched: 0,
+            left: Vec::new(),
+            left_total: 38,
+            fields_seen: FieldCounts::default(),
+            elapsed_secs: 1.0,
+            in_place_secs: 1.0,
+            rows_per_sec: 1_000.0,
+            batch_p50_ms: 1.0,
+            batch_p99_ms: 1.0,
+            passes: 1,
+            phase_secs: PhaseSecs::default(),
+            earlier,
+            tenants_pending: pending,
+            outcome: Outcome::Incomplete,
+        }
+    }
+
+    #[test]
+    fn the_run_summary_counts_add_up() {
+        let text = run_text(&report(Earlier::default(), 20, 40, 0));
+        assert!(
+            text.contains("rows walked 1000 = skipped 100 + re-encrypted 800 + queued to re-provision 60 + left 40"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tenants 60 = re-provisioned 20 + given up 40 + pending 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_resumed_runs_summary_counts_the_whole_run_as_progress_does() {
+        let earlier = Earlier {
+            tenants_done: 32,
+            ..Earlier::default()
+        };
+        let text = run_text(&report(earlier, 7, 0, 0));
+        assert!(
+            text.contains("tenants 39 = re-provisioned 39 + given up 0 + pending 0 (this invocation: re-provisioned 7, given up 0)"),
+            "{text}"
+        );
+    }
 }

@@ -51,7 +51,8 @@ pub async fn queued_among(
         .await
 }
 
-/// A tenant that was given up, with its reason, for reports.
+/// A tenant that was given up (including one whose clean-up or
+/// compensation is still owed), with its reason, for reports.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct FailedItem {
     pub org_id: String,
@@ -67,10 +68,42 @@ pub async fn failed_items(
 ) -> Result<Vec<FailedItem>, DbError> {
     Ok(sqlx::query_as::<_, FailedItem>(
         "SELECT org_id, step, attempts, last_error FROM rekey.items
-          WHERE run_id = $1 AND state = 'failed' ORDER BY org_id LIMIT $2",
+          WHERE run_id = $1 AND state IN ('failed', 'owed') ORDER BY org_id LIMIT $2",
     )
     .bind(run_id)
     .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// One tenant of a run's ledger: where it stands and, once re-provisioned,
+/// what it was moved from and to. No secret: ids, steps and errors only.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct LedgerItem {
+    pub org_id: String,
+    /// `pending`, `done` or `failed`.
+    pub state: String,
+    /// The last step reached.
+    pub step: String,
+    pub attempts: i32,
+    /// Why the last attempt failed, when one did.
+    pub last_error: Option<String>,
+    pub old_branch_id: Option<String>,
+    pub new_branch_id: Option<String>,
+    pub old_machine_id: Option<String>,
+    pub new_machine_id: Option<String>,
+}
+
+/// Every tenant of the run's re-provisioning, unfinished ones first (the
+/// ones an operator must act on), then the re-provisioned, each by id.
+pub async fn ledger(pool: &PgPool, run_id: i64) -> Result<Vec<LedgerItem>, DbError> {
+    Ok(sqlx::query_as::<_, LedgerItem>(
+        "SELECT org_id, state, step, attempts, last_error,
+                old_branch_id, new_branch_id, old_machine_id, new_machine_id
+           FROM rekey.items WHERE run_id = $1
+          ORDER BY state = 'done', state, org_id",
+    )
+    .bind(run_id)
     .fetch_all(pool)
     .await?)
 }
