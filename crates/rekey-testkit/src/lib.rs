@@ -1131,11 +1131,10 @@ pub fn assert_no_secret(what: &str, haystack: &str, secrets: &[String]) {
     }
 }
 
-/// What most run tests start from: the reference table, fresh keys, a
-/// fleet sealed under the old key (every row re-encryptable in place) and
-/// the scratch database's URL for the binary.
+/// What most run tests start from (in a database holding the reference
+/// table): fresh keys, a fleet sealed under the old key (every row
+/// re-encryptable in place) and the scratch database's URL for the binary.
 pub struct OldKeyFleet {
-    pub table: Table,
     pub keys: Keys,
     pub tenants: Vec<SeedTenant>,
     pub url: String,
@@ -1148,7 +1147,6 @@ pub async fn old_key_fleet(pool: &PgPool, rows: u64) -> OldKeyFleet {
     let keys = Keys::new();
     let tenants = seed_fleet(pool, &table, &keys.old, rows).await;
     OldKeyFleet {
-        table,
         keys,
         tenants,
         url: db_url(pool),

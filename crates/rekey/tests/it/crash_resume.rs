@@ -69,9 +69,7 @@ async fn backups_by_id(pool: &PgPool) -> BTreeMap<String, Fields> {
 /// Seeds the fleet, runs the binary and kills it at each of `kills` in turn,
 /// then runs it to the end and checks convergence.
 async fn killed_and_resumed_converges(pool: PgPool, kills: &[KillAt]) {
-    let OldKeyFleet {
-        keys, tenants, url, ..
-    } = old_key_fleet(&pool, ROWS).await;
+    let OldKeyFleet { keys, tenants, url } = old_key_fleet(&pool, ROWS).await;
     let before = snapshot(&pool).await;
     let args = args_with_keys(&["run", "--workers", "2", "--batch-size", "50"], &keys);
     let args = strs(&args);

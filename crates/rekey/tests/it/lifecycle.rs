@@ -33,9 +33,7 @@ async fn backup_batches(pool: &PgPool, run_id: i64) -> i64 {
 async fn a_second_run_with_the_same_new_key_reopens_the_first_and_finalize_purges_its_backups(
     pool: PgPool,
 ) {
-    let OldKeyFleet {
-        keys, tenants, url, ..
-    } = old_key_fleet(&pool, 120).await;
+    let OldKeyFleet { keys, tenants, url } = old_key_fleet(&pool, 120).await;
 
     let first = run_json(&url, &keys, &["--batch-size", "20"]);
     assert_exit(&first, 0, "first run");

@@ -42,9 +42,7 @@ async fn terminate_rekey_backends(pool: &PgPool) -> i64 {
 
 #[sqlx::test(migrations = false)]
 async fn connections_terminated_mid_run_are_retried_and_the_run_finishes(pool: PgPool) {
-    let OldKeyFleet {
-        keys, tenants, url, ..
-    } = old_key_fleet(&pool, ROWS).await;
+    let OldKeyFleet { keys, tenants, url } = old_key_fleet(&pool, ROWS).await;
     let run: Vec<&str> = "run --mode reencrypt --workers 2 --batch-size 50"
         .split(' ')
         .collect();
@@ -156,13 +154,7 @@ async fn rows_kept_locked_past_the_lock_wait_are_reported_and_the_run_exits_1(po
 
 #[sqlx::test(migrations = false)]
 async fn rows_locked_for_a_while_are_waited_for_and_rotated(pool: PgPool) {
-    let (
-        OldKeyFleet {
-            keys, tenants, url, ..
-        },
-        _,
-        guard,
-    ) = fleet_with_locked_rows(&pool).await;
+    let (OldKeyFleet { keys, tenants, url }, _, guard) = fleet_with_locked_rows(&pool).await;
     let args = args_with_keys(&reencrypt_waiting_for_locks("600"), &keys);
     let mut child = rekey_cmd(&url, &strs(&args))
         .stdout(std::process::Stdio::piped())
@@ -201,9 +193,7 @@ async fn rows_locked_for_a_while_are_waited_for_and_rotated(pool: PgPool) {
 async fn until_quiet_keeps_walking_while_the_control_plane_still_writes_under_the_old_key(
     pool: PgPool,
 ) {
-    let OldKeyFleet {
-        keys, tenants, url, ..
-    } = old_key_fleet(&pool, 500).await;
+    let OldKeyFleet { keys, tenants, url } = old_key_fleet(&pool, 500).await;
     let old = rekey::envelope::Cipher::new(&keys.old);
     // A control-plane instance not yet restarted: it keeps writing rows
     // under the old key for a while after the run has started.
