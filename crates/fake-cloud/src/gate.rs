@@ -242,14 +242,11 @@ mod tests {
             fly_api_token: Some("fm2_abc".into()),
             ..FakeConfig::default()
         };
-        assert!(authorized(Api::Fly, &config, &headers("Bearer fm2_abc")));
-        assert!(authorized(Api::Fly, &config, &headers("FlyV1 fm2_abc")));
-        assert!(authorized(
-            Api::Fly,
-            &config,
-            &headers("FlyV1 fm2_other,fm2_abc")
-        ));
-        assert!(!authorized(Api::Fly, &config, &headers("FlyV1 fm2_other")));
+        let admits = |auth: &str| authorized(Api::Fly, &config, &headers(auth));
+        assert!(admits("Bearer fm2_abc"));
+        assert!(admits("FlyV1 fm2_abc"));
+        assert!(admits("FlyV1 fm2_other,fm2_abc"));
+        assert!(!admits("FlyV1 fm2_other"));
         assert!(!authorized(Api::Fly, &config, &HeaderMap::new()));
     }
 

@@ -1133,3 +1133,25 @@ pub fn assert_no_secret(what: &str, haystack: &str, secrets: &[String]) {
         );
     }
 }
+
+/// What most run tests start from (in a database holding the reference
+/// table): fresh keys, a fleet sealed under the old key (every row
+/// re-encryptable in place) and the scratch database's URL for the binary.
+pub struct OldKeyFleet {
+    pub keys: Keys,
+    pub tenants: Vec<SeedTenant>,
+    pub url: String,
+}
+
+/// The reference table in `pool` with `rows` tenants sealed under the old
+/// key of a fresh [`Keys`].
+pub async fn old_key_fleet(pool: &PgPool, rows: u64) -> OldKeyFleet {
+    let table = reference_table(pool).await;
+    let keys = Keys::new();
+    let tenants = seed_fleet(pool, &table, &keys.old, rows).await;
+    OldKeyFleet {
+        keys,
+        tenants,
+        url: db_url(pool),
+    }
+}

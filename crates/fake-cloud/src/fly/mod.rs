@@ -69,6 +69,18 @@ pub(crate) async fn unknown_route() -> FlyError {
     FlyError::not_found("not found")
 }
 
+/// Applies `change` to `app` under the state lock and, once the lock is
+/// released and the change made, wakes every `/wait` so it re-checks.
+fn change_app<T>(
+    shared: &Shared,
+    app: &str,
+    change: impl FnOnce(&mut App) -> Result<T, FlyError>,
+) -> Result<T, FlyError> {
+    let changed = change(shared.world().fly.app_mut(app)?)?;
+    shared.fly_changed.notify_waiters();
+    Ok(changed)
+}
+
 fn ok(body: Value) -> Answer {
     Ok(Json(body).into_response())
 }
@@ -158,15 +170,9 @@ async fn start_machine(
 ) -> Answer {
     let boot = shared.config().boot_duration;
     let now = Now::new();
-    let nonce = lease_nonce(&headers);
-    let previous = {
-        let mut world = shared.world();
-        world
-            .fly
-            .app_mut(&app)?
-            .start(&now, boot, &machine_id, nonce)?
-    };
-    shared.fly_changed.notify_waiters();
+    let previous = change_app(&shared, &app, |app| {
+        app.start(&now, boot, &machine_id, lease_nonce(&headers))
+    })?;
     ok(json!({"previous_state": previous.as_str(), "migrated": false, "new_host": ""}))
 }
 
@@ -190,15 +196,9 @@ async fn stop_machine(
     let _: StopRequest = parse_body(&body).map_err(FlyError::bad_request)?;
     let boot = shared.config().boot_duration;
     let now = Now::new();
-    let nonce = lease_nonce(&headers);
-    {
-        let mut world = shared.world();
-        world
-            .fly
-            .app_mut(&app)?
-            .stop(&now, boot, &machine_id, nonce)?;
-    }
-    shared.fly_changed.notify_waiters();
+    change_app(&shared, &app, |app| {
+        app.stop(&now, boot, &machine_id, lease_nonce(&headers))
+    })?;
     ok(json!({"ok": true}))
 }
 
@@ -213,15 +213,9 @@ async fn destroy_machine(
     let query = Query::parse(raw.as_deref());
     let force = query.flag("force") || query.flag("kill");
     let now = Now::new();
-    let nonce = lease_nonce(&headers);
-    {
-        let mut world = shared.world();
-        world
-            .fly
-            .app_mut(&app)?
-            .destroy(&now, &machine_id, force, nonce)?;
-    }
-    shared.fly_changed.notify_waiters();
+    change_app(&shared, &app, |app| {
+        app.destroy(&now, &machine_id, force, lease_nonce(&headers))
+    })?;
     ok(json!({"ok": true}))
 }
 

@@ -392,20 +392,13 @@ impl App {
         id: &str,
         nonce: Option<&str>,
     ) -> Result<MachineState, FlyError> {
-        let machine = self.machine_mut(id)?;
-        machine.settle(now);
-        machine.check_lease(now, nonce)?;
-        let previous = machine.state;
-        match previous {
-            MachineState::Destroyed => return Err(destroyed()),
-            MachineState::Started | MachineState::Starting => {}
-            _ => {
-                machine.set_state(MachineState::Starting, now);
-                machine.transition = Some((MachineState::Started, now.at + boot));
-                machine.settle(now);
-            }
-        }
-        Ok(previous)
+        self.machine_mut(id)?.move_towards(
+            now,
+            nonce,
+            MachineState::Starting,
+            MachineState::Started,
+            boot,
+        )
     }
 
     /// `POST …/stop`. Stopping takes as long as booting.
@@ -416,18 +409,13 @@ impl App {
         id: &str,
         nonce: Option<&str>,
     ) -> Result<(), FlyError> {
-        let machine = self.machine_mut(id)?;
-        machine.settle(now);
-        machine.check_lease(now, nonce)?;
-        match machine.state {
-            MachineState::Destroyed => return Err(destroyed()),
-            MachineState::Stopped | MachineState::Stopping => {}
-            _ => {
-                machine.set_state(MachineState::Stopping, now);
-                machine.transition = Some((MachineState::Stopped, now.at + boot));
-                machine.settle(now);
-            }
-        }
+        self.machine_mut(id)?.move_towards(
+            now,
+            nonce,
+            MachineState::Stopping,
+            MachineState::Stopped,
+            boot,
+        )?;
         Ok(())
     }
 
@@ -630,6 +618,33 @@ impl Machine {
             source,
             at,
         });
+    }
+
+    /// Start and stop: for the lease holder, a machine neither `going` nor
+    /// already at `to` becomes `going` and reaches `to` after `takes`; one
+    /// on its way or there is left alone (both calls are idempotent on Fly).
+    /// Returns the state it left.
+    fn move_towards(
+        &mut self,
+        now: &Now,
+        nonce: Option<&str>,
+        going: MachineState,
+        to: MachineState,
+        takes: Duration,
+    ) -> Result<MachineState, FlyError> {
+        self.settle(now);
+        self.check_lease(now, nonce)?;
+        let previous = self.state;
+        match previous {
+            MachineState::Destroyed => return Err(destroyed()),
+            state if state == going || state == to => {}
+            _ => {
+                self.set_state(going, now);
+                self.transition = Some((to, now.at + takes));
+                self.settle(now);
+            }
+        }
+        Ok(previous)
     }
 
     fn set_state(&mut self, state: MachineState, now: &Now) {

@@ -1005,22 +1005,12 @@ mod tests {
         let header = authorization_header(Api::Fly, &macaroon).unwrap();
         assert_eq!(header.to_str().unwrap(), "FlyV1 fm2_abc,fm2_def");
         assert!(header.is_sensitive());
-        let plain = Secret::new("fo1_token\n");
-        assert_eq!(
-            authorization_header(Api::Fly, &plain)
-                .unwrap()
-                .to_str()
-                .unwrap(),
-            "Bearer fo1_token"
-        );
-        let neon = Secret::new("napi_key");
-        assert_eq!(
-            authorization_header(Api::Neon, &neon)
-                .unwrap()
-                .to_str()
-                .unwrap(),
-            "Bearer napi_key"
-        );
+        let sent = |api, token: &str| {
+            let header = authorization_header(api, &Secret::new(token)).unwrap();
+            header.to_str().unwrap().to_owned()
+        };
+        assert_eq!(sent(Api::Fly, "fo1_token\n"), "Bearer fo1_token");
+        assert_eq!(sent(Api::Neon, "napi_key"), "Bearer napi_key");
     }
 
     #[test]

@@ -268,6 +268,14 @@ struct Entry {
     redis: Option<Vec<u8>>,
 }
 
+/// The rows of a backup batch's `entries`, read or claimed by id.
+fn entries_filter(entries: &[Entry], wait_for_locked: bool) -> RowFilter {
+    RowFilter {
+        ids: Some(entries.iter().map(|e| e.id.clone()).collect()),
+        wait_for_locked,
+    }
+}
+
 /// Restores every batch not yet restored, `workers` at a time, then marks
 /// the run rolled back and reports from the journal.
 async fn restore(
@@ -342,10 +350,7 @@ async fn restore_next_batch(
     } else {
         // Wait for rows the control plane holds rather than skip them: a
         // skipped row would be reported as changed when it merely was busy.
-        let filter = RowFilter {
-            ids: Some(entries.iter().map(|e| e.id.clone()).collect()),
-            wait_for_locked: true,
-        };
+        let filter = entries_filter(&entries, true);
         claim_batch(&mut tx, &ctx.table, None, &filter, entries.len() as i64).await?
     };
     let (swaps, mut left) = judge(&ctx.keyring, entries, rows).await?;
@@ -380,10 +385,7 @@ async fn dry_run(ctx: &RollbackContext, run: &RunRecord) -> Result<RollbackRepor
         let rows = if entries.is_empty() {
             Vec::new()
         } else {
-            let filter = RowFilter {
-                ids: Some(entries.iter().map(|e| e.id.clone()).collect()),
-                wait_for_locked: false,
-            };
+            let filter = entries_filter(&entries, false);
             scan_page(&ctx.pool, &ctx.table, None, &filter, entries.len() as i64).await?
         };
         let (swaps, left) = judge(&ctx.keyring, entries, rows).await?;

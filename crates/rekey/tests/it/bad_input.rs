@@ -2,6 +2,7 @@
 //! changes nothing; never a panic. Each test checks the table (and the
 //! journal) before and after the refused command.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 
 use rekey_testkit::*;
@@ -14,8 +15,17 @@ async fn small_fleet(pool: &PgPool, keys: &Keys) -> String {
     db_url(pool)
 }
 
+/// Where most refusal tests start: fresh keys, a [`small_fleet`] under
+/// them, its URL, and the table as it was, for [`assert_untouched`].
+async fn small_fleet_as_it_was(pool: &PgPool) -> (Keys, String, BTreeMap<String, Fields>) {
+    let keys = Keys::new();
+    let url = small_fleet(pool, &keys).await;
+    let before = snapshot(pool).await;
+    (keys, url, before)
+}
+
 /// Asserts that the table is as `before` and that no journal was created.
-async fn assert_untouched(pool: &PgPool, before: &std::collections::BTreeMap<String, Fields>) {
+async fn assert_untouched(pool: &PgPool, before: &BTreeMap<String, Fields>) {
     assert_eq!(&snapshot(pool).await, before, "the table changed");
     assert!(
         !journal_schema_exists(pool).await,
@@ -25,9 +35,7 @@ async fn assert_untouched(pool: &PgPool, before: &std::collections::BTreeMap<Str
 
 #[sqlx::test(migrations = false)]
 async fn a_malformed_key_file_is_refused_without_echoing_its_content(pool: PgPool) {
-    let keys = Keys::new();
-    let url = small_fleet(&pool, &keys).await;
-    let before = snapshot(&pool).await;
+    let (keys, url, before) = small_fleet_as_it_was(&pool).await;
     let cases: [(&str, &[u8]); 6] = [
         (
             "wrong-length.key",
@@ -100,9 +108,7 @@ async fn a_malformed_key_file_is_refused_without_echoing_its_content(pool: PgPoo
 
 #[sqlx::test(migrations = false)]
 async fn a_key_in_the_environment_that_is_malformed_is_refused_without_echoing_it(pool: PgPool) {
-    let keys = Keys::new();
-    let url = small_fleet(&pool, &keys).await;
-    let before = snapshot(&pool).await;
+    let (keys, url, before) = small_fleet_as_it_was(&pool).await;
     let secretish = "zzzz-this-is-not-a-key-but-it-is-secret-zzzz";
     let out = rekey_cmd(&url, &["run", "--old-key-file", path_str(&keys.old_file)])
         .env("NEW_SECRETS_ENCRYPTION_KEY", secretish)
@@ -115,9 +121,7 @@ async fn a_key_in_the_environment_that_is_malformed_is_refused_without_echoing_i
 
 #[sqlx::test(migrations = false)]
 async fn no_new_key_is_refused(pool: PgPool) {
-    let keys = Keys::new();
-    let url = small_fleet(&pool, &keys).await;
-    let before = snapshot(&pool).await;
+    let (keys, url, before) = small_fleet_as_it_was(&pool).await;
     for command in ["plan", "run", "verify"] {
         let out = rekey(&url, &[command, "--old-key-file", path_str(&keys.old_file)]);
         assert_refused(&out, &["no new key", "--new-key-file"]);
@@ -127,9 +131,7 @@ async fn no_new_key_is_refused(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn the_same_key_as_old_and_new_is_refused(pool: PgPool) {
-    let keys = Keys::new();
-    let url = small_fleet(&pool, &keys).await;
-    let before = snapshot(&pool).await;
+    let (keys, url, before) = small_fleet_as_it_was(&pool).await;
     // The same key in another text form is still the same key.
     let b64 = keys.dir.path().join("old.b64");
     std::fs::write(&b64, keys.old.to_base64().as_str()).expect("write");
@@ -152,9 +154,7 @@ async fn the_same_key_as_old_and_new_is_refused(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn an_unreachable_database_is_refused_with_its_cause(pool: PgPool) {
-    let keys = Keys::new();
-    let url = small_fleet(&pool, &keys).await;
-    let before = snapshot(&pool).await;
+    let (keys, url, before) = small_fleet_as_it_was(&pool).await;
     let started = std::time::Instant::now();
     let out = rekey_with_keys(
         "postgres://postgres:Unreachable-Pw-42@127.0.0.1:1/x",
@@ -175,9 +175,7 @@ async fn an_unreachable_database_is_refused_with_its_cause(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn a_missing_table_is_refused(pool: PgPool) {
-    let keys = Keys::new();
-    let url = small_fleet(&pool, &keys).await;
-    let before = snapshot(&pool).await;
+    let (keys, url, before) = small_fleet_as_it_was(&pool).await;
     for command in ["plan", "run", "verify"] {
         let out = rekey_with_keys(&url, &keys, &[command, "--table", "nope"]);
         assert_refused(&out, &["table nope not found", "--table"]);
@@ -189,9 +187,7 @@ async fn a_missing_table_is_refused(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn a_missing_column_is_refused(pool: PgPool) {
-    let keys = Keys::new();
-    let url = small_fleet(&pool, &keys).await;
-    let before = snapshot(&pool).await;
+    let (keys, url, before) = small_fleet_as_it_was(&pool).await;
     for flag in ["--db-column", "--redis-column", "--id-column"] {
         let out = rekey_with_keys(&url, &keys, &["run", flag, "nope"]);
         assert_refused(&out, &["no column nope"]);
@@ -233,9 +229,7 @@ async fn a_column_of_the_wrong_type_is_refused(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn a_wrong_old_key_trips_the_gate_before_anything_is_written(pool: PgPool) {
-    let keys = Keys::new();
-    let url = small_fleet(&pool, &keys).await;
-    let before = snapshot(&pool).await;
+    let (keys, url, before) = small_fleet_as_it_was(&pool).await;
     let (_, wrong_old) = keys.another("wrong-old.key");
     let with_wrong_old = |extra: &[&str]| {
         let mut args = vec![
@@ -327,9 +321,7 @@ async fn corrupt_and_truncated_ciphertexts_are_classified_never_a_panic(pool: Pg
 
 #[sqlx::test(migrations = false)]
 async fn zero_workers_or_batch_size_is_a_usage_error(pool: PgPool) {
-    let keys = Keys::new();
-    let url = small_fleet(&pool, &keys).await;
-    let before = snapshot(&pool).await;
+    let (keys, url, before) = small_fleet_as_it_was(&pool).await;
     for args in [["run", "--workers", "0"], ["run", "--batch-size", "0"]] {
         let out = rekey_with_keys(&url, &keys, &args);
         assert_refused(&out, &["at least 1"]);

@@ -333,6 +333,10 @@ async fn plan_next_command_works_when_pasted(pool: PgPool) {
         "--slug-column",
         "tenant_slug",
     ];
+    let paste = |next: &[String]| {
+        let out = rekey(&url, &strs(next));
+        assert_exit(&out, 0, &format!("pasted {next:?}"));
+    };
 
     let plan = rekey(&url, &[&["plan", "--neon-rps", "5"][..], &given].concat());
     assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
@@ -349,13 +353,7 @@ async fn plan_next_command_works_when_pasted(pool: PgPool) {
             "{flag} not repeated: {next:?}"
         );
     }
-    let out = rekey(&url, &next.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "pasted {next:?}: {}",
-        text(&out)
-    );
+    paste(&next);
 
     // Once all rows are under the new key, the next step is verify, which
     // takes the same keys and table (and no re-provisioning knobs).
@@ -363,20 +361,12 @@ async fn plan_next_command_works_when_pasted(pool: PgPool) {
     let next = next_command(&plan);
     assert_eq!(next[0], "verify", "{next:?}");
     assert!(!next.iter().any(|w| w == "--neon-rps"), "{next:?}");
-    let out = rekey(&url, &next.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "pasted {next:?}: {}",
-        text(&out)
-    );
+    paste(&next);
 }
 
 #[sqlx::test(migrations = false)]
 async fn plan_next_command_never_repeats_a_database_password(pool: PgPool) {
-    let keys = Keys::new();
-    let table = reference_table(&pool).await;
-    seed_fleet(&pool, &table, &keys.old, 10).await;
+    let OldKeyFleet { keys, .. } = old_key_fleet(&pool, 10).await;
     let mut with_password = url::Url::parse(&db_url(&pool)).expect("test URL");
     // The test server trusts local connections, so any password works.
     with_password
@@ -415,10 +405,7 @@ async fn plan_next_command_never_repeats_a_database_password(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn plan_warns_when_tenants_need_reprovisioning_and_cloud_variables_are_missing(pool: PgPool) {
-    let keys = Keys::new();
-    let table = reference_table(&pool).await;
-    seed_fleet(&pool, &table, &keys.old, 10).await;
-    let url = db_url(&pool);
+    let OldKeyFleet { keys, url, .. } = old_key_fleet(&pool, 10).await;
     // No old key: every tenant is re-provisioned.
     let new_only = ["plan", "--new-key-file", path_str(&keys.new_file)];
     let warning = |out: &Output| {
@@ -456,10 +443,7 @@ async fn plan_warns_when_tenants_need_reprovisioning_and_cloud_variables_are_mis
 
 #[sqlx::test(migrations = false)]
 async fn quiet_run_prints_no_progress_only_the_report(pool: PgPool) {
-    let keys = Keys::new();
-    let table = reference_table(&pool).await;
-    seed_fleet(&pool, &table, &keys.old, 30).await;
-    let url = db_url(&pool);
+    let OldKeyFleet { keys, url, .. } = old_key_fleet(&pool, 30).await;
     // Not a terminal, so without --quiet progress is plain lines on stderr.
     let loud = rekey_with_keys(
         &url,
@@ -501,10 +485,7 @@ async fn quiet_run_prints_no_progress_only_the_report(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn log_format_json_writes_every_log_line_as_json(pool: PgPool) {
-    let keys = Keys::new();
-    let table = reference_table(&pool).await;
-    seed_fleet(&pool, &table, &keys.old, 5).await;
-    let url = db_url(&pool);
+    let OldKeyFleet { keys, url, .. } = old_key_fleet(&pool, 5).await;
     let logs = |format: &str| {
         let mut cmd = rekey_cmd(&url, &["plan", "--log-format", format]);
         cmd.args(key_args(&keys)).env("RUST_LOG", "debug");

@@ -358,12 +358,12 @@ fn verify_connect(url: &str, keys: &Keys, json: bool) -> Output {
 /// The test server's URL (`DATABASE_URL`) and the name of this test's
 /// database on it, to build URLs for other roles with `pg_url`.
 fn server_and_database(pool: &PgPool) -> (String, String) {
-    let admin = std::env::var("DATABASE_URL").expect("scripts/test.sh sets DATABASE_URL");
     let this_db = pool
         .connect_options()
         .get_database()
         .expect("sqlx::test names its database")
         .to_string();
+    let admin = std::env::var("DATABASE_URL").expect("scripts/test.sh sets DATABASE_URL");
     (admin, this_db)
 }
 

@@ -61,22 +61,15 @@ async fn kill_at(pool: &PgPool, child: &mut std::process::Child, at: KillAt) {
 
 /// The backup's (old database, old Redis) ciphertexts by org id.
 async fn backups_by_id(pool: &PgPool) -> BTreeMap<String, Fields> {
-    let rows: Vec<IdFields> = sqlx::query_as(
-        "SELECT unnest(org_ids), unnest(old_db), unnest(old_redis) FROM rekey.backups",
-    )
-    .fetch_all(pool)
-    .await
-    .expect("backups");
+    let sql = "SELECT unnest(org_ids), unnest(old_db), unnest(old_redis) FROM rekey.backups";
+    let rows: Vec<IdFields> = sqlx::query_as(sql).fetch_all(pool).await.expect("backups");
     rows.into_iter().map(|(id, d, r)| (id, (d, r))).collect()
 }
 
 /// Seeds the fleet, runs the binary and kills it at each of `kills` in turn,
 /// then runs it to the end and checks convergence.
 async fn killed_and_resumed_converges(pool: PgPool, kills: &[KillAt]) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let tenants = seed_fleet(&pool, &table, &keys.old, ROWS).await;
-    let url = db_url(&pool);
+    let OldKeyFleet { keys, tenants, url } = old_key_fleet(&pool, ROWS).await;
     let before = snapshot(&pool).await;
     let args = args_with_keys(&["run", "--workers", "2", "--batch-size", "50"], &keys);
     let args = strs(&args);

@@ -33,10 +33,7 @@ async fn backup_batches(pool: &PgPool, run_id: i64) -> i64 {
 async fn a_second_run_with_the_same_new_key_reopens_the_first_and_finalize_purges_its_backups(
     pool: PgPool,
 ) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let tenants = seed_fleet(&pool, &table, &keys.old, 120).await;
-    let url = db_url(&pool);
+    let OldKeyFleet { keys, tenants, url } = old_key_fleet(&pool, 120).await;
 
     let first = run_json(&url, &keys, &["--batch-size", "20"]);
     assert_exit(&first, 0, "first run");
@@ -155,11 +152,8 @@ async fn a_run_that_gave_tenants_up_is_reopened_and_retries_them(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn a_run_refused_at_preflight_leaves_no_journal_behind(pool: PgPool) {
-    let table = reference_table(&pool).await;
     let keys = Keys::new();
-    // Sealed under a third key: nothing opens under the old key.
-    let (third, _) = keys.another("third.key");
-    seed_fleet(&pool, &table, &third, 30).await;
+    fleet_under_a_third_key(&pool, &keys, 30).await;
     let url = db_url(&pool);
     let before = snapshot(&pool).await;
 
@@ -243,10 +237,7 @@ async fn after_a_failed_run_the_same_key_is_not_refused_by_the_gate(pool: PgPool
 
 #[sqlx::test(migrations = false)]
 async fn the_journal_summary_holds_the_runs_timings(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    seed_fleet(&pool, &table, &keys.old, 200).await;
-    let url = db_url(&pool);
+    let OldKeyFleet { keys, url, .. } = old_key_fleet(&pool, 200).await;
     let out = run_json(&url, &keys, &["--batch-size", "25"]);
     assert_exit(&out, 0, "run");
 
@@ -274,10 +265,7 @@ async fn the_journal_summary_holds_the_runs_timings(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn a_metrics_file_pointed_at_a_key_file_is_refused_before_anything_changes(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    seed_fleet(&pool, &table, &keys.old, 20).await;
-    let url = db_url(&pool);
+    let OldKeyFleet { keys, url, .. } = old_key_fleet(&pool, 20).await;
     let before = snapshot(&pool).await;
     let new_key = std::fs::read(&keys.new_file).unwrap();
     let old_key = std::fs::read(&keys.old_file).unwrap();
@@ -306,10 +294,7 @@ async fn a_metrics_file_pointed_at_a_key_file_is_refused_before_anything_changes
 
 #[sqlx::test(migrations = false)]
 async fn a_metrics_file_replaces_only_a_metrics_file_rekey_wrote(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    seed_fleet(&pool, &table, &keys.old, 20).await;
-    let url = db_url(&pool);
+    let OldKeyFleet { keys, url, .. } = old_key_fleet(&pool, 20).await;
     let before = snapshot(&pool).await;
 
     // Another key, not named on this command line: still not a metrics file.
@@ -376,21 +361,11 @@ impl HeldRun {
             .await
             .unwrap();
         let metrics = keys.dir.path().join("held.prom");
-        let args = args_with_keys(
-            &[
-                "run",
-                "--json",
-                "--mode",
-                "reencrypt",
-                "--workers",
-                "1",
-                "--batch-size",
-                "20",
-                "--metrics-file",
-                path_str(&metrics),
-            ],
-            keys,
-        );
+        let mut run: Vec<&str> = "run --json --mode reencrypt --workers 1 --batch-size 20"
+            .split(' ')
+            .collect();
+        run.extend(["--metrics-file", path_str(&metrics)]);
+        let args = args_with_keys(&run, keys);
         let mut child = rekey_cmd(&url, &strs(&args))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -476,9 +451,7 @@ async fn rekey_waits_for_a_lock(pool: &PgPool) -> bool {
 
 #[sqlx::test(migrations = false)]
 async fn sigterm_finishes_the_batch_in_flight_and_ends_the_run_open_with_its_report(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let tenants = seed_fleet(&pool, &table, &keys.old, 200).await;
+    let OldKeyFleet { keys, tenants, .. } = old_key_fleet(&pool, 200).await;
     let held = HeldRun::start(&pool, &keys).await;
 
     held.signal("TERM");
@@ -518,9 +491,7 @@ async fn sigterm_finishes_the_batch_in_flight_and_ends_the_run_open_with_its_rep
 
 #[sqlx::test(migrations = false)]
 async fn a_second_signal_after_sigterm_stops_at_once(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let tenants = seed_fleet(&pool, &table, &keys.old, 200).await;
+    let OldKeyFleet { keys, tenants, .. } = old_key_fleet(&pool, 200).await;
     let mut held = HeldRun::start(&pool, &keys).await;
 
     held.signal("TERM");
@@ -632,10 +603,7 @@ async fn duplicate_runs_of_an_older_journal_are_folded_into_the_first(pool: PgPo
 
 #[sqlx::test(migrations = false)]
 async fn verify_names_the_run_of_its_key_when_it_cannot_record_it(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    seed_fleet(&pool, &table, &keys.old, 30).await;
-    let url = db_url(&pool);
+    let OldKeyFleet { keys, url, .. } = old_key_fleet(&pool, 30).await;
     // Every row done, but by a deliberately partial invocation: the run is open.
     let out = rekey_with_keys(&url, &keys, &["run", "--limit", "1000"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -711,10 +679,8 @@ async fn status_on_a_journal_without_runs_says_so(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn a_journal_an_older_version_wrote_is_read_before_it_is_migrated(pool: PgPool) {
-    let table = reference_table(&pool).await;
     let keys = Keys::new();
-    let (third, _) = keys.another("third.key");
-    seed_fleet(&pool, &table, &third, 10).await;
+    fleet_under_a_third_key(&pool, &keys, 10).await;
     journal_of_an_older_version(&pool).await;
     sqlx::query(
         "INSERT INTO rekey.runs (mode, new_key_id, target_table, state, finished_at)
@@ -744,4 +710,12 @@ async fn a_journal_an_older_version_wrote_is_read_before_it_is_migrated(pool: Pg
     .await
     .unwrap();
     assert!(!reopened_column, "the refused run migrated the journal");
+}
+
+/// `rows` tenants sealed under a key that is neither of `keys`: nothing
+/// opens under the old key.
+async fn fleet_under_a_third_key(pool: &PgPool, keys: &Keys, rows: u64) {
+    let table = reference_table(pool).await;
+    let (third, _) = keys.another("third.key");
+    seed_fleet(pool, &table, &third, rows).await;
 }

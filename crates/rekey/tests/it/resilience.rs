@@ -42,22 +42,11 @@ async fn terminate_rekey_backends(pool: &PgPool) -> i64 {
 
 #[sqlx::test(migrations = false)]
 async fn connections_terminated_mid_run_are_retried_and_the_run_finishes(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let tenants = seed_fleet(&pool, &table, &keys.old, ROWS).await;
-    let url = db_url(&pool);
-    let args = args_with_keys(
-        &[
-            "run",
-            "--mode",
-            "reencrypt",
-            "--workers",
-            "2",
-            "--batch-size",
-            "50",
-        ],
-        &keys,
-    );
+    let OldKeyFleet { keys, tenants, url } = old_key_fleet(&pool, ROWS).await;
+    let run: Vec<&str> = "run --mode reencrypt --workers 2 --batch-size 50"
+        .split(' ')
+        .collect();
+    let args = args_with_keys(&run, &keys);
     let mut child = rekey_cmd(&url, &strs(&args))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -92,33 +81,48 @@ async fn lock_rows(pool: &PgPool, ids: &[String]) -> sqlx::Transaction<'static, 
     tx
 }
 
-#[sqlx::test(migrations = false)]
-async fn rows_kept_locked_past_the_lock_wait_are_reported_and_the_run_exits_1(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let tenants = seed_fleet(&pool, &table, &keys.old, 2_000).await;
-    let locked: Vec<String> = tenants
+/// The 2,000-row fleet of the lock tests, the ids of its first three rows
+/// and the transaction of another session that holds them locked.
+async fn fleet_with_locked_rows(
+    pool: &PgPool,
+) -> (
+    OldKeyFleet,
+    Vec<String>,
+    sqlx::Transaction<'static, sqlx::Postgres>,
+) {
+    let fleet = old_key_fleet(pool, 2_000).await;
+    let locked: Vec<String> = fleet
+        .tenants
         .iter()
         .take(3)
         .map(|t| t.org_id.to_string())
         .collect();
-    let guard = lock_rows(&pool, &locked).await;
-    let url = db_url(&pool);
-    let args = args_with_keys(
-        &[
-            "--json",
-            "run",
-            "--mode",
-            "reencrypt",
-            "--workers",
-            "4",
-            "--batch-size",
-            "100",
-            "--lock-wait-secs",
-            "2",
-        ],
-        &keys,
-    );
+    let guard = lock_rows(pool, &locked).await;
+    (fleet, locked, guard)
+}
+
+/// An in-place run, 4 workers of 100-row batches, that waits at most
+/// `secs` for rows someone else holds locked.
+fn reencrypt_waiting_for_locks(secs: &str) -> [&str; 9] {
+    [
+        "run",
+        "--mode",
+        "reencrypt",
+        "--workers",
+        "4",
+        "--batch-size",
+        "100",
+        "--lock-wait-secs",
+        secs,
+    ]
+}
+
+#[sqlx::test(migrations = false)]
+async fn rows_kept_locked_past_the_lock_wait_are_reported_and_the_run_exits_1(pool: PgPool) {
+    let (OldKeyFleet { keys, url, .. }, locked, guard) = fleet_with_locked_rows(&pool).await;
+    let mut run = vec!["--json"];
+    run.extend(reencrypt_waiting_for_locks("2"));
+    let args = args_with_keys(&run, &keys);
     let out = rekey(&url, &strs(&args));
     guard.rollback().await.expect("release the locks");
     assert_exit(&out, 1, "a run facing rows locked past its lock wait");
@@ -150,30 +154,8 @@ async fn rows_kept_locked_past_the_lock_wait_are_reported_and_the_run_exits_1(po
 
 #[sqlx::test(migrations = false)]
 async fn rows_locked_for_a_while_are_waited_for_and_rotated(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let tenants = seed_fleet(&pool, &table, &keys.old, 2_000).await;
-    let locked: Vec<String> = tenants
-        .iter()
-        .take(3)
-        .map(|t| t.org_id.to_string())
-        .collect();
-    let guard = lock_rows(&pool, &locked).await;
-    let url = db_url(&pool);
-    let args = args_with_keys(
-        &[
-            "run",
-            "--mode",
-            "reencrypt",
-            "--workers",
-            "4",
-            "--batch-size",
-            "100",
-            "--lock-wait-secs",
-            "600",
-        ],
-        &keys,
-    );
+    let (OldKeyFleet { keys, tenants, url }, _, guard) = fleet_with_locked_rows(&pool).await;
+    let args = args_with_keys(&reencrypt_waiting_for_locks("600"), &keys);
     let mut child = rekey_cmd(&url, &strs(&args))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -211,10 +193,7 @@ async fn rows_locked_for_a_while_are_waited_for_and_rotated(pool: PgPool) {
 async fn until_quiet_keeps_walking_while_the_control_plane_still_writes_under_the_old_key(
     pool: PgPool,
 ) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let tenants = seed_fleet(&pool, &table, &keys.old, 500).await;
-    let url = db_url(&pool);
+    let OldKeyFleet { keys, tenants, url } = old_key_fleet(&pool, 500).await;
     let old = rekey::envelope::Cipher::new(&keys.old);
     // A control-plane instance not yet restarted: it keeps writing rows
     // under the old key for a while after the run has started.

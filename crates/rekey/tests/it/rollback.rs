@@ -63,6 +63,17 @@ async fn seeded(pool: &PgPool, keys: &Keys, spec: SeedSpec) -> BTreeMap<String, 
     snapshot(pool).await
 }
 
+/// A plain fleet of `rows` under fresh keys, rotated in place by one
+/// finished run: where most rollback tests start. Returns the keys, the
+/// database URL and every row's ciphertexts from before the run.
+async fn rotated_fleet(pool: &PgPool, rows: u64) -> (Keys, String, BTreeMap<String, Fields>) {
+    let keys = Keys::new();
+    let before = seeded(pool, &keys, plain_fleet(rows)).await;
+    let url = db_url(pool);
+    run_in_place(&url, &keys, &[]);
+    (keys, url, before)
+}
+
 fn plain_fleet(rows: u64) -> SeedSpec {
     SeedSpec {
         rows,
@@ -75,10 +86,7 @@ fn plain_fleet(rows: u64) -> SeedSpec {
 
 #[sqlx::test(migrations = false)]
 async fn rollback_restores_a_rotated_fleet_byte_for_byte(pool: PgPool) {
-    let keys = Keys::new();
-    let before = seeded(&pool, &keys, plain_fleet(ROWS)).await;
-    let url = db_url(&pool);
-    run_in_place(&url, &keys, &[]);
+    let (keys, url, before) = rotated_fleet(&pool, ROWS).await;
     assert_ne!(snapshot(&pool).await, before, "the run rewrote the rows");
     let out = rekey_with_keys(&url, &keys, &["verify"]);
     assert_exit(&out, 0, "verify");
@@ -162,10 +170,7 @@ async fn rollback_restores_a_mixed_fleet_to_each_rows_latest_backup(pool: PgPool
 /// plaintext): all 120 left as they are now, the first 100 listed.
 #[sqlx::test(migrations = false)]
 async fn rows_changed_since_the_run_are_left_untouched_and_reported(pool: PgPool) {
-    let keys = Keys::new();
-    let before = seeded(&pool, &keys, plain_fleet(ROWS)).await;
-    let url = db_url(&pool);
-    run_in_place(&url, &keys, &[]);
+    let (keys, url, before) = rotated_fleet(&pool, ROWS).await;
     let ids: Vec<String> = before.keys().take(120).cloned().collect();
     let fresh = Cipher::new(&keys.new).seal(b"postgres://changed-after-the-run");
     sqlx::query(
@@ -210,10 +215,7 @@ async fn rows_changed_since_the_run_are_left_untouched_and_reported(pool: PgPool
 
 #[sqlx::test(migrations = false)]
 async fn dry_run_counts_and_changes_nothing(pool: PgPool) {
-    let keys = Keys::new();
-    seeded(&pool, &keys, plain_fleet(ROWS)).await;
-    let url = db_url(&pool);
-    run_in_place(&url, &keys, &[]);
+    let (keys, url, _) = rotated_fleet(&pool, ROWS).await;
     let after_run = snapshot(&pool).await;
     let journal = journal_marks(&pool).await;
 
@@ -231,10 +233,7 @@ async fn dry_run_counts_and_changes_nothing(pool: PgPool) {
 /// run must read such a journal and still not migrate it.
 #[sqlx::test(migrations = false)]
 async fn dry_run_on_a_journal_from_before_rollback_does_not_migrate(pool: PgPool) {
-    let keys = Keys::new();
-    seeded(&pool, &keys, plain_fleet(300)).await;
-    let url = db_url(&pool);
-    run_in_place(&url, &keys, &[]);
+    let (keys, url, _) = rotated_fleet(&pool, 300).await;
     sqlx::raw_sql(
         "ALTER TABLE rekey.runs DROP COLUMN rollback_started_at, DROP COLUMN rolled_back_at;
          ALTER TABLE rekey.backups DROP COLUMN restored_at, DROP COLUMN restored, DROP COLUMN left_ids;
@@ -253,10 +252,7 @@ async fn dry_run_on_a_journal_from_before_rollback_does_not_migrate(pool: PgPool
 
 #[sqlx::test(migrations = false)]
 async fn a_finalized_run_is_refused_and_nothing_changes(pool: PgPool) {
-    let keys = Keys::new();
-    seeded(&pool, &keys, plain_fleet(500)).await;
-    let url = db_url(&pool);
-    run_in_place(&url, &keys, &[]);
+    let (keys, url, _) = rotated_fleet(&pool, 500).await;
     assert_exit(&rekey_with_keys(&url, &keys, &["verify"]), 0, "verify");
     assert_exit(&rekey(&url, &["finalize", "--run", "1"]), 0, "finalize");
     let rows = snapshot(&pool).await;
@@ -286,10 +282,7 @@ async fn an_unknown_run_is_refused(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn the_wrong_keys_are_refused(pool: PgPool) {
-    let keys = Keys::new();
-    seeded(&pool, &keys, plain_fleet(50)).await;
-    let url = db_url(&pool);
-    run_in_place(&url, &keys, &[]);
+    let (keys, url, _) = rotated_fleet(&pool, 50).await;
     let rows = snapshot(&pool).await;
     let (_, other) = keys.another("other.key");
     let out = rekey(
@@ -356,10 +349,7 @@ async fn an_open_run_is_refused_until_force_open_then_closed_as_rolled_back(pool
 /// command finishes the job.
 #[sqlx::test(migrations = false)]
 async fn a_rollback_stopped_by_an_error_keeps_what_it_restored_and_resumes(pool: PgPool) {
-    let keys = Keys::new();
-    let before = seeded(&pool, &keys, plain_fleet(1000)).await;
-    let url = db_url(&pool);
-    run_in_place(&url, &keys, &[]);
+    let (keys, url, before) = rotated_fleet(&pool, 1000).await;
     let refused: String =
         sqlx::query_scalar("SELECT org_ids[1] FROM rekey.backups ORDER BY id OFFSET 4 LIMIT 1")
             .fetch_one(&pool)

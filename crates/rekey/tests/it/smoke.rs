@@ -6,10 +6,7 @@ use sqlx::PgPool;
 
 #[sqlx::test(migrations = false)]
 async fn plan_run_verify_finalize_rotates_a_small_fleet(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    seed_fleet(&pool, &table, &keys.old, 500).await;
-    let url = db_url(&pool);
+    let OldKeyFleet { keys, url, .. } = old_key_fleet(&pool, 500).await;
     let k = [
         "--old-key-file",
         path_str(&keys.old_file),

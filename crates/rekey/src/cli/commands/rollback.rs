@@ -55,12 +55,9 @@ fn rollback_text(r: &RollbackReport) -> String {
     };
     let _ = writeln!(
         out,
-        "rollback of run {} ({what}); run is {}",
-        r.run_id, r.run_state
-    );
-    let _ = writeln!(
-        out,
-        "  new key id {}, old key id {}",
+        "rollback of run {} ({what}); run is {}\n  new key id {}, old key id {}",
+        r.run_id,
+        r.run_state,
         r.new_key_id,
         r.old_key_id.as_deref().unwrap_or("(none)")
     );
