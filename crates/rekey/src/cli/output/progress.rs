@@ -130,6 +130,25 @@ fn notice_line(event: &Event) -> Option<String> {
 /// Where a renderer writes, shared with its ticker.
 type Out = Mutex<Box<dyn Write + Send>>;
 
+/// A line renderer's output and totals, shared with a ticker that calls
+/// `tick` every [`PERIOD`] while a run is under way.
+fn ticking(
+    out: Box<dyn Write + Send>,
+    tick: fn(&Out, &Totals),
+) -> (Arc<(Out, Mutex<Totals>)>, Ticker) {
+    let shared = Arc::new((Mutex::new(out), Mutex::new(Totals::default())));
+    let ticking = Arc::clone(&shared);
+    let ticker = Ticker::start(move || {
+        let Ok(totals) = ticking.1.lock() else {
+            return;
+        };
+        if totals.run_id != 0 && totals.ending.is_none() {
+            tick(&ticking.0, &totals);
+        }
+    });
+    (shared, ticker)
+}
+
 /// JSON event lines: every engine event with `schema_version` and `ts`,
 /// plus a `progress` event every [`PERIOD`] and when the run ends.
 pub struct JsonLines {
@@ -143,16 +162,7 @@ impl JsonLines {
     }
 
     pub fn new(out: Box<dyn Write + Send>) -> JsonLines {
-        let shared = Arc::new((Mutex::new(out), Mutex::new(Totals::default())));
-        let ticking = Arc::clone(&shared);
-        let ticker = Ticker::start(move || {
-            let Ok(totals) = ticking.1.lock() else {
-                return;
-            };
-            if totals.run_id != 0 && totals.ending.is_none() {
-                write_progress(&ticking.0, &totals);
-            }
-        });
+        let (shared, ticker) = ticking(out, write_progress);
         JsonLines {
             shared,
             _ticker: ticker,
@@ -225,15 +235,8 @@ impl Plain {
     }
 
     pub fn new(out: Box<dyn Write + Send>) -> Plain {
-        let shared = Arc::new((Mutex::new(out), Mutex::new(Totals::default())));
-        let ticking = Arc::clone(&shared);
-        let ticker = Ticker::start(move || {
-            let Ok(totals) = ticking.1.lock() else {
-                return;
-            };
-            if totals.run_id != 0 && totals.ending.is_none() {
-                plain_line(&ticking.0, &status_line(&totals, Instant::now()));
-            }
+        let (shared, ticker) = ticking(out, |out, totals| {
+            plain_line(out, &status_line(totals, Instant::now()));
         });
         Plain {
             shared,
