@@ -510,7 +510,7 @@ chaos_compare() {
         judged=$(jq -rs 'map(select(.event? == "summary")) | last | .report
                          | "\(.rows_backed_up) \(.restored) \(.changed_total)"' "$tmp/rollback.json" 2>/dev/null || true)
         [ "$judged" = "$n $n 0" ] ||
-            problem "plaintexts: of $n rows rotated in place, rollback --dry-run finds (backed up, unchanged, changed) ${judged:-nothing}: $(tail -n 3 "$tmp/rollback.err")"
+            problem "plaintexts: of $n rows rotated in place, rollback --dry-run finds (backed up, unchanged, changed) ${judged:-nothing}$(tail -n 3 "$tmp/rollback.err" | sed 's/^/; /' | tr -d '\n')"
     fi
 
     if ! cloud_shape "$cloud" >"$tmp/chaos.cloud" || ! cloud_shape "$ref_cloud" >"$tmp/reference.cloud"; then
@@ -580,7 +580,7 @@ chaos_rc=0
 echo "== rehearsal"
 if [ "$chaos" -gt 0 ]; then
     echo "  rekey run wall time:  $ref_secs s uninterrupted (the outage window to expect; exit $ref_rc)"
-    echo "  with $chaos_kills kills:        $run_secs s, killed and resumed (last exit $run_rc)"
+    echo "  killed and resumed:   $run_secs s ($chaos_kills kills; last exit $run_rc)"
 else
     echo "  rekey run wall time:  $run_secs s (the outage window to expect; exit $run_rc)"
 fi
