@@ -381,6 +381,9 @@ async fn chaos_rehearsal_killed_three_times_equals_the_uninterrupted_run_and_rep
     let snap = make_snapshot(150, false);
     // A fake cloud slow enough that re-provisioning outlasts the journal
     // polls, and small batches, so that every kill point falls mid-run.
+    // This seed draws the points 3, 43 and 54 of this fleet's 113 (15
+    // backup batches, 14 tenants' 7 steps each): all well before the end,
+    // so each attempt is still running when its point comes.
     let mut args = vec![
         "--chaos",
         "3",
