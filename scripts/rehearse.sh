@@ -32,6 +32,31 @@
 #                        call latency, Neon operation time, machine boot)
 #   RUN-OPTION           passed to `rekey run`, e.g. --workers 8 --neon-rps 10
 #
+# Crash safety (the journal's promise that a killed run resumes to the same
+# result):
+#   --chaos N            restore a second copy with a fake cloud of its own and
+#                        run `rekey run` on it uninterrupted (the reference);
+#                        then SIGKILL `rekey run` on the first copy N times, at
+#                        points of journal progress (committed backup batches
+#                        plus re-provisioning steps) drawn at random from the
+#                        reference run's, resuming each time with the same
+#                        command, and let the last resume finish. PASS when
+#                        the result equals the reference: one finished run,
+#                        verify clean, the same rows rotated in place, each
+#                        backed up once with its pre-run ciphertexts and
+#                        opening under the new key to the plaintext the old
+#                        key opens in the snapshot (`rekey rollback --dry-run`
+#                        judges that), the same tenants re-provisioned, and
+#                        the same cloud resources (no machine or branch
+#                        doubled, no live machine that no row names).
+#                        Prints "CHAOS PASS" or "CHAOS FAIL"; exits 1 on FAIL.
+#                        Unless RUN-OPTION sets --lease-secs, runs get
+#                        --lease-secs 2, so that a resume takes over a killed
+#                        run's tenants soon.
+#   --seed S             the seed of the kill points (default: random, printed):
+#                        the same seed on the same snapshot replays the same
+#                        kill points
+#
 # It never talks to a real cloud: it always uses its own fake, passes its URLs
 # explicitly, replaces NEON_API_KEY/FLY_API_TOKEN with throwaway tokens, and
 # refuses to start when NEON_API_URL or FLY_API_URL point anywhere but
@@ -58,6 +83,8 @@ no_old_key=0
 rekey_opts=()
 fake_args=()
 snapshot=
+chaos=0
+seed=
 while [ $# -gt 0 ]; do
     case $1 in
         --old-key-file) [ $# -ge 2 ] || usage; old_key_file=$2; shift 2 ;;
@@ -68,6 +95,11 @@ while [ $# -gt 0 ]; do
         --cloud-latency-ms | --cloud-op-ms | --cloud-boot-ms)
             if [ $# -lt 2 ] || ! [[ $2 =~ ^[0-9]+$ ]]; then usage; fi
             fake_args+=("--${1#--cloud-}" "$2")
+            shift 2
+            ;;
+        --chaos | --seed)
+            if [ $# -lt 2 ] || ! [[ $2 =~ ^[0-9]+$ ]]; then usage; fi
+            if [ "$1" = --chaos ]; then chaos=$2; else seed=$2; fi
             shift 2
             ;;
         -h | --help) usage ;;
@@ -82,6 +114,9 @@ while [ $# -gt 0 ]; do
 done
 run_opts=("$@")
 [ -n "$snapshot" ] || usage
+[ -z "$seed" ] || [ "$chaos" -gt 0 ] || { echo "rehearse.sh: --seed needs --chaos N" >&2; usage; }
+# The seed of the kill points, printed with the report so a failure replays.
+[ -n "$seed" ] || seed=$(($(od -An -tu2 -N2 /dev/urandom)))
 
 abspath() { case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s/%s\n' "$PWD" "$1" ;; esac; }
 snapshot=$(abspath "$snapshot")
@@ -109,6 +144,11 @@ elif [ -n "$old_key_file" ]; then
     key_args+=(--old-key-file "$old_key_file")
 elif [ -z "${OLD_SECRETS_ENCRYPTION_KEY:-}" ]; then
     die "no old key: pass --old-key-file FILE or set OLD_SECRETS_ENCRYPTION_KEY (or --no-old-key to rehearse re-provisioning every tenant)"
+fi
+
+if [ "$chaos" -gt 0 ]; then
+    command -v curl >/dev/null 2>&1 && command -v jq >/dev/null 2>&1 ||
+        die "--chaos needs curl and jq (to compare the fake clouds' state)"
 fi
 
 # Detects the snapshot's format: what pg_restore reads, or plain SQL.
@@ -161,9 +201,12 @@ unset NEON_API_KEY FLY_API_TOKEN
 
 scratch=rekey_rehearsal_$$
 scratch_db_url=$(scratch_url "$scratch")
+# With --chaos, the reference run's copy and fake cloud.
+ref_scratch=${scratch}_ref
+ref_db_url=$(scratch_url "$ref_scratch")
 tmp=
-fake_pid=
-db_created=0
+databases=()
+fake_pids=()
 
 child_pid=
 
@@ -186,22 +229,24 @@ stop_process() {
 
 # Undoes everything, in order: the rekey command still running (ctrl-c
 # semantics: it finishes its batches in flight, the journal keeps the rest),
-# then the fake cloud it may be talking to, the scratch database, the
+# then the fake clouds it may be talking to, the scratch databases, the
 # temporary directory. A second ctrl-c does not cut the clean-up short.
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
-    local rc=$?
+    local rc=$? pid db
     trap - EXIT
     trap '' INT TERM
     if [ -n "$child_pid" ]; then
         say "stopping rekey (pid $child_pid)"
         stop_process "$child_pid" INT 30 "rekey"
     fi
-    [ -z "$fake_pid" ] || stop_process "$fake_pid" TERM 5 "the fake cloud"
-    if [ "$db_created" = 1 ]; then
-        psql -X -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $scratch WITH (FORCE)" >/dev/null 2>&1 ||
-            say "warning: could not drop the scratch database $scratch; drop it by hand"
-    fi
+    for pid in "${fake_pids[@]}"; do
+        stop_process "$pid" TERM 5 "the fake cloud"
+    done
+    for db in "${databases[@]}"; do
+        psql -X -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 ||
+            say "warning: could not drop the scratch database $db; drop it by hand"
+    done
     [ -z "$tmp" ] || rm -rf -- "$tmp"
     exit "$rc"
 }
@@ -215,48 +260,64 @@ now() { date +%s.%N; }
 seconds_since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 rehearsal_started=$(now)
 
-# 1. The snapshot, restored into a scratch database.
-say "restoring $snapshot ($format) into scratch database $scratch"
-db_created=1
-psql -X -q -v ON_ERROR_STOP=1 "$ADMIN_URL" -c "CREATE DATABASE $scratch" >/dev/null
-restore_started=$(now)
-if [ "$format" = archive ]; then
-    pg_restore --no-owner --no-privileges --exit-on-error -d "$scratch_db_url" "$snapshot"
-else
-    # Ownership and grants name production roles this server lacks; those
-    # errors are expected and harmless here. Any other error stops.
-    sql_text | psql -X -q -v ON_ERROR_STOP=0 "$scratch_db_url" >/dev/null 2>"$tmp/restore.err" || true
-    errors=$(grep -E 'ERROR:' "$tmp/restore.err" | grep -vE 'role "[^"]+" does not exist' || true)
-    if [ -n "$errors" ]; then
-        printf '%s\n' "$errors" | head -n 5 >&2
-        die "restoring $snapshot failed (errors above)"
+# 1. The snapshot, restored into a scratch database ($1, its URL $2).
+restore_into() {
+    local name=$1 url=$2 started errors
+    say "restoring $snapshot ($format) into scratch database $name"
+    databases+=("$name")
+    psql -X -q -v ON_ERROR_STOP=1 "$ADMIN_URL" -c "CREATE DATABASE $name" >/dev/null
+    started=$(now)
+    if [ "$format" = archive ]; then
+        pg_restore --no-owner --no-privileges --exit-on-error -d "$url" "$snapshot"
+    else
+        # Ownership and grants name production roles this server lacks; those
+        # errors are expected and harmless here. Any other error stops.
+        sql_text | psql -X -q -v ON_ERROR_STOP=0 "$url" >/dev/null 2>"$tmp/restore.err" || true
+        errors=$(grep -E 'ERROR:' "$tmp/restore.err" | grep -vE 'role "[^"]+" does not exist' || true)
+        if [ -n "$errors" ]; then
+            printf '%s\n' "$errors" | head -n 5 >&2
+            die "restoring $snapshot failed (errors above)"
+        fi
     fi
-fi
-say "restored in $(seconds_since "$restore_started") s"
-export DATABASE_URL=$scratch_db_url
+    say "restored in $(seconds_since "$started") s"
+}
+restore_into "$scratch" "$scratch_db_url"
+[ "$chaos" = 0 ] || restore_into "$ref_scratch" "$ref_db_url"
 
-# 2. The fake cloud, holding what the rows name.
+# 2. A fake cloud, holding what the rows of the database at $2 name; $1
+# names it in messages. Sets started_url.
 neon_key=$(random_hex)
 fly_token=$(random_hex)
-: >"$tmp/fake-cloud.out"
-# In a session of its own, so that a ctrl-c at the terminal does not stop it
-# under a rekey command finishing its work; cleanup stops it. (Without job
-# control, a background job is no process-group leader: setsid execs in
-# place and $! is the fake cloud's own pid.)
-FAKE_NEON_API_KEY=$neon_key FAKE_FLY_API_TOKEN=$fly_token \
-    setsid "$FAKE_CLOUD_BIN" --listen 127.0.0.1:0 "${fake_args[@]}" >"$tmp/fake-cloud.out" 2>"$tmp/fake-cloud.err" &
-fake_pid=$!
-cloud=
-for _ in $(seq 1 100); do
-    cloud=$(sed -n '1s/^listening on \(http:\/\/[^ ]*\)$/\1/p' "$tmp/fake-cloud.out" || true)
-    [ -z "$cloud" ] || break
-    kill -0 "$fake_pid" 2>/dev/null || { cat "$tmp/fake-cloud.err" >&2; die "the fake cloud did not start"; }
-    sleep 0.1
-done
-[ -n "$cloud" ] || die "the fake cloud printed no listening line in 10 s"
-is_loopback_url "$cloud" || die "the fake cloud listens on $cloud, not loopback"
-say "fake cloud at $cloud (pid $fake_pid)"
-"$REKEY_BIN" register-fake-cloud "${rekey_opts[@]}" --url "$cloud"
+start_fake_cloud() {
+    local label=$1 url=$2 out="$tmp/fake-cloud-${#fake_pids[@]}" pid
+    : >"$out.out"
+    # In a session of its own, so that a ctrl-c at the terminal does not stop
+    # it under a rekey command finishing its work; cleanup stops it. (Without
+    # job control, a background job is no process-group leader: setsid execs
+    # in place and $! is the fake cloud's own pid.)
+    FAKE_NEON_API_KEY=$neon_key FAKE_FLY_API_TOKEN=$fly_token \
+        setsid "$FAKE_CLOUD_BIN" --listen 127.0.0.1:0 "${fake_args[@]}" >"$out.out" 2>"$out.err" &
+    pid=$!
+    fake_pids+=("$pid")
+    started_url=
+    for _ in $(seq 1 100); do
+        started_url=$(sed -n '1s/^listening on \(http:\/\/[^ ]*\)$/\1/p' "$out.out" || true)
+        [ -z "$started_url" ] || break
+        kill -0 "$pid" 2>/dev/null || { cat "$out.err" >&2; die "the fake cloud did not start"; }
+        sleep 0.1
+    done
+    [ -n "$started_url" ] || die "the fake cloud printed no listening line in 10 s"
+    is_loopback_url "$started_url" || die "the fake cloud listens on $started_url, not loopback"
+    say "${label}fake cloud at $started_url (pid $pid)"
+    DATABASE_URL=$url "$REKEY_BIN" register-fake-cloud "${rekey_opts[@]}" --url "$started_url"
+}
+start_fake_cloud "" "$scratch_db_url"
+cloud=$started_url
+if [ "$chaos" -gt 0 ]; then
+    start_fake_cloud "reference " "$ref_db_url"
+    ref_cloud=$started_url
+fi
+export DATABASE_URL=$scratch_db_url
 
 # Live machines per app, as the fake cloud holds them.
 live_machines() {
@@ -284,27 +345,216 @@ export TENANT_REDIS_URL=${REHEARSAL_TENANT_REDIS_URL:-redis://rehearsal:$(random
 # the command gracefully.
 # Options follow the command, and each command gets only the groups it
 # takes: status reads the journal alone, only run talks to the cloud.
-rekey() {
+rekey_args() {
     local command=$1
     shift
-    local extra=()
+    rekey_argv=("$command" "$@")
     case $command in
-        plan | verify) extra=("${rekey_opts[@]}" "${key_args[@]}") ;;
-        run) extra=("${rekey_opts[@]}" "${key_args[@]}" "${cloud_args[@]}") ;;
+        plan | verify | rollback) rekey_argv+=("${rekey_opts[@]}" "${key_args[@]}") ;;
+        run) rekey_argv+=("${rekey_opts[@]}" "${key_args[@]}" "${cloud_args[@]}") ;;
     esac
-    "$REKEY_BIN" "$command" "$@" "${extra[@]}" &
+}
+rekey() {
+    rekey_args "$@"
+    "$REKEY_BIN" "${rekey_argv[@]}" &
     child_pid=$!
     local rc=0
     wait "$child_pid" || rc=$?
     child_pid=
     return "$rc"
 }
+
+# --- --chaos N: the run killed N times and resumed, against the reference.
+
+# One query's rows, tab-separated, in byte order (for cmp and comm).
+rows_of() {
+    psql -X -qAt -F $'\t' -v ON_ERROR_STOP=1 "$1" -c "$2" | LC_ALL=C sort
+}
+
+# Starts `rekey run` on the chaos copy and SIGKILLs it once the journal's
+# progress reaches point $1 (or, if an earlier attempt got past it, once
+# this attempt has made progress of its own), output to $2. Returns 0 when
+# it killed the run (killed_at: the progress then), 1 when the run ended by
+# itself first (attempt_rc: its exit status).
+chaos_attempt() {
+    local point=$1 log=$2 start target progress state rc=0
+    start=$(journal_progress "$scratch_db_url")
+    target=$((point > start ? point : start + 1))
+    rekey_args run "${run_opts[@]}"
+    "$REKEY_BIN" "${rekey_argv[@]}" >"$log" 2>&1 &
+    child_pid=$!
+    while state=$(process_state "$child_pid") && [ -n "$state" ] && [ "$state" != Z ]; do
+        progress=$(journal_progress "$scratch_db_url")
+        if [ "$progress" -ge "$target" ]; then
+            kill -KILL "$child_pid" 2>/dev/null || true
+            break
+        fi
+        sleep 0.05
+    done
+    # (Braces: bash's "Killed" notice goes to the redirected stderr.)
+    { wait "$child_pid"; } 2>/dev/null || rc=$?
+    child_pid=
+    # 137 is 128 + SIGKILL: a run that ended by itself just before the kill
+    # has its own status.
+    if [ "$rc" = 137 ]; then
+        killed_at=$progress
+        return 0
+    fi
+    attempt_rc=$rc
+    return 1
+}
+
+# The reference run, then the run killed at random points of its progress
+# and resumed, then one resume let finish. Returns the last run's status.
+chaos_run() {
+    local o has_lease=0 point n=0 rc=0
+    for o in "${run_opts[@]}"; do
+        case $o in --lease-secs | --lease-secs=*) has_lease=1 ;; esac
+    done
+    [ "$has_lease" = 1 ] || run_opts+=(--lease-secs 2)
+    chaos_kills=0
+    chaos_table=$(rekey_opt_value --table org_instances)
+    chaos_id=$(rekey_opt_value --id-column org_id)
+    chaos_machine=$(rekey_opt_value --fly-machine-column fly_machine_id)
+    rows_of "$scratch_db_url" "SELECT $chaos_id::text,
+                                      md5($(rekey_opt_value --db-column database_url_encrypted)),
+                                      md5($(rekey_opt_value --redis-column redis_url_encrypted))
+                                 FROM $chaos_table" >"$tmp/snapshot.rows"
+
+    echo "== reference: rekey run ${run_opts[*]} (uninterrupted, on $ref_scratch)"
+    local ours=("${cloud_args[@]}")
+    cloud_args=(--neon-api-url "$ref_cloud/api/v2" --fly-api-url "$ref_cloud/v1")
+    DATABASE_URL=$ref_db_url
+    ref_started=$(now)
+    ref_rc=0
+    rekey run "${run_opts[@]}" >"$tmp/reference.log" 2>&1 || ref_rc=$?
+    ref_secs=$(seconds_since "$ref_started")
+    DATABASE_URL=$scratch_db_url
+    cloud_args=("${ours[@]}")
+    if [ "$ref_rc" != 0 ]; then
+        tail -n 20 "$tmp/reference.log" >&2
+        say "the reference run did not finish (exit $ref_rc): there is nothing to compare with"
+        return "$ref_rc"
+    fi
+    ref_progress=$(journal_progress "$ref_db_url")
+    say "reference run finished in $ref_secs s at journal progress $ref_progress"
+
+    # Kill points in the first nine tenths of the work: a point in the last
+    # instants would often find the run already gone.
+    RANDOM=$seed
+    pick_kill_points "$chaos" "$((ref_progress * 9 / 10 + 1))"
+    echo "== chaos: seed $seed, kill points ${kill_points[*]} of $ref_progress (journal progress)"
+    for point in "${kill_points[@]}"; do
+        n=$((n + 1))
+        if chaos_attempt "$point" "$tmp/chaos-$n.log"; then
+            chaos_kills=$((chaos_kills + 1))
+            echo "  attempt $n: SIGKILL at journal progress $killed_at (point $point)"
+        else
+            echo "  attempt $n: rekey run ended by itself (exit $attempt_rc) before point $point"
+            [ "$attempt_rc" = 0 ] && return 0
+            tail -n 20 "$tmp/chaos-$n.log" >&2
+        fi
+    done
+    echo "== rekey run ${run_opts[*]} (resumed after $chaos_kills kills, let finish)"
+    rekey run "${run_opts[@]}" || rc=$?
+    return "$rc"
+}
+
+chaos_problems=()
+problem() {
+    chaos_problems+=("$*")
+}
+
+# What the fake cloud at $1 holds, per app and project, without secrets.
+cloud_shape() {
+    curl -fsS "$1/_fake/state" | jq -S '{
+        apps: ([.fly.apps[] | {name, live_machines}] | sort_by(.name)),
+        projects: ([.neon.projects[] | {id, branches: (.branches | length)}] | sort_by(.id))
+    }'
+}
+
+# Compares the chaos copy with the reference; returns 1 on any difference.
+chaos_compare() {
+    local runs n dups not_pre undone judged run_id orphans
+    runs=$(psql -X -qAt "$scratch_db_url" -c \
+        "SELECT count(*) FILTER (WHERE state = 'finished') || ' finished of ' || count(*) FROM rekey.runs" \
+        2>/dev/null || echo "no journal:")
+    [ "$runs" = "1 finished of 1" ] || problem "journal: $runs runs, not one finished run"
+
+    local backups="SELECT u.o, md5(u.d), md5(u.r)
+                     FROM rekey.backups b, unnest(b.org_ids, b.old_db, b.old_redis) AS u(o, d, r)"
+    rows_of "$scratch_db_url" "$backups" >"$tmp/chaos.backups" || problem "cannot read the backups"
+    rows_of "$ref_db_url" "$backups" >"$tmp/reference.backups" || problem "cannot read the reference's backups"
+    n=$(wc -l <"$tmp/chaos.backups")
+    dups=$(cut -f1 "$tmp/chaos.backups" | uniq -d | wc -l)
+    [ "$dups" = 0 ] || problem "$dups rows backed up more than once (rotated twice)"
+    cmp -s "$tmp/chaos.backups" "$tmp/reference.backups" ||
+        problem "rows rotated in place: $n, the reference $(wc -l <"$tmp/reference.backups"), or other ciphertexts backed up"
+    not_pre=$(LC_ALL=C comm -23 "$tmp/chaos.backups" "$tmp/snapshot.rows" | wc -l)
+    [ "$not_pre" = 0 ] || problem "$not_pre backups do not hold the snapshot's ciphertexts"
+
+    local items="SELECT org_id, state FROM rekey.items"
+    rows_of "$scratch_db_url" "$items" >"$tmp/chaos.items" || problem "cannot read the re-provisioning items"
+    rows_of "$ref_db_url" "$items" >"$tmp/reference.items" || problem "cannot read the reference's items"
+    cmp -s "$tmp/chaos.items" "$tmp/reference.items" ||
+        problem "tenants re-provisioned: $(wc -l <"$tmp/chaos.items"), the reference $(wc -l <"$tmp/reference.items"), or other tenants"
+    undone=$(grep -cv $'\tdone$' "$tmp/chaos.items" || true)
+    [ "$undone" = 0 ] || problem "$undone re-provisioned tenants not done"
+
+    # Plaintexts: rollback's dry run puts a row back only when its fields
+    # open under the new key to exactly what its backup (the snapshot's
+    # ciphertexts, checked above) opens to under the old key.
+    run_id=$(psql -X -qAt "$scratch_db_url" -c "SELECT min(id) FROM rekey.runs" 2>/dev/null || true)
+    if [ -n "$run_id" ]; then
+        rekey rollback --run "$run_id" --dry-run --json >"$tmp/rollback.json" 2>"$tmp/rollback.err" || true
+        judged=$(jq -rs 'map(select(.event? == "summary")) | last | .report
+                         | "\(.rows_backed_up) \(.restored) \(.changed_total)"' "$tmp/rollback.json" 2>/dev/null || true)
+        [ "$judged" = "$n $n 0" ] ||
+            problem "plaintexts: of $n rows rotated in place, rollback --dry-run finds (backed up, unchanged, changed) ${judged:-nothing}$(tail -n 3 "$tmp/rollback.err" | sed 's/^/; /' | tr -d '\n')"
+    fi
+
+    if ! cloud_shape "$cloud" >"$tmp/chaos.cloud" || ! cloud_shape "$ref_cloud" >"$tmp/reference.cloud"; then
+        problem "cannot read a fake cloud's state"
+    elif ! cmp -s "$tmp/chaos.cloud" "$tmp/reference.cloud"; then
+        diff "$tmp/reference.cloud" "$tmp/chaos.cloud" | head -20 >&2 || true
+        problem "cloud resources differ from the reference's (reference <, chaos > above): doubled or missing"
+    fi
+    curl -fsS "$cloud/_fake/state" |
+        jq -r '.fly.apps[].machines[] | select(.state != "destroyed") | .id' | LC_ALL=C sort >"$tmp/live.machines" ||
+        problem "cannot list the live machines"
+    rows_of "$scratch_db_url" "SELECT $chaos_machine FROM $chaos_table WHERE $chaos_machine IS NOT NULL" \
+        >"$tmp/named.machines" || problem "cannot read the rows' machines"
+    orphans=$(LC_ALL=C comm -23 "$tmp/live.machines" "$tmp/named.machines" | wc -l)
+    [ "$orphans" = 0 ] || problem "$orphans live machines no row names (orphaned)"
+
+    [ "${#chaos_problems[@]}" = 0 ]
+}
+
+# The chaos part of the report, and its PASS/FAIL line.
+chaos_summary() {
+    local p asked=""
+    [ "$chaos_kills" = "$chaos" ] || asked=" of $chaos asked: the run finished first"
+    echo "  chaos:                $chaos_kills kills$asked (seed $seed; replay with --chaos $chaos --seed $seed)"
+    for p in "${chaos_problems[@]}"; do
+        echo "    differs: $p"
+    done
+    if [ "$run_rc" = 0 ] && [ "$verify_rc" = 0 ] && [ "$cloud_rc" = 0 ] && [ "$chaos_rc" = 0 ]; then
+        echo "CHAOS PASS: killed $chaos_kills times and resumed, the result equals the uninterrupted run's (seed $seed)"
+    else
+        echo "CHAOS FAIL: killed $chaos_kills times and resumed, the result differs from the uninterrupted run's (seed $seed)"
+    fi
+}
+
 echo "== rekey plan"
 rekey plan
-echo "== rekey run ${run_opts[*]}"
 run_started=$(now)
 run_rc=0
-rekey run "${run_opts[@]}" || run_rc=$?
+if [ "$chaos" -gt 0 ]; then
+    chaos_run || run_rc=$?
+else
+    echo "== rekey run ${run_opts[*]}"
+    rekey run "${run_opts[@]}" || run_rc=$?
+fi
 run_secs=$(seconds_since "$run_started")
 echo "== rekey verify"
 verify_rc=0
@@ -324,15 +574,23 @@ if [ "$cloud_check" = 1 ]; then
         cloud_rc=1
     fi
 fi
+chaos_rc=0
+[ "$chaos" = 0 ] || chaos_compare || chaos_rc=$?
 
 echo "== rehearsal"
-echo "  rekey run wall time:  $run_secs s (the outage window to expect; exit $run_rc)"
+if [ "$chaos" -gt 0 ]; then
+    echo "  rekey run wall time:  $ref_secs s uninterrupted (the outage window to expect; exit $ref_rc)"
+    echo "  killed and resumed:   $run_secs s ($chaos_kills kills; last exit $run_rc)"
+else
+    echo "  rekey run wall time:  $run_secs s (the outage window to expect; exit $run_rc)"
+fi
 echo "  rekey verify:         $([ "$verify_rc" = 0 ] && echo passed || echo "FAILED (exit $verify_rc)")"
 if [ "$cloud_check" = 1 ]; then
     echo "  cloud resources:      $([ "$cloud_rc" = 0 ] && echo "live machines per app unchanged" || echo "CHANGED (see above)")"
 fi
 echo "  rehearsal wall time:  $(seconds_since "$rehearsal_started") s (restore included)"
-if [ "$run_rc" = 0 ] && [ "$verify_rc" = 0 ] && [ "$cloud_rc" = 0 ]; then
+[ "$chaos" = 0 ] || chaos_summary
+if [ "$run_rc" = 0 ] && [ "$verify_rc" = 0 ] && [ "$cloud_rc" = 0 ] && [ "$chaos_rc" = 0 ]; then
     echo "  result:               passed"
     exit 0
 fi

@@ -378,3 +378,93 @@ async fn rehearsal_refuses_a_cloud_url_outside_loopback_before_making_anything()
     assert!(!all.contains("restoring"), "{all}");
     assert!(!all.contains("fake cloud at"), "{all}");
 }
+
+/// The line of a rehearsal's output that starts with `prefix`.
+fn line_starting<'a>(out: &'a str, prefix: &str) -> &'a str {
+    out.lines()
+        .map(str::trim_start)
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting {prefix:?}: {out}"))
+}
+
+#[tokio::test]
+async fn chaos_rehearsal_killed_three_times_equals_the_uninterrupted_run_and_replays_by_seed() {
+    let snap = make_snapshot(150, false);
+    // A fake cloud slow enough that re-provisioning outlasts the journal
+    // polls, and small batches, so that every kill point falls mid-run.
+    // This seed draws the points 3, 43 and 54 of this fleet's 113 (15
+    // backup batches, 14 tenants' 7 steps each): all well before the end,
+    // so each attempt is still running when its point comes.
+    let mut args = vec![
+        "--chaos",
+        "3",
+        "--seed",
+        "20261201",
+        "--cloud-op-ms",
+        "100",
+        "--cloud-boot-ms",
+        "100",
+        "--old-key-file",
+        path_str(&snap.key),
+        path_str(&snap.dump),
+    ];
+    args.extend(FAST_RUN);
+    args.extend(["--batch-size", "10"]);
+
+    let (pid, out) = rehearse(&args);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.lines().any(|l| l.starts_with("CHAOS PASS:")),
+        "{all}"
+    );
+    assert!(!all.contains("CHAOS FAIL"), "{all}");
+    assert!(!all.contains("differs:"), "{all}");
+    let kills = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("attempt ") && l.contains(": SIGKILL at"))
+        .count();
+    assert_eq!(kills, 3, "{all}");
+    assert!(
+        line_starting(&stdout, "chaos:").contains("3 kills (seed 20261201;"),
+        "{all}"
+    );
+    assert!(stdout.contains("resumed after 3 kills"), "{all}");
+    assert!(stdout.contains("rekey verify:         passed"), "{all}");
+    assert!(stdout.contains("result:               passed"), "{all}");
+    let old_key = std::fs::read_to_string(&snap.key).expect("read the old key");
+    assert!(
+        !all.contains(old_key.trim()),
+        "the old key was printed: {all}"
+    );
+
+    let made = what_it_made(pid, &all);
+    assert!(made.fake_cloud_pid.is_some(), "{all}");
+    assert_left_nothing(&made, &all).await;
+    let reference = format!("{}_ref", made.database);
+    assert!(
+        !database_exists(&reference).await,
+        "the reference copy {reference} was left behind: {all}"
+    );
+    let reference_cloud = line_starting(&all, "rehearse.sh: reference fake cloud at ");
+    let reference_pid: u32 = reference_cloud
+        .rsplit_once("(pid ")
+        .and_then(|(_, p)| p.trim_end_matches(')').parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {reference_cloud:?}"));
+    assert!(
+        !process_alive(reference_pid),
+        "the reference fake cloud was left running: {all}"
+    );
+
+    // The same seed on the same snapshot: the same kill points.
+    let (_, again) = rehearse(&args);
+    let again_all = text(&again);
+    assert_eq!(again.status.code(), Some(0), "{again_all}");
+    assert_eq!(
+        line_starting(&String::from_utf8_lossy(&again.stdout), "== chaos: seed"),
+        line_starting(&stdout, "== chaos: seed"),
+        "{again_all}"
+    );
+    drop(snap.dir);
+}
