@@ -115,6 +115,9 @@ pub struct DatabaseArgs {
     pub database_url: Option<String>,
 }
 
+/// Connections `--workers auto` may use at most, whatever the server allows.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
+
 pub const DEFAULT_NEON_API_URL: &str = "https://console.neon.tech/api/v2";
 pub const DEFAULT_FLY_API_URL: &str = "https://api.machines.dev/v1";
 
@@ -581,6 +584,13 @@ pub struct BenchArgs {
     /// Rows in the naive one-row-per-transaction baseline sample.
     #[arg(long, default_value_t = 3000, value_name = "N")]
     pub naive_sample: u64,
+    /// Also measure the engine across these round trips (ms), through a
+    /// delaying proxy on 127.0.0.1; repeatable or comma-separated (0,10,50).
+    #[arg(long, value_delimiter = ',', value_name = "MS,...")]
+    pub db_rtt_ms: Vec<u64>,
+    /// At most this many connections for `auto` workers across the network.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    pub max_connections: usize,
     /// Maintenance database used to create and drop the scratch database
     /// (default: --database-url, else postgres://localhost/postgres).
     #[arg(long, value_name = "URL")]

@@ -300,3 +300,83 @@ impl InPlace {
         })
     }
 }
+
+/// Workers and rows per batch for an in-place pass, and what they were
+/// chosen from (`--workers auto`).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Tuning {
+    pub workers: usize,
+    pub batch_size: i64,
+    /// The median of a few `SELECT 1` round trips, in milliseconds.
+    pub rtt_ms: f64,
+    /// Connections the server would still accept (`max_connections` minus
+    /// the reserved and those in use) when measured.
+    pub free_connections: i64,
+}
+
+/// Worker count that saturates the reference server on loopback, at
+/// 1,000-row batches: 2 and 4 workers ran within a few percent of each
+/// other there (README, Performance), so 4 is the default and the floor.
+const SATURATING_WORKERS: usize = 4;
+
+/// Server time per row of a batch when [`SATURATING_WORKERS`] share it:
+/// 4 workers over ~100,000 rows/s on the reference machine.
+const ROW_SERVICE: Duration = Duration::from_micros(40);
+
+/// Round trips per batch: BEGIN, claim, write, COMMIT.
+const ROUND_TRIPS_PER_BATCH: u32 = 4;
+
+/// Connections a run keeps beside its workers (journal, progress, the
+/// re-provisioner's) and leaves for the control plane.
+const SPARE_CONNECTIONS: i64 = 8;
+
+/// Chooses workers and batch size so that the round trips a batch waits
+/// for are hidden behind other workers' batches: each worker spends
+/// `4 x rtt + batch x ROW_SERVICE` per batch, of which the server is busy
+/// only for the second part, so it takes `SATURATING_WORKERS` times that
+/// ratio to keep the server as busy as on loopback. Larger batches at
+/// higher RTT amortise the round trips; 5,000 rows bounds what one worker
+/// holds locked and in memory. On loopback this is the default (4, 1,000).
+pub fn tune(rtt: Duration, free_connections: i64, max_connections: usize) -> (usize, i64) {
+    let rtt_ms = rtt.as_secs_f64() * 1e3;
+    let batch = (1000.0 * (1.0 + rtt_ms / 10.0))
+        .clamp(1000.0, 5000.0)
+        .round() as i64;
+    let service = ROW_SERVICE.as_secs_f64() * batch as f64;
+    let waited = f64::from(ROUND_TRIPS_PER_BATCH) * rtt.as_secs_f64();
+    let wanted = (SATURATING_WORKERS as f64 * (waited + service) / service).ceil() as usize;
+    let allowed = usize::try_from(free_connections - SPARE_CONNECTIONS)
+        .unwrap_or(0)
+        .min(max_connections);
+    (wanted.max(SATURATING_WORKERS).min(allowed).max(1), batch)
+}
+
+/// Measures the round trip and the server's free connections, and tunes.
+pub async fn auto_tune(pool: &PgPool, max_connections: usize) -> Result<Tuning, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    // The first query on a connection pays for statement preparation;
+    // the median of five after it is the network's round trip.
+    sqlx::query("SELECT 1").execute(&mut *conn).await?;
+    let mut samples = Vec::with_capacity(5);
+    for _ in 0..5 {
+        let started = Instant::now();
+        sqlx::query("SELECT 1").execute(&mut *conn).await?;
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    let rtt = samples[samples.len() / 2];
+    let free_connections: i64 = sqlx::query_scalar(
+        "SELECT current_setting('max_connections')::int8
+              - current_setting('superuser_reserved_connections')::int8
+              - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let (workers, batch_size) = tune(rtt, free_connections, max_connections);
+    Ok(Tuning {
+        workers,
+        batch_size,
+        rtt_ms: rtt.as_secs_f64() * 1e3,
+        free_connections,
+    })
+}
