@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use sqlx::{Connection, PgPool};
+use sqlx::{ConnectOptions, Connection, PgPool};
 
 use crate::cloud::register::{FakeCloudProcess, RegisterError};
 use crate::db::{self, org_instances::RowFilter, DbError};
@@ -359,21 +359,29 @@ async fn measure_floor(pool: &PgPool, table: &db::Table) -> Result<FloorFigure, 
         .fetch_one(pool)
         .await?;
     // Connections are opened before the clock starts: the floor is the
-    // rewrite, not the connect.
-    let (mut a, mut b) = (pool.acquire().await?, pool.acquire().await?);
+    // rewrite, not the connect. Their own, without sqlx's slow-statement
+    // warning, which every whole-table UPDATE would print.
+    let quiet = pool
+        .connect_options()
+        .as_ref()
+        .clone()
+        .disable_statement_logging();
+    let mut a = sqlx::PgConnection::connect_with(&quiet).await?;
+    let mut b = sqlx::PgConnection::connect_with(&quiet).await?;
     let started = Instant::now();
     let written = match &middle {
         Some(middle) => {
             let (x, y) = tokio::try_join!(
-                sqlx::query(&low).bind(middle).execute(&mut *a),
-                sqlx::query(&high).bind(middle).execute(&mut *b),
+                sqlx::query(&low).bind(middle).execute(&mut a),
+                sqlx::query(&high).bind(middle).execute(&mut b),
             )?;
             x.rows_affected() + y.rows_affected()
         }
         None => 0,
     };
     let secs = started.elapsed().as_secs_f64();
-    drop((a, b));
+    // Closing is courtesy: a connection dropped unclosed ends all the same.
+    let _ = tokio::join!(a.close(), b.close());
     let wal_bytes: f64 =
         sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::float8")
             .bind(&wal_before)

@@ -115,6 +115,25 @@ pub struct DatabaseArgs {
     pub database_url: Option<String>,
 }
 
+/// `--workers`: a count, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    Auto,
+    Fixed(usize),
+}
+
+impl std::str::FromStr for Workers {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Workers, String> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(Workers::Auto);
+        }
+        s.parse()
+            .map(Workers::Fixed)
+            .map_err(|_| format!("expected a number of workers or auto, not {s:?}"))
+    }
+}
+
 /// Connections `--workers auto` may use at most, whatever the server allows.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
 
@@ -166,6 +185,9 @@ pub struct Groups<'a> {
     pub table: Option<&'a TableArgs>,
 }
 
+// Parsed once per process and never moved in a loop: boxing the larger
+// variants would buy nothing but indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Generate a new 32-byte key and print its key id.
@@ -337,12 +359,16 @@ pub struct RunArgs {
     /// reprovision: fresh credentials for every tenant not yet under the new key.
     #[arg(long, value_enum, default_value = "auto")]
     pub mode: ModeArg,
-    /// In-place workers (each one database connection).
-    #[arg(long, default_value_t = 4, value_name = "N")]
-    pub workers: usize,
-    /// Rows per in-place batch (one transaction each).
+    /// In-place workers (each one database connection); auto: chosen with the batch size from
+    /// the measured round trip and the server's free connections.
+    #[arg(long, default_value = "4", value_name = "N|auto")]
+    pub workers: Workers,
+    /// Rows per in-place batch (one transaction each); auto workers choose their own.
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub batch_size: i64,
+    /// At most this many connections for auto workers.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    pub max_connections: usize,
     /// Only this tenant (repeatable).
     #[arg(long = "org", value_name = "ID")]
     pub orgs: Vec<String>,

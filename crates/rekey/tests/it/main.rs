@@ -20,3 +20,4 @@ mod resilience;
 mod rollback;
 mod smoke;
 mod vectors;
+mod workers_auto;

@@ -288,6 +288,19 @@ pub fn status_text(s: &StatusReport) -> String {
     out
 }
 
+/// What `--workers auto` chose and from what: a line on stderr, or an
+/// event on stdout's JSON stream.
+pub fn workers_chosen(t: &crate::rotate::inplace::Tuning, json: bool) {
+    if json {
+        print_json(&serde_json::json!({"event": "workers_chosen", "tuning": t}));
+    } else {
+        eprintln!(
+            "workers auto: {} workers x {} rows per batch (measured round trip {:.1} ms, {} free connections)",
+            t.workers, t.batch_size, t.rtt_ms, t.free_connections
+        );
+    }
+}
+
 /// fleet-bench's figures as a table.
 pub fn bench_text(b: &crate::bench::BenchReport) -> String {
     use std::fmt::Write as _;
