@@ -359,14 +359,13 @@ pub struct RunArgs {
     /// reprovision: fresh credentials for every tenant not yet under the new key.
     #[arg(long, value_enum, default_value = "auto")]
     pub mode: ModeArg,
-    /// In-place workers (each one database connection); auto: chosen with the batch size from
-    /// the measured round trip and the server's free connections.
+    /// In-place connections; auto: sized, with the batch, to the measured round trip.
     #[arg(long, default_value = "4", value_name = "N|auto")]
     pub workers: Workers,
-    /// Rows per in-place batch (one transaction each); auto workers choose their own.
+    /// Rows per in-place batch (one transaction each; auto picks its own).
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub batch_size: i64,
-    /// At most this many connections for auto workers.
+    /// Cap on auto workers' connections.
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "N")]
     pub max_connections: usize,
     /// Only this tenant (repeatable).

@@ -1,7 +1,9 @@
 //! The in-place path: workers claim batches of rows with
-//! `FOR NO KEY UPDATE SKIP LOCKED` from key ranges of about a batch each, decide them on rayon's pool,
-//! and write each batch as one compare-and-swap `UPDATE … FROM UNNEST`
-//! with its backup and re-provision queue entries in the same transaction.
+//! `FOR NO KEY UPDATE SKIP LOCKED` from key ranges of about a batch each,
+//! decide them on rayon's pool, and write each batch as one
+//! compare-and-swap `UPDATE … FROM UNNEST` with its backup and
+//! re-provision queue entries in the same transaction. `--workers auto`'s
+//! choice of workers and batch size ([`tune`]) lives here too.
 //!
 //! A crash at any instant leaves either the whole batch (rows, backup,
 //! queue) or none of it. Re-provisioning itself lives in `reprovision`.
