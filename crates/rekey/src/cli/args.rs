@@ -359,10 +359,10 @@ pub struct RunArgs {
     /// reprovision: fresh credentials for every tenant not yet under the new key.
     #[arg(long, value_enum, default_value = "auto")]
     pub mode: ModeArg,
-    /// In-place connections; auto: sized, with the batch, to the measured round trip.
+    /// In-place connections, or auto (fit to the round trip).
     #[arg(long, default_value = "4", value_name = "N|auto")]
     pub workers: Workers,
-    /// Rows per in-place batch (one transaction each; auto picks its own).
+    /// Rows per in-place batch (auto picks its own).
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub batch_size: i64,
     /// Cap on auto workers' connections.
