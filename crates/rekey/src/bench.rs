@@ -4,19 +4,22 @@
 //! the same run (the peer baseline), and drops the database. Prints rows/s,
 //! batch latency percentiles and projected wall times for fleet sizes.
 
+mod proxy;
+
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use sqlx::{Connection, PgPool};
+use sqlx::{ConnectOptions, Connection, PgPool};
 
 use crate::cloud::register::{FakeCloudProcess, RegisterError};
 use crate::db::{self, org_instances::RowFilter, DbError};
 use crate::envelope::{Cipher, Keyring, Mode};
 use crate::keys::Key;
 use crate::rotate::events::NullSink;
+use crate::rotate::inplace::{auto_tune, Tuning};
 use crate::rotate::run::{self, PhaseSecs, RunContext, RunOptions};
 use crate::rotate::scan::scan;
 use crate::rotate::RunError;
@@ -30,8 +33,10 @@ pub enum BenchError {
     Run(#[from] RunError),
     #[error(transparent)]
     FakeCloud(#[from] RegisterError),
-    #[error("the admin URL is not a URL")]
+    #[error("the admin URL is not a URL with a host (the delaying proxy needs TCP)")]
     BadAdminUrl,
+    #[error("could not start the delaying proxy on 127.0.0.1: {0}")]
+    Proxy(std::io::Error),
 }
 
 impl From<sqlx::Error> for BenchError {
@@ -69,6 +74,10 @@ pub struct BenchOptions {
     pub cloud_latency: Duration,
     /// The `fake-cloud` binary to start for the re-provision measurement.
     pub fake_cloud_bin: PathBuf,
+    /// Round trips (ms) to measure the engine across, through a delaying proxy.
+    pub db_rtt_ms: Vec<u64>,
+    /// The cap `--workers auto` respects on connections.
+    pub max_connections: usize,
 }
 
 /// One worker count's measurement.
@@ -88,6 +97,20 @@ pub struct InPlaceFigure {
     pub phase_secs: PhaseSecs,
 }
 
+/// The engine measured through a proxy adding a round trip, at the best
+/// loopback worker count and batch size (`fixed`) and as `--workers auto`
+/// tunes itself to the measured round trip (`auto`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RttFigure {
+    /// The round trip the proxy adds.
+    pub rtt_ms: u64,
+    pub fixed: InPlaceFigure,
+    pub fixed_over_loopback: f64,
+    pub tuning: Tuning,
+    pub auto: InPlaceFigure,
+    pub auto_over_loopback: f64,
+}
+
 /// Everything fleet-bench measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
@@ -95,6 +118,8 @@ pub struct BenchReport {
     pub batch_size: i64,
     pub seed_secs: f64,
     pub in_place: Vec<InPlaceFigure>,
+    /// The engine through a delaying proxy, per `--db-rtt-ms`.
+    pub across_network: Vec<RttFigure>,
     /// The best in-place figure's rows/s.
     pub rows_per_sec: f64,
     pub naive_sample: u64,
@@ -105,6 +130,25 @@ pub struct BenchReport {
     pub naive_projection: Vec<(u64, f64)>,
     /// The re-provision measurement, when one was asked for.
     pub reprovision: Option<ProvisionFigure>,
+    /// The server's own floor: every row rewritten once, no client work.
+    pub floor: FloorFigure,
+    /// The best in-place rate over the floor's (`in place / floor`).
+    pub in_place_over_floor: f64,
+    /// Peak resident memory of this process (VmHWM), in bytes; `None`
+    /// where `/proc/self/status` is not readable.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// The server's floor for rewriting every row once: one `UPDATE` of the
+/// whole table, split in two key-range halves on two connections, with no
+/// client work at all (no read, no crypto, no backup).
+#[derive(Debug, Clone, Serialize)]
+pub struct FloorFigure {
+    pub connections: usize,
+    pub rows: u64,
+    pub secs: f64,
+    pub rows_per_sec: f64,
+    pub wal_bytes_per_row: f64,
 }
 
 /// Re-provisioning against the fake cloud at a fixed latency per call.
@@ -198,65 +242,54 @@ async fn measure(url: &str, args: &BenchOptions) -> Result<BenchReport, BenchErr
         if !std::mem::take(&mut first) {
             key = fresh_fleet(&pool, &table, &tenants).await?;
         }
-        let new = Key::generate().map_err(|_| RunError::NoRandomness)?;
-        let keyring = Arc::new(Keyring::new(&new, Some(&key)));
-        let ctx = RunContext {
-            pool: pool.clone(),
-            table: table.clone(),
-            keyring: Arc::clone(&keyring),
-            sink: Arc::new(NullSink),
-            reprovisioner: None,
-            stop: Arc::new(AtomicBool::new(false)),
-        };
-        let opts = RunOptions {
-            mode: Mode::Reencrypt,
+        let f = measure_engine(
+            &pool,
+            &pool,
+            &table,
+            &key,
+            args.rows,
             workers,
-            batch_size: args.batch_size,
-            orgs: Vec::new(),
-            limit: None,
-            confirm_reprovision: None,
-            lock_wait: run::DEFAULT_LOCK_WAIT,
-            until_quiet: None,
-        };
-        let wal_before: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
-            .fetch_one(&pool)
-            .await?;
-        let r = run::run(&ctx, &opts).await?;
-        let wal_bytes: f64 =
-            sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::float8")
-                .bind(&wal_before)
-                .fetch_one(&pool)
-                .await?;
-        let wal_bytes_per_row = wal_bytes / r.rows_walked.max(1) as f64;
-        // End to end: the whole `run`, from the open-run check to the run
-        // recorded as finished, including the read that proves nothing is
-        // left; not only the batches.
-        let rows_per_sec = args.rows as f64 / r.elapsed_secs.max(1e-9);
-        let check = scan(&pool, &table, &keyring, Mode::Auto, &RowFilter::default()).await?;
-        let verified = check.fields.current + check.fields.empty == 2 * args.rows;
+            args.batch_size,
+        )
+        .await?;
         eprintln!(
-            "fleet-bench: {workers} workers: {:.0} rows/s, batch p50 {:.1} ms p99 {:.1} ms, verified {verified}; \
-             batch time: claim {:.2}s crypto {:.2}s write {:.2}s commit {:.2}s; WAL {wal_bytes_per_row:.0} B/row",
-            rows_per_sec,
-            r.batch_p50_ms,
-            r.batch_p99_ms,
-            r.phase_secs.claim,
-            r.phase_secs.crypto,
-            r.phase_secs.write,
-            r.phase_secs.commit
+            "fleet-bench: {workers} workers: {:.0} rows/s, batch p50 {:.1} ms p99 {:.1} ms, verified {}; \
+             batch time: claim {:.2}s crypto {:.2}s write {:.2}s commit {:.2}s; WAL {:.0} B/row",
+            f.rows_per_sec,
+            f.batch_p50_ms,
+            f.batch_p99_ms,
+            f.verified,
+            f.phase_secs.claim,
+            f.phase_secs.crypto,
+            f.phase_secs.write,
+            f.phase_secs.commit,
+            f.wal_bytes_per_row,
         );
-        figures.push(InPlaceFigure {
-            workers,
-            rows: r.rows_walked,
-            secs: r.elapsed_secs,
-            rows_per_sec,
-            batch_p50_ms: r.batch_p50_ms,
-            batch_p99_ms: r.batch_p99_ms,
-            verified,
-            wal_bytes_per_row,
-            phase_secs: r.phase_secs,
-        });
+        figures.push(f);
     }
+    let best = figures.iter().map(|f| f.rows_per_sec).fold(0.0, f64::max);
+    let best_workers = figures
+        .iter()
+        .max_by(|a, b| a.rows_per_sec.total_cmp(&b.rows_per_sec))
+        .map_or(1, |f| f.workers);
+    let mut across_network = Vec::new();
+    for &rtt_ms in &args.db_rtt_ms {
+        across_network.push(
+            measure_rtt(
+                &pool,
+                url,
+                &table,
+                &tenants,
+                args,
+                rtt_ms,
+                best_workers,
+                best,
+            )
+            .await?,
+        );
+    }
+    fresh_fleet(&pool, &table, &tenants).await?;
+    let floor = measure_floor(&pool, &table).await?;
     let key = fresh_fleet(&pool, &table, &tenants).await?;
     let naive_rows_per_sec = naive_loop(&pool, &table, &key, args.naive_sample).await?;
     let reprovision = if args.provision_tenants > 0 {
@@ -264,12 +297,12 @@ async fn measure(url: &str, args: &BenchOptions) -> Result<BenchReport, BenchErr
     } else {
         None
     };
-    let best = figures.iter().map(|f| f.rows_per_sec).fold(0.0, f64::max);
     Ok(BenchReport {
         rows: args.rows,
         batch_size: args.batch_size,
         seed_secs,
         in_place: figures,
+        across_network,
         rows_per_sec: best,
         naive_sample: args.naive_sample,
         naive_rows_per_sec,
@@ -287,6 +320,241 @@ async fn measure(url: &str, args: &BenchOptions) -> Result<BenchReport, BenchErr
             .map(|&n| (n, n as f64 / naive_rows_per_sec.max(1e-9)))
             .collect(),
         reprovision,
+        in_place_over_floor: best / floor.rows_per_sec.max(1e-9),
+        floor,
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}
+
+/// What the server needs to write every row once, measured on the same
+/// freshly loaded, checkpointed table as the engine's figures: `SET db = db`
+/// still writes a new row version per row (non-HOT on full pages, with its
+/// index entries and full-page images), which is the server-side work the
+/// engine cannot avoid. Two connections, one per key-range half, as the
+/// reference machine has two cores.
+async fn measure_floor(pool: &PgPool, table: &db::Table) -> Result<FloorFigure, BenchError> {
+    let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}", table.name))
+        .fetch_one(pool)
+        .await?;
+    let middle: Option<String> = sqlx::query_scalar(&format!(
+        "SELECT {id}::text FROM {t} ORDER BY {id} OFFSET $1 LIMIT 1",
+        id = table.id,
+        t = table.name
+    ))
+    .bind(rows / 2)
+    .fetch_optional(pool)
+    .await?;
+    let rewrite = |cmp: &str| {
+        format!(
+            "UPDATE {t} SET {db} = {db}, {redis} = {redis} WHERE {id} {cmp} $1::text::{ty}",
+            t = table.name,
+            db = table.db,
+            redis = table.redis,
+            id = table.id,
+            ty = table.id_type
+        )
+    };
+    let (low, high) = (rewrite("<"), rewrite(">="));
+    let wal_before: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(pool)
+        .await?;
+    // Connections are opened before the clock starts: the floor is the
+    // rewrite, not the connect. Their own, without sqlx's slow-statement
+    // warning, which every whole-table UPDATE would print.
+    let quiet = pool
+        .connect_options()
+        .as_ref()
+        .clone()
+        .disable_statement_logging();
+    let mut a = sqlx::PgConnection::connect_with(&quiet).await?;
+    let mut b = sqlx::PgConnection::connect_with(&quiet).await?;
+    let started = Instant::now();
+    let written = match &middle {
+        Some(middle) => {
+            let (x, y) = tokio::try_join!(
+                sqlx::query(&low).bind(middle).execute(&mut a),
+                sqlx::query(&high).bind(middle).execute(&mut b),
+            )?;
+            x.rows_affected() + y.rows_affected()
+        }
+        None => 0,
+    };
+    let secs = started.elapsed().as_secs_f64();
+    // Closing is courtesy: a connection dropped unclosed ends all the same.
+    let _ = tokio::join!(a.close(), b.close());
+    let wal_bytes: f64 =
+        sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::float8")
+            .bind(&wal_before)
+            .fetch_one(pool)
+            .await?;
+    let rows_per_sec = written as f64 / secs.max(1e-9);
+    eprintln!(
+        "fleet-bench: floor (UPDATE of every row on 2 connections): {rows_per_sec:.0} rows/s, \
+         WAL {:.0} B/row",
+        wal_bytes / written.max(1) as f64
+    );
+    Ok(FloorFigure {
+        connections: 2,
+        rows: written,
+        secs,
+        rows_per_sec,
+        wal_bytes_per_row: wal_bytes / written.max(1) as f64,
+    })
+}
+
+/// This process's peak resident set (VmHWM in `/proc/self/status`).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// One rotation of a freshly loaded fleet sealed under `key`, run through
+/// `run_pool` (direct, or across the delaying proxy), measured and verified
+/// through `pool`.
+#[allow(clippy::too_many_arguments)]
+async fn measure_engine(
+    pool: &PgPool,
+    run_pool: &PgPool,
+    table: &db::Table,
+    key: &Key,
+    rows: u64,
+    workers: usize,
+    batch_size: i64,
+) -> Result<InPlaceFigure, BenchError> {
+    let new = Key::generate().map_err(|_| RunError::NoRandomness)?;
+    let keyring = Arc::new(Keyring::new(&new, Some(key)));
+    let ctx = RunContext {
+        pool: run_pool.clone(),
+        table: table.clone(),
+        keyring: Arc::clone(&keyring),
+        sink: Arc::new(NullSink),
+        reprovisioner: None,
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    let opts = RunOptions {
+        mode: Mode::Reencrypt,
+        workers,
+        batch_size,
+        orgs: Vec::new(),
+        limit: None,
+        confirm_reprovision: None,
+        lock_wait: run::DEFAULT_LOCK_WAIT,
+        until_quiet: None,
+    };
+    let wal_before: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(pool)
+        .await?;
+    let r = run::run(&ctx, &opts).await?;
+    let wal_bytes: f64 =
+        sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::float8")
+            .bind(&wal_before)
+            .fetch_one(pool)
+            .await?;
+    let wal_bytes_per_row = wal_bytes / r.rows_walked.max(1) as f64;
+    // End to end: the whole `run`, from the open-run check to the run
+    // recorded as finished, including the read that proves nothing is
+    // left; not only the batches.
+    let rows_per_sec = rows as f64 / r.elapsed_secs.max(1e-9);
+    let check = scan(pool, table, &keyring, Mode::Auto, &RowFilter::default()).await?;
+    let verified = check.fields.current + check.fields.empty == 2 * rows;
+    Ok(InPlaceFigure {
+        workers,
+        rows: r.rows_walked,
+        secs: r.elapsed_secs,
+        rows_per_sec,
+        batch_p50_ms: r.batch_p50_ms,
+        batch_p99_ms: r.batch_p99_ms,
+        verified,
+        wal_bytes_per_row,
+        phase_secs: r.phase_secs,
+    })
+}
+
+/// The engine across a network of `rtt_ms` round trip: a delaying proxy in
+/// front of the same server, first at the loopback's best configuration,
+/// then as `--workers auto` tunes to the round trip it measures.
+#[allow(clippy::too_many_arguments)]
+async fn measure_rtt(
+    pool: &PgPool,
+    url: &str,
+    table: &db::Table,
+    tenants: &[db::seed::SeedTenant],
+    args: &BenchOptions,
+    rtt_ms: u64,
+    best_workers: usize,
+    loopback: f64,
+) -> Result<RttFigure, BenchError> {
+    let parsed = url::Url::parse(url).map_err(|_| BenchError::BadAdminUrl)?;
+    let upstream = format!(
+        "{}:{}",
+        parsed.host_str().ok_or(BenchError::BadAdminUrl)?,
+        parsed.port().unwrap_or(5432)
+    );
+    let proxy = proxy::DelayProxy::start(upstream, Duration::from_millis(rtt_ms))
+        .await
+        .map_err(BenchError::Proxy)?;
+    let mut proxied = parsed.clone();
+    proxied
+        .set_host(Some("127.0.0.1"))
+        .and_then(|()| {
+            proxied
+                .set_port(Some(proxy.addr().port()))
+                .map_err(|()| url::ParseError::InvalidPort)
+        })
+        .map_err(|_| BenchError::BadAdminUrl)?;
+    let run_pool = db::connect(proxied.as_str(), args.max_connections as u32 + 4).await?;
+    let key = fresh_fleet(pool, table, tenants).await?;
+    let fixed = measure_engine(
+        pool,
+        &run_pool,
+        table,
+        &key,
+        args.rows,
+        best_workers,
+        args.batch_size,
+    )
+    .await?;
+    let tuning = auto_tune(&run_pool, args.max_connections).await?;
+    let key = fresh_fleet(pool, table, tenants).await?;
+    let auto = measure_engine(
+        pool,
+        &run_pool,
+        table,
+        &key,
+        args.rows,
+        tuning.workers,
+        tuning.batch_size,
+    )
+    .await?;
+    run_pool.close().await;
+    eprintln!(
+        "fleet-bench: across {rtt_ms} ms RTT: {best_workers} workers x {}: {:.0} rows/s ({:.2}x loopback); \
+         auto (measured {:.1} ms, {} free connections) {} workers x {}: {:.0} rows/s ({:.2}x loopback)",
+        args.batch_size,
+        fixed.rows_per_sec,
+        fixed.rows_per_sec / loopback.max(1e-9),
+        tuning.rtt_ms,
+        tuning.free_connections,
+        tuning.workers,
+        tuning.batch_size,
+        auto.rows_per_sec,
+        auto.rows_per_sec / loopback.max(1e-9),
+    );
+    Ok(RttFigure {
+        rtt_ms,
+        fixed_over_loopback: fixed.rows_per_sec / loopback.max(1e-9),
+        fixed,
+        tuning,
+        auto_over_loopback: auto.rows_per_sec / loopback.max(1e-9),
+        auto,
     })
 }
 

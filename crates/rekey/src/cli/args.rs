@@ -115,6 +115,28 @@ pub struct DatabaseArgs {
     pub database_url: Option<String>,
 }
 
+/// `--workers`: a count, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    Auto,
+    Fixed(usize),
+}
+
+impl std::str::FromStr for Workers {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Workers, String> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(Workers::Auto);
+        }
+        s.parse()
+            .map(Workers::Fixed)
+            .map_err(|_| format!("expected a number of workers or auto, not {s:?}"))
+    }
+}
+
+/// Connections `--workers auto` may use at most, whatever the server allows.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
+
 pub const DEFAULT_NEON_API_URL: &str = "https://console.neon.tech/api/v2";
 pub const DEFAULT_FLY_API_URL: &str = "https://api.machines.dev/v1";
 
@@ -163,6 +185,9 @@ pub struct Groups<'a> {
     pub table: Option<&'a TableArgs>,
 }
 
+// Parsed once per process and never moved in a loop: boxing the larger
+// variants would buy nothing but indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Generate a new 32-byte key and print its key id.
@@ -334,22 +359,25 @@ pub struct RunArgs {
     /// only; reprovision: fresh credentials for all.
     #[arg(long, value_enum, default_value = "auto")]
     pub mode: ModeArg,
-    /// In-place workers (each one database connection).
-    #[arg(long, default_value_t = 4, value_name = "N")]
-    pub workers: usize,
-    /// Rows per in-place batch (one transaction each).
+    /// In-place connections, or auto (fit to the round trip).
+    #[arg(long, default_value = "4", value_name = "N|auto")]
+    pub workers: Workers,
+    /// Rows per in-place batch (auto picks its own).
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub batch_size: i64,
+    /// Cap on auto workers' connections.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    pub max_connections: usize,
     /// Only this tenant (repeatable).
     #[arg(long = "org", value_name = "ID")]
     pub orgs: Vec<String>,
     /// Act on at most N rows in this invocation; the run stays open.
     #[arg(long, value_name = "N")]
     pub limit: Option<u64>,
-    /// Re-walk until no row needed work for this long (e.g. 5m): rolling restarts.
+    /// Re-walk until no row needed work for this long (e.g. 5m).
     #[arg(long, value_name = "DURATION")]
     pub until_quiet: Option<humantime::Duration>,
-    /// Wait, in all, this long for rows someone keeps locked, then report them.
+    /// Wait this long in all for rows kept locked, then report them.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub lock_wait_secs: u64,
     /// Write the run's counters to FILE (Prometheus text) while it runs.
@@ -613,6 +641,13 @@ pub struct BenchArgs {
     /// Rows in the naive one-row-per-transaction baseline sample.
     #[arg(long, default_value_t = 3000, value_name = "N")]
     pub naive_sample: u64,
+    /// Also measure the engine across these round trips (ms), through a
+    /// delaying proxy on 127.0.0.1; repeatable or comma-separated (0,10,50).
+    #[arg(long, value_delimiter = ',', value_name = "MS,...")]
+    pub db_rtt_ms: Vec<u64>,
+    /// At most this many connections for `auto` workers across the network.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    pub max_connections: usize,
     /// Maintenance database used to create and drop the scratch database
     /// (default: --database-url, else postgres://localhost/postgres).
     #[arg(long, value_name = "URL")]

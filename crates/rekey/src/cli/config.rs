@@ -6,7 +6,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::args::{BenchArgs, Cli, Global, OnOff, ProvisionArgs, RunArgs, TableArgs, VerifyArgs};
+use super::args::{
+    BenchArgs, Cli, Global, OnOff, ProvisionArgs, RunArgs, TableArgs, VerifyArgs, Workers,
+};
 use super::CliError;
 use crate::bench::BenchOptions;
 use crate::cloud::Secret;
@@ -180,15 +182,21 @@ pub fn cloud_access(global: &Global) -> Result<Option<CloudAccess>, CliError> {
     }))
 }
 
+/// The run's options; with `--workers auto`, the default workers until
+/// [`crate::rotate::inplace::auto_tune`] has measured the server.
 pub fn run_options(args: &RunArgs) -> Result<RunOptions, CliError> {
-    if args.batch_size < 1 || args.workers < 1 {
+    let workers = match args.workers {
+        Workers::Fixed(n) => n,
+        Workers::Auto => DEFAULT_WORKERS,
+    };
+    if args.batch_size < 1 || workers < 1 || args.max_connections < 1 {
         return Err(CliError::Usage(
-            "--workers and --batch-size must be at least 1".into(),
+            "--workers, --batch-size and --max-connections must be at least 1".into(),
         ));
     }
     Ok(RunOptions {
         mode: args.mode.into(),
-        workers: args.workers,
+        workers,
         batch_size: args.batch_size,
         orgs: args.orgs.clone(),
         limit: args.limit,
@@ -196,6 +204,18 @@ pub fn run_options(args: &RunArgs) -> Result<RunOptions, CliError> {
         lock_wait: Duration::from_secs(args.lock_wait_secs),
         until_quiet: args.until_quiet.map(Duration::from),
     })
+}
+
+/// Workers a run starts with when told `auto`, before it has measured.
+const DEFAULT_WORKERS: usize = 4;
+
+/// With `--workers auto`, the cap on connections it may choose; the
+/// connections to open the run's pool with either way.
+pub fn run_connections(args: &RunArgs) -> (Option<usize>, u32) {
+    match args.workers {
+        Workers::Fixed(n) => (None, n as u32 + 4),
+        Workers::Auto => (Some(args.max_connections), args.max_connections as u32 + 4),
+    }
 }
 
 pub fn connect_options(args: &VerifyArgs) -> ConnectOptions {
@@ -229,6 +249,8 @@ pub fn bench_options(global: &Global, args: &BenchArgs) -> Result<BenchOptions, 
             .fake_cloud_bin
             .clone()
             .unwrap_or_else(installed_fake_cloud),
+        db_rtt_ms: args.db_rtt_ms.clone(),
+        max_connections: args.max_connections.max(1),
     })
 }
 

@@ -35,14 +35,21 @@ pub struct RowFilter {
 
 /// The SELECT for a claim or scan. Placeholders are numbered for what is
 /// present (PostgreSQL refuses a bind count that differs from the text's):
-/// the cursor if `after`, the id list if filtered, and always the limit last.
-fn select_sql(table: &Table, after: bool, filter: &RowFilter, lock: bool) -> String {
+/// the cursor if `after`, the range's end if `upto`, the id list if filtered, and always the limit last.
+fn select_sql(table: &Table, after: bool, upto: bool, filter: &RowFilter, lock: bool) -> String {
     let mut sql = format!("{} WHERE true", select_rows(table, lock));
     let mut n = 0;
     if after {
         n += 1;
         sql.push_str(&format!(
             " AND {} > ${n}::text::{}",
+            table.id, table.id_type
+        ));
+    }
+    if upto {
+        n += 1;
+        sql.push_str(&format!(
+            " AND {} <= ${n}::text::{}",
             table.id, table.id_type
         ));
     }
@@ -84,12 +91,16 @@ async fn fetch_page<'c, E: sqlx::PgExecutor<'c>>(
     executor: E,
     sql: &str,
     after: Option<&str>,
+    upto: Option<&str>,
     filter: &RowFilter,
     limit: i64,
 ) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
     let mut query = sqlx::query(sql);
     if let Some(after) = after {
         query = query.bind(after);
+    }
+    if let Some(upto) = upto {
+        query = query.bind(upto);
     }
     if let Some(ids) = &filter.ids {
         query = query.bind(ids);
@@ -158,6 +169,18 @@ pub async fn claim_batch(
     filter: &RowFilter,
     limit: i64,
 ) -> Result<Vec<StoredRow>, sqlx::Error> {
+    claim_range(conn, table, after, None, filter, limit).await
+}
+
+/// [`claim_batch`] within the key range `(after, upto]` (`None`: open).
+pub async fn claim_range(
+    conn: &mut PgConnection,
+    table: &Table,
+    after: Option<&str>,
+    upto: Option<&str>,
+    filter: &RowFilter,
+    limit: i64,
+) -> Result<Vec<StoredRow>, sqlx::Error> {
     if filter.wait_for_locked {
         // A holder that keeps rows this long is stuck, and saying so beats
         // hanging; the rollback resumes where it stopped.
@@ -165,8 +188,40 @@ pub async fn claim_batch(
             .execute(&mut *conn)
             .await?;
     }
-    let sql = select_sql(table, after.is_some(), filter, true);
-    decode_rows(fetch_page(conn, &sql, after, filter, limit).await?)
+    let sql = select_sql(table, after.is_some(), upto.is_some(), filter, true);
+    decode_rows(fetch_page(conn, &sql, after, upto, filter, limit).await?)
+}
+
+/// Every `every`-th id in key order among the rows `filter` admits: the
+/// ends of key ranges of about `every` rows each, which in-place workers
+/// claim independently instead of each waiting for the previous claim's
+/// last id (one round trip per batch, serialised, across a network). One
+/// index-only walk of the key.
+pub async fn range_ends(
+    pool: &PgPool,
+    table: &Table,
+    filter: &RowFilter,
+    every: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    let (only, n) = match filter.ids {
+        Some(_) => (
+            format!(" WHERE {} = ANY($1::text[]::{}[])", table.id, table.id_type),
+            2,
+        ),
+        None => (String::new(), 1),
+    };
+    let sql = format!(
+        "SELECT id::text FROM (
+             SELECT {id} AS id, row_number() OVER (ORDER BY {id}) AS n FROM {t}{only}) s
+          WHERE n % ${n} = 0 ORDER BY id",
+        id = table.id,
+        t = table.name,
+    );
+    let mut query = sqlx::query_scalar(&sql);
+    if let Some(ids) = &filter.ids {
+        query = query.bind(ids);
+    }
+    query.bind(every.max(1)).fetch_all(pool).await
 }
 
 /// Reads up to `limit` rows after `after` in key order, without locking:
@@ -178,8 +233,8 @@ pub async fn scan_page(
     filter: &RowFilter,
     limit: i64,
 ) -> Result<Vec<StoredRow>, sqlx::Error> {
-    let sql = select_sql(table, after.is_some(), filter, false);
-    decode_rows(fetch_page(pool, &sql, after, filter, limit).await?)
+    let sql = select_sql(table, after.is_some(), false, filter, false);
+    decode_rows(fetch_page(pool, &sql, after, None, filter, limit).await?)
 }
 
 /// One row's compare-and-swap: expected ciphertexts and their replacements.

@@ -1,23 +1,25 @@
 //! The in-place path: workers claim batches of rows with
-//! `FOR UPDATE SKIP LOCKED` in key order, decide them on rayon's pool,
-//! and write each batch as one compare-and-swap `UPDATE … FROM UNNEST`
-//! with its backup and re-provision queue entries in the same transaction.
+//! `FOR NO KEY UPDATE SKIP LOCKED` from key ranges of about a batch each,
+//! decide them on rayon's pool, and write each batch as one
+//! compare-and-swap `UPDATE … FROM UNNEST` with its backup and
+//! re-provision queue entries in the same transaction. `--workers auto`'s
+//! choice of workers and batch size ([`tune`]) lives here too.
 //!
 //! A crash at any instant leaves either the whole batch (rows, backup,
 //! queue) or none of it. Re-provisioning itself lives in `reprovision`.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
-use tokio::sync::Mutex;
 
 use super::batch::{decide_batch, BatchDecision, FieldCounts, LeftReason};
 use super::events::{BatchReport, Event, EventSink};
 use super::{retry, RunError};
 use crate::db::journal;
-use crate::db::org_instances::{claim_batch, swap_batch, RowFilter, StoredRow};
+use crate::db::org_instances::{claim_range, range_ends, swap_batch, RowFilter, StoredRow};
 use crate::db::Table;
 use crate::envelope::{Keyring, Mode};
 
@@ -95,16 +97,17 @@ impl PassTally {
 
 impl InPlace {
     /// Walks every row matching `filter` once, with `workers` workers
-    /// sharing one keyset cursor.
+    /// taking key ranges of about a batch each from one shared list.
     pub async fn pass(self: &Arc<Self>, filter: RowFilter) -> Result<PassTally, RunError> {
-        let cursor = Arc::new(Mutex::new(None::<String>));
+        let ends = range_ends(&self.pool, &self.table, &filter, self.batch_size).await?;
+        let ranges = Arc::new(std::sync::Mutex::new(key_ranges(ends)));
         let filter = Arc::new(filter);
         let mut tasks = tokio::task::JoinSet::new();
         for worker in 0..self.workers.max(1) {
             let this = Arc::clone(self);
-            let cursor = Arc::clone(&cursor);
+            let ranges = Arc::clone(&ranges);
             let filter = Arc::clone(&filter);
-            tasks.spawn(async move { this.worker(worker, &cursor, &filter).await });
+            tasks.spawn(async move { this.worker(worker, &ranges, &filter).await });
         }
         let mut total = PassTally::default();
         let mut first_error = None;
@@ -130,21 +133,25 @@ impl InPlace {
     async fn worker(
         &self,
         worker: usize,
-        cursor: &Mutex<Option<String>>,
+        ranges: &std::sync::Mutex<VecDeque<KeyRange>>,
         filter: &RowFilter,
     ) -> Result<PassTally, RunError> {
         let mut tally = PassTally::default();
+        // The range this worker is walking; its `after` moves past each
+        // batch claimed from it.
+        // (A mutex only because the retry closure may not hand out `&mut`.)
+        let current = std::sync::Mutex::new(None::<KeyRange>);
         while !self.stop.load(Ordering::SeqCst) {
             let Some(reserved) = self.reserve() else {
                 break;
             };
             // A batch lost with its connection rolled back whole (or, lost at
             // COMMIT, may have committed whole); either way its rows are
-            // behind the cursor now, and the convergence read after the pass
+            // taken from the range list now, and the convergence read after the pass
             // finds any that still need work and walks them again. So a retry
             // simply goes on with the next batch.
             let batch = retry::on_transient("in-place batch", retry::RETRY_BUDGET, || {
-                self.batch(worker, cursor, filter, reserved)
+                self.batch(worker, ranges, &current, filter, reserved)
             })
             .await;
             let Some((report, decision, phases)) =
@@ -174,37 +181,51 @@ impl InPlace {
     }
 
     /// Claims, decides and writes one batch in one transaction; `None` when
-    /// the pass has no rows left.
+    /// the pass has no ranges left.
     async fn batch(
         &self,
         worker: usize,
-        cursor: &Mutex<Option<String>>,
+        ranges: &std::sync::Mutex<VecDeque<KeyRange>>,
+        current: &std::sync::Mutex<Option<KeyRange>>,
         filter: &RowFilter,
         reserved: u64,
     ) -> Result<Option<(BatchReport, BatchDecision, Phases)>, RunError> {
         let started = Instant::now();
         let mut tx = self.pool.begin().await?;
-        let rows = {
-            // Claiming under the cursor lock keeps this process's workers
-            // on disjoint key ranges; other processes are kept off our
-            // rows by the row locks themselves.
-            let mut after = cursor.lock().await;
-            let rows = claim_batch(
+        // Ranges keep this process's workers on disjoint keys without a
+        // shared cursor to wait for; other processes are kept off our rows
+        // by the row locks themselves. A range holding more rows than a
+        // batch (rows inserted since its ends were read) is walked on.
+        let rows = loop {
+            let resumed = lock_ranges(current).take();
+            let range = match resumed {
+                Some(range) => range,
+                None => match lock_ranges(ranges).pop_front() {
+                    Some(range) => range,
+                    None => return Ok(None),
+                },
+            };
+            let rows = claim_range(
                 &mut tx,
                 &self.table,
-                after.as_deref(),
+                range.after.as_deref(),
+                range.upto.as_deref(),
                 filter,
                 self.batch_size,
             )
             .await?;
-            if let Some(last) = rows.last() {
-                *after = Some(last.id.clone());
+            if rows.len() as i64 == self.batch_size {
+                if let Some(last) = rows.last() {
+                    *lock_ranges(current) = Some(KeyRange {
+                        after: Some(last.id.clone()),
+                        upto: range.upto,
+                    });
+                }
             }
-            rows
+            if !rows.is_empty() {
+                break rows;
+            }
         };
-        if rows.is_empty() {
-            return Ok(None);
-        }
         let claimed = Instant::now();
         let (rows, decision) = self.decide(rows, reserved).await?;
         let decided = Instant::now();
@@ -298,5 +319,171 @@ impl InPlace {
             conflicts: (decision.swaps.len() - written.len()) as u64,
             latency: Duration::ZERO,
         })
+    }
+}
+
+/// A key range `(after, upto]` of a pass; `None` ends are open.
+#[derive(Debug, Clone)]
+struct KeyRange {
+    after: Option<String>,
+    upto: Option<String>,
+}
+
+/// The ranges between consecutive `ends`, covering the whole key space:
+/// rows inserted after the ends were read still fall in one of them.
+fn key_ranges(ends: Vec<String>) -> VecDeque<KeyRange> {
+    let mut ranges = VecDeque::with_capacity(ends.len() + 1);
+    let mut after = None;
+    for end in ends {
+        ranges.push_back(KeyRange {
+            after: after.replace(end.clone()),
+            upto: Some(end),
+        });
+    }
+    ranges.push_back(KeyRange { after, upto: None });
+    ranges
+}
+
+/// The shared range list (or a worker's current range); nothing is left
+/// half-changed under it (a pop or a store is all that happens), so a
+/// poisoned lock is taken as it is.
+fn lock_ranges<T>(ranges: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    ranges
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Workers and rows per batch for an in-place pass, and what they were
+/// chosen from (`--workers auto`).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Tuning {
+    pub workers: usize,
+    pub batch_size: i64,
+    /// The median of a few `SELECT 1` round trips, in milliseconds.
+    pub rtt_ms: f64,
+    /// Connections the server would still accept (`max_connections` minus
+    /// the reserved and those in use) when measured.
+    pub free_connections: i64,
+}
+
+/// Worker count that saturates the reference server on loopback, at
+/// 1,000-row batches: 2 and 4 workers ran within a few percent of each
+/// other there (README, Performance), so 4 is the default and the floor.
+const SATURATING_WORKERS: usize = 4;
+
+/// Server time per row of a batch when [`SATURATING_WORKERS`] share it:
+/// 4 workers over ~100,000 rows/s on the reference machine.
+const ROW_SERVICE: Duration = Duration::from_micros(40);
+
+/// Round trips per batch: BEGIN, claim, write, COMMIT.
+const ROUND_TRIPS_PER_BATCH: u32 = 4;
+
+/// Connections a run keeps beside its workers (journal, progress, the
+/// re-provisioner's) and leaves for the control plane.
+const SPARE_CONNECTIONS: i64 = 8;
+
+/// Chooses workers and batch size so that the round trips a batch waits
+/// for are hidden behind other workers' batches: each worker spends
+/// `4 x rtt + batch x ROW_SERVICE` per batch, of which the server is busy
+/// only for the second part, so it takes `SATURATING_WORKERS` times that
+/// ratio to keep the server as busy as on loopback. Larger batches at
+/// higher RTT amortise the round trips; 5,000 rows bounds what one worker
+/// holds locked and in memory. On loopback this is the default (4, 1,000).
+pub fn tune(rtt: Duration, free_connections: i64, max_connections: usize) -> (usize, i64) {
+    let rtt_ms = rtt.as_secs_f64() * 1e3;
+    // In steps of 500 rows, and workers rounded to the nearest, so that
+    // loopback's fraction of a millisecond keeps the default.
+    let batch = ((2.0 * (1.0 + rtt_ms / 10.0)).round() * 500.0).clamp(1000.0, 5000.0) as i64;
+    let service = ROW_SERVICE.as_secs_f64() * batch as f64;
+    let waited = f64::from(ROUND_TRIPS_PER_BATCH) * rtt.as_secs_f64();
+    let wanted = (SATURATING_WORKERS as f64 * (waited + service) / service).round() as usize;
+    let allowed = usize::try_from(free_connections - SPARE_CONNECTIONS)
+        .unwrap_or(0)
+        .min(max_connections);
+    (wanted.max(SATURATING_WORKERS).min(allowed).max(1), batch)
+}
+
+/// Measures the round trip and the server's free connections, and tunes.
+pub async fn auto_tune(pool: &PgPool, max_connections: usize) -> Result<Tuning, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    // The first query on a connection pays for statement preparation;
+    // the median of five after it is the network's round trip.
+    sqlx::query("SELECT 1").execute(&mut *conn).await?;
+    let mut samples = Vec::with_capacity(5);
+    for _ in 0..5 {
+        let started = Instant::now();
+        sqlx::query("SELECT 1").execute(&mut *conn).await?;
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    let rtt = samples[samples.len() / 2];
+    let free_connections: i64 = sqlx::query_scalar(
+        "SELECT current_setting('max_connections')::int8
+              - current_setting('superuser_reserved_connections')::int8
+              - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let (workers, batch_size) = tune(rtt, free_connections, max_connections);
+    Ok(Tuning {
+        workers,
+        batch_size,
+        rtt_ms: rtt.as_secs_f64() * 1e3,
+        free_connections,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PLENTY: i64 = 100;
+
+    #[test]
+    fn auto_on_loopback_is_the_default_four_workers_of_a_thousand_rows() {
+        assert_eq!(tune(Duration::from_micros(100), PLENTY, 16), (4, 1000));
+    }
+
+    #[test]
+    fn auto_hides_a_longer_round_trip_behind_more_workers_and_larger_batches() {
+        let (w10, b10) = tune(Duration::from_millis(10), PLENTY, 64);
+        let (w50, b50) = tune(Duration::from_millis(50), PLENTY, 64);
+        assert!(
+            w10 > 4 && w50 > w10,
+            "workers {w10} at 10 ms, {w50} at 50 ms"
+        );
+        assert!(
+            b10 > 1000 && b50 > b10,
+            "batches {b10} at 10 ms, {b50} at 50 ms"
+        );
+        assert!(b50 <= 5000, "a worker holds at most 5,000 rows: {b50}");
+    }
+
+    #[test]
+    fn auto_stays_within_the_servers_free_connections_and_the_cap() {
+        let rtt = Duration::from_millis(50);
+        assert_eq!(tune(rtt, PLENTY, 3).0, 3, "--max-connections caps");
+        assert_eq!(
+            tune(rtt, SPARE_CONNECTIONS + 2, 64).0,
+            2,
+            "the server's free connections, less the spare ones, cap"
+        );
+        assert_eq!(tune(rtt, 0, 64).0, 1, "a full server still gets one worker");
+    }
+
+    #[test]
+    fn key_ranges_cover_the_whole_key_space_end_to_end() {
+        let ranges = key_ranges(vec!["b".into(), "d".into()]);
+        let shown: Vec<(Option<&str>, Option<&str>)> = ranges
+            .iter()
+            .map(|r| (r.after.as_deref(), r.upto.as_deref()))
+            .collect();
+        assert_eq!(
+            shown,
+            vec![(None, Some("b")), (Some("b"), Some("d")), (Some("d"), None)]
+        );
+        let none: Vec<_> = key_ranges(Vec::new()).into_iter().collect();
+        assert_eq!(none.len(), 1);
+        assert!(none[0].after.is_none() && none[0].upto.is_none());
     }
 }

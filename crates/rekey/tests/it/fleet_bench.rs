@@ -50,6 +50,8 @@ async fn fleet_bench_measures_verifies_charts_and_drops_its_scratch_database() {
             "2",
             "--cloud-latency-ms",
             "2",
+            "--db-rtt-ms",
+            "4",
             "--chart",
             path_str(&chart),
             "--json",
@@ -94,6 +96,36 @@ async fn fleet_bench_measures_verifies_charts_and_drops_its_scratch_database() {
     assert!(naive > 0.0);
     let speedup = report["speedup_over_naive"].as_f64().unwrap();
     assert!((speedup - best / naive).abs() < 1e-6 * speedup.max(1.0));
+    // The server's floor: every row rewritten once by one UPDATE, the
+    // engine's best rate quoted against it.
+    let floor = &report["floor"];
+    assert_eq!(floor["rows"], 1500, "the floor rewrote every row: {floor}");
+    assert_eq!(floor["connections"], 2, "{floor}");
+    let floor_rate = floor["rows_per_sec"].as_f64().unwrap();
+    assert!(floor_rate > 0.0, "{floor}");
+    let over_floor = report["in_place_over_floor"].as_f64().unwrap();
+    assert!((over_floor - best / floor_rate).abs() < 1e-6 * over_floor.max(1.0));
+    // Across the delaying proxy: the fixed and the auto configuration,
+    // each rotating and verifying the whole fleet, quoted against loopback.
+    let across = report["across_network"].as_array().expect("across_network");
+    assert_eq!(across.len(), 1, "one figure per --db-rtt-ms: {across:?}");
+    let at = &across[0];
+    assert_eq!(at["rtt_ms"], 4);
+    assert!(
+        at["tuning"]["rtt_ms"].as_f64().unwrap() >= 4.0,
+        "the proxy delays: {at}"
+    );
+    for f in [&at["fixed"], &at["auto"]] {
+        assert_eq!(f["rows"], 1500, "{at}");
+        assert_eq!(f["verified"], true, "{at}");
+    }
+    let auto_ratio = at["auto_over_loopback"].as_f64().unwrap();
+    let auto_rate = at["auto"]["rows_per_sec"].as_f64().unwrap();
+    assert!((auto_ratio - auto_rate / best).abs() < 1e-6 * auto_ratio.max(1.0));
+    assert!(
+        report["peak_rss_bytes"].as_u64().unwrap() > 1 << 20,
+        "VmHWM read"
+    );
     let provision = &report["reprovision"];
     assert_eq!(provision["done"], 4, "{provision}");
     assert!(provision["calls_per_tenant"].as_f64().unwrap() >= 10.0);
@@ -103,6 +135,10 @@ async fn fleet_bench_measures_verifies_charts_and_drops_its_scratch_database() {
         svg.contains("<svg"),
         "not an SVG: {}",
         &svg[..svg.len().min(200)]
+    );
+    assert!(
+        svg.contains("server floor"),
+        "the floor is drawn as the reference"
     );
 }
 

@@ -25,3 +25,4 @@ mod resilience;
 mod rollback;
 mod smoke;
 mod vectors;
+mod workers_auto;

@@ -21,7 +21,12 @@ pub async fn fleet_bench(global: &Global, args: &BenchArgs) -> Result<Outcome, C
     } else {
         report::print(&report::bench_text(&bench));
     }
-    Ok(if bench.in_place.iter().all(|f| f.verified) {
+    let verified = bench.in_place.iter().all(|f| f.verified)
+        && bench
+            .across_network
+            .iter()
+            .all(|n| n.fixed.verified && n.auto.verified);
+    Ok(if verified {
         Outcome::Done
     } else {
         Outcome::Incomplete

@@ -16,11 +16,11 @@ use crate::cli::{config, CliError};
 use crate::db::Table;
 use crate::envelope::Keyring;
 use crate::rotate::events::{EventSink, FanOut};
-use crate::rotate::{reprovision, run, Outcome};
+use crate::rotate::{inplace, reprovision, run, Outcome};
 
 /// The top-level entry point for `rekey run`.
 pub async fn run(global: &Global, args: &RunArgs) -> Result<Outcome, CliError> {
-    let opts = config::run_options(args)?;
+    let mut opts = config::run_options(args)?;
     let key_files: Vec<&std::path::Path> = [&global.keys.old_key_file, &global.keys.new_key_file]
         .into_iter()
         .flatten()
@@ -31,7 +31,18 @@ pub async fn run(global: &Global, args: &RunArgs) -> Result<Outcome, CliError> {
     }
     let keyring = Arc::new(config::keyring(global)?);
     let access = config::cloud_access(global)?;
-    let (pool, table) = open_table(global, args.workers as u32 + 4).await?;
+    let (auto_cap, connections) = config::run_connections(args);
+    let (pool, table) = open_table(global, connections).await?;
+    if let Some(cap) = auto_cap {
+        let tuning = inplace::auto_tune(&pool, cap)
+            .await
+            .map_err(crate::db::DbError::from)?;
+        opts.workers = tuning.workers;
+        opts.batch_size = tuning.batch_size;
+        if global.json || !global.quiet {
+            report::workers_chosen(&tuning, global.json);
+        }
+    }
     let style = Style::detect(global.json, global.quiet);
     let mut sinks: Vec<Arc<dyn EventSink>> = vec![Arc::from(style.sink())];
     let metrics = match &args.metrics_file {

@@ -1,11 +1,12 @@
 //! The SVG chart `fleet-bench --chart` writes: projected outage against
-//! fleet size, one line per path, drawn with plotters.
+//! fleet size, one line per path and the server's floor (one `UPDATE` of
+//! every row) as the reference, drawn with plotters.
 
 use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::bench::BenchReport;
+use crate::bench::{BenchReport, PROJECTED_FLEETS};
 use crate::cli::CliError;
 
 /// Draws projected wall time (log-log) for the in-place engine and the naive loop.
@@ -26,6 +27,18 @@ fn draw(path: &Path, bench: &BenchReport) -> Result<(), Box<dyn std::error::Erro
         ("in place (rekey engine)", bench.projection.clone(), BLUE),
         ("in place, naive loop", bench.naive_projection.clone(), RED),
     ];
+    let floor_label = format!(
+        "server floor, UPDATE of every row (in place / floor = {:.2})",
+        bench.in_place_over_floor
+    );
+    series.push((
+        &floor_label,
+        PROJECTED_FLEETS
+            .iter()
+            .map(|&n| (n, n as f64 / bench.floor.rows_per_sec.max(1e-9)))
+            .collect(),
+        BLACK,
+    ));
     if let Some(p) = &bench.reprovision {
         series.push(("re-provision (fake cloud)", p.projection.clone(), GREEN));
     }

@@ -465,6 +465,19 @@ pub fn ledger_csv(items: &[LedgerItem]) -> String {
     out
 }
 
+/// What `--workers auto` chose and from what: a line on stderr, or an
+/// event on stdout's JSON stream.
+pub fn workers_chosen(t: &crate::rotate::inplace::Tuning, json: bool) {
+    if json {
+        print_json(&serde_json::json!({"event": "workers_chosen", "tuning": t}));
+    } else {
+        eprintln!(
+            "workers auto: {} workers x {} rows per batch (measured round trip {:.1} ms, {} free connections)",
+            t.workers, t.batch_size, t.rtt_ms, t.free_connections
+        );
+    }
+}
+
 /// fleet-bench's figures as a table.
 pub fn bench_text(b: &crate::bench::BenchReport) -> String {
     use std::fmt::Write as _;
@@ -489,6 +502,30 @@ pub fn bench_text(b: &crate::bench::BenchReport) -> String {
             f.batch_p99_ms,
             f.verified,
             f.wal_bytes_per_row
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  floor (the server alone: one UPDATE of every row on {} connections): {:.0} rows/s, WAL {:.0} B/row; \
+         in place / floor = {:.2}",
+        b.floor.connections, b.floor.rows_per_sec, b.floor.wal_bytes_per_row, b.in_place_over_floor
+    );
+    for n in &b.across_network {
+        let _ = writeln!(
+            out,
+            "  across {:>3} ms RTT: {} workers x {}: {:.0} rows/s = {:.2}x loopback; auto ({} workers x {}, \
+             measured {:.1} ms): {:.0} rows/s = {:.2}x loopback, verified {}",
+            n.rtt_ms,
+            n.fixed.workers,
+            b.batch_size,
+            n.fixed.rows_per_sec,
+            n.fixed_over_loopback,
+            n.tuning.workers,
+            n.tuning.batch_size,
+            n.tuning.rtt_ms,
+            n.auto.rows_per_sec,
+            n.auto_over_loopback,
+            n.fixed.verified && n.auto.verified
         );
     }
     let _ = writeln!(
@@ -534,6 +571,13 @@ pub fn bench_text(b: &crate::bench::BenchReport) -> String {
         for (n, secs) in &p.projection {
             let _ = writeln!(out, "  {:>10} {:>14}", n, duration(*secs));
         }
+    }
+    if let Some(bytes) = b.peak_rss_bytes {
+        let _ = writeln!(
+            out,
+            "  peak memory of this fleet-bench process (VmHWM): {:.1} MiB",
+            bytes as f64 / (1024.0 * 1024.0)
+        );
     }
     out
 }
