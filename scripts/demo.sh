@@ -56,7 +56,9 @@ export NEON_API_URL=$FAKE_URL/api/v2 FLY_API_URL=$FAKE_URL/v1
 export NEON_API_KEY=demo-neon-key FLY_API_TOKEN=demo-fly-token
 export TENANT_REDIS_URL=rediss://default:demo-redis-password@tenant-redis.internal:6379
 # The fake cloud has no real rate limit; the real Neon API allows ~10 req/s.
-CLOUD=(--neon-rps 200 --fly-rps 200 --poll-ms 100 --lookup-settle-ms 100 --provision-concurrency 32)
+# The fake cloud's tenant databases exist only as names, so the proof that a
+# new DATABASE_URL opens a real session (on by default) is off here.
+CLOUD=(--neon-rps 200 --fly-rps 200 --poll-ms 100 --lookup-settle-ms 100 --provision-concurrency 32 --prove-connect off)
 
 step "plan (read-only)"
 $REKEY plan "${KEYS[@]}" --neon-rps 200 --fly-rps 200
