@@ -266,10 +266,26 @@ pub async fn swap_batch(
     if swaps.is_empty() {
         return Ok(Vec::new());
     }
-    // Rows claimed under our lock keep their ctid until we commit, so the
-    // join can go by address; the id is still compared, as a guard.
-    let by_tid = swaps.iter().all(|s| s.tid.is_some());
-    let join = if by_tid {
+    let sql = format!(
+        "WITH written AS ({update}),
+         backup AS (
+             INSERT INTO rekey.backups (run_id, org_ids, old_db, old_redis)
+             SELECT $7, array_agg(id), array_agg(old_db), array_agg(old_redis)
+               FROM written HAVING count(*) > 0
+             RETURNING 1)
+         SELECT id FROM written",
+        update = cas_update(table, swaps, "u.id, u.old_db, u.old_redis"),
+    );
+    bind_swaps(&sql, swaps).bind(run_id).fetch_all(conn).await
+}
+
+/// The compare-and-swap UPDATE of a batch that `swap_batch` and
+/// `restore_batch` share: each row is written only where it still holds
+/// the bytes read, found by address when every swap has one (rows claimed
+/// under our lock keep their ctid until we commit; the id is still
+/// compared, as a guard), else by id. Binds `$1`..`$6` ([`bind_swaps`]).
+fn cas_update(table: &Table, swaps: &[Swap], returning: &str) -> String {
+    let join = if swaps.iter().all(|s| s.tid.is_some()) {
         format!(
             "t.ctid = u.tid::tid AND t.{} = u.id::{}",
             table.id, table.id_type
@@ -277,40 +293,35 @@ pub async fn swap_batch(
     } else {
         format!("t.{} = u.id::{}", table.id, table.id_type)
     };
-    let sql = format!(
-        "WITH written AS (
-             UPDATE {t} AS t SET {db} = u.new_db, {redis} = u.new_redis
-               FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[])
-                    AS u(id, tid, old_db, old_redis, new_db, new_redis)
-              WHERE {join}
-                AND t.{db} IS NOT DISTINCT FROM u.old_db
-                AND t.{redis} IS NOT DISTINCT FROM u.old_redis
-             RETURNING u.id, u.old_db, u.old_redis),
-         backup AS (
-             INSERT INTO rekey.backups (run_id, org_ids, old_db, old_redis)
-             SELECT $7, array_agg(id), array_agg(old_db), array_agg(old_redis)
-               FROM written HAVING count(*) > 0
-             RETURNING 1)
-         SELECT id FROM written",
+    format!(
+        "UPDATE {t} AS t SET {db} = u.new_db, {redis} = u.new_redis
+           FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[])
+                AS u(id, tid, old_db, old_redis, new_db, new_redis)
+          WHERE {join}
+            AND t.{db} IS NOT DISTINCT FROM u.old_db
+            AND t.{redis} IS NOT DISTINCT FROM u.old_redis
+         RETURNING {returning}",
         t = table.name,
         db = table.db,
         redis = table.redis,
-    );
-    let ids: Vec<&str> = swaps.iter().map(|s| s.id.as_str()).collect();
+    )
+}
+
+/// `sql` (built around [`cas_update`]) with the swaps bound as its `$1`..`$6`.
+fn bind_swaps<'q>(
+    sql: &'q str,
+    swaps: &'q [Swap],
+) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, String, sqlx::postgres::PgArguments> {
     let col = |f: fn(&Swap) -> &Option<Vec<u8>>| -> Vec<Option<&[u8]>> {
         swaps.iter().map(|s| f(s).as_deref()).collect()
     };
-    let tids: Vec<Option<&str>> = swaps.iter().map(|s| s.tid.as_deref()).collect();
-    sqlx::query_scalar(&sql)
-        .bind(ids)
-        .bind(tids)
+    sqlx::query_scalar(sql)
+        .bind(swaps.iter().map(|s| s.id.as_str()).collect::<Vec<_>>())
+        .bind(swaps.iter().map(|s| s.tid.as_deref()).collect::<Vec<_>>())
         .bind(col(|s| &s.old_db))
         .bind(col(|s| &s.old_redis))
         .bind(col(|s| &s.new_db))
         .bind(col(|s| &s.new_redis))
-        .bind(run_id)
-        .fetch_all(conn)
-        .await
 }
 
 /// Counts the table's rows (an exact count: plans and progress bars need it).
@@ -517,39 +528,6 @@ pub async fn restore_batch(
     if swaps.is_empty() {
         return Ok(Vec::new());
     }
-    let by_tid = swaps.iter().all(|s| s.tid.is_some());
-    let join = if by_tid {
-        format!(
-            "t.ctid = u.tid::tid AND t.{} = u.id::{}",
-            table.id, table.id_type
-        )
-    } else {
-        format!("t.{} = u.id::{}", table.id, table.id_type)
-    };
-    let sql = format!(
-        "UPDATE {t} AS t SET {db} = u.new_db, {redis} = u.new_redis
-           FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[])
-                AS u(id, tid, old_db, old_redis, new_db, new_redis)
-          WHERE {join}
-            AND t.{db} IS NOT DISTINCT FROM u.old_db
-            AND t.{redis} IS NOT DISTINCT FROM u.old_redis
-         RETURNING u.id",
-        t = table.name,
-        db = table.db,
-        redis = table.redis,
-    );
-    let ids: Vec<&str> = swaps.iter().map(|s| s.id.as_str()).collect();
-    let tids: Vec<Option<&str>> = swaps.iter().map(|s| s.tid.as_deref()).collect();
-    let col = |f: fn(&Swap) -> &Option<Vec<u8>>| -> Vec<Option<&[u8]>> {
-        swaps.iter().map(|s| f(s).as_deref()).collect()
-    };
-    sqlx::query_scalar(&sql)
-        .bind(ids)
-        .bind(tids)
-        .bind(col(|s| &s.old_db))
-        .bind(col(|s| &s.old_redis))
-        .bind(col(|s| &s.new_db))
-        .bind(col(|s| &s.new_redis))
-        .fetch_all(conn)
-        .await
+    let sql = cas_update(table, swaps, "u.id");
+    bind_swaps(&sql, swaps).fetch_all(conn).await
 }
