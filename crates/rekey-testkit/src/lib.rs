@@ -6,6 +6,10 @@
 //! world is a failed test, so panics with a message are the right answer.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+mod fault_proxy;
+
+pub use fault_proxy::{Fault, FaultProxy};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -448,6 +448,7 @@ async fn measure_engine(
         confirm_reprovision: None,
         lock_wait: run::DEFAULT_LOCK_WAIT,
         until_quiet: None,
+        db_retry: std::time::Duration::from_secs(60),
     };
     let wal_before: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
         .fetch_one(pool)
@@ -647,6 +648,7 @@ async fn measure_reprovision(
         confirm_reprovision: None,
         lock_wait: run::DEFAULT_LOCK_WAIT,
         until_quiet: None,
+        db_retry: std::time::Duration::from_secs(60),
     };
     let started = Instant::now();
     let r = run::run(&ctx, &opts).await?;

@@ -107,12 +107,24 @@ pub struct KeyArgs {
 }
 
 /// The control-plane database.
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Database")]
 pub struct DatabaseArgs {
     /// Control-plane PostgreSQL URL.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
     pub database_url: Option<String>,
+    /// Give up on a statement unanswered this long.
+    #[arg(long, default_value_t = crate::db::DEFAULT_STATEMENT_TIMEOUT.as_secs(), value_name = "SECS")]
+    pub statement_timeout_secs: u64,
+}
+
+impl Default for DatabaseArgs {
+    fn default() -> DatabaseArgs {
+        DatabaseArgs {
+            database_url: None,
+            statement_timeout_secs: crate::db::DEFAULT_STATEMENT_TIMEOUT.as_secs(),
+        }
+    }
 }
 
 /// `--workers`: a count, or `auto`.
@@ -377,9 +389,12 @@ pub struct RunArgs {
     /// Re-walk until no row needed work for this long (e.g. 5m).
     #[arg(long, value_name = "DURATION")]
     pub until_quiet: Option<humantime::Duration>,
-    /// Wait this long in all for rows kept locked, then report them.
+    /// Wait in all for rows kept locked, then report them.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub lock_wait_secs: u64,
+    /// Retry a lost database connection this long, then stop.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub db_retry_secs: u64,
     /// Write the run's counters to FILE (Prometheus text) while it runs.
     #[arg(long, value_name = "FILE")]
     pub metrics_file: Option<PathBuf>,
@@ -416,7 +431,7 @@ pub struct RunArgs {
         help_heading = "Re-provisioning"
     )]
     pub max_attempts: i32,
-    /// Seconds a claimed tenant stays this process's without progress.
+    /// How long a claimed tenant stays this process's idle.
     #[arg(
         long,
         default_value_t = 60,
@@ -424,7 +439,7 @@ pub struct RunArgs {
         help_heading = "Re-provisioning"
     )]
     pub lease_secs: u64,
-    /// Deadline for one tenant's Neon operations or machine start.
+    /// Deadline of one Neon operation or machine start.
     #[arg(
         long,
         default_value_t = 300,

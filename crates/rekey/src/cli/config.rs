@@ -75,6 +75,16 @@ pub fn database_url(global: &Global) -> Result<&str, CliError> {
     })
 }
 
+/// `--statement-timeout-secs`, at least one second.
+pub fn statement_timeout(global: &Global) -> Result<Duration, CliError> {
+    match global.database.statement_timeout_secs {
+        0 => Err(CliError::Usage(
+            "--statement-timeout-secs must be at least 1".into(),
+        )),
+        secs => Ok(Duration::from_secs(secs)),
+    }
+}
+
 /// Whether the database URL is the one in DATABASE_URL (clap falls back to
 /// it), as opposed to one typed after --database-url.
 pub fn database_url_from_env(global: &Global) -> bool {
@@ -189,9 +199,10 @@ pub fn run_options(args: &RunArgs) -> Result<RunOptions, CliError> {
         Workers::Fixed(n) => n,
         Workers::Auto => DEFAULT_WORKERS,
     };
-    if args.batch_size < 1 || workers < 1 || args.max_connections < 1 {
+    if args.batch_size < 1 || workers < 1 || args.max_connections < 1 || args.db_retry_secs < 1 {
         return Err(CliError::Usage(
-            "--workers, --batch-size and --max-connections must be at least 1".into(),
+            "--workers, --batch-size, --max-connections and --db-retry-secs must be at least 1"
+                .into(),
         ));
     }
     Ok(RunOptions {
@@ -203,6 +214,7 @@ pub fn run_options(args: &RunArgs) -> Result<RunOptions, CliError> {
         confirm_reprovision: args.confirm_reprovision,
         lock_wait: Duration::from_secs(args.lock_wait_secs),
         until_quiet: args.until_quiet.map(Duration::from),
+        db_retry: Duration::from_secs(args.db_retry_secs),
     })
 }
 

@@ -5,11 +5,15 @@
 //! compare-and-swaps its rows but never creates or alters it. What the
 //! tool writes for itself lives in schema `rekey` (`journal`).
 
+mod bound;
 mod error;
 pub mod journal;
 pub mod org_instances;
 pub mod seed;
 
+pub use bound::{
+    no_answer, set_statement_timeout, statement_timeout, Bounded, DEFAULT_STATEMENT_TIMEOUT,
+};
 pub use error::{is_transient, short_db_error, DbError};
 
 use std::time::Duration;
@@ -157,24 +161,33 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     // database would both create the schema, and the loser would fail on
     // pg_namespace's unique index. A transaction-scoped advisory lock makes
     // the later one wait, then find the schema there.
-    let mut tx = conn.begin().await.map_err(DbError::from)?;
+    let mut tx = conn.begin().bounded().await.map_err(DbError::from)?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('rekey: create schema'))")
         .execute(&mut *tx)
+        .bounded()
         .await
         .map_err(DbError::from)?;
     sqlx::query("CREATE SCHEMA IF NOT EXISTS rekey")
         .execute(&mut *tx)
+        .bounded()
         .await
         .map_err(DbError::from)?;
-    tx.commit().await.map_err(DbError::from)?;
+    tx.commit().bounded().await.map_err(DbError::from)?;
     sqlx::query("SET search_path TO rekey")
         .execute(&mut *conn)
+        .bounded()
         .await
         .map_err(DbError::from)?;
-    let result = MIGRATOR.run(&mut *conn).await;
+    let result = match tokio::time::timeout(statement_timeout(), MIGRATOR.run(&mut *conn)).await {
+        Ok(result) => result.map_err(|e| DbError::Migration(e.to_string())),
+        Err(_) => Err(DbError::from(no_answer())),
+    };
     // Return the connection to the pool with the ordinary search path.
-    let reset = sqlx::query("RESET search_path").execute(&mut *conn).await;
-    result.map_err(|e| DbError::Migration(e.to_string()))?;
+    let reset = sqlx::query("RESET search_path")
+        .execute(&mut *conn)
+        .bounded()
+        .await;
+    result?;
     reset.map_err(DbError::from)?;
     Ok(())
 }
@@ -184,6 +197,7 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
 pub async fn journal_exists(pool: &PgPool) -> Result<bool, DbError> {
     sqlx::query_scalar::<_, bool>("SELECT to_regclass('rekey.runs') IS NOT NULL")
         .fetch_one(pool)
+        .bounded()
         .await
         .map_err(DbError::from)
 }
@@ -206,6 +220,7 @@ pub async fn resolve_table(pool: &PgPool, spec: &TableSpec) -> Result<Table, DbE
     .bind(&table)
     .bind(&schema)
     .fetch_optional(pool)
+    .bounded()
     .await
     .map_err(DbError::from)?;
     let Some((schema, table)) = found else {
@@ -220,6 +235,7 @@ pub async fn resolve_table(pool: &PgPool, spec: &TableSpec) -> Result<Table, DbE
     .bind(&schema)
     .bind(&table)
     .fetch_all(pool)
+    .bounded()
     .await
     .map_err(DbError::from)?;
     let type_of = |col: &str| -> Result<String, DbError> {

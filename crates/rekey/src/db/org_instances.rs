@@ -6,6 +6,7 @@
 //! ciphertexts read: a row the control plane changed in the meantime is
 //! never overwritten.
 
+use super::Bounded;
 use sqlx::{PgConnection, PgPool, Row};
 
 use super::{ProvisionColumns, Table};
@@ -105,7 +106,7 @@ async fn fetch_page<'c, E: sqlx::PgExecutor<'c>>(
     if let Some(ids) = &filter.ids {
         query = query.bind(ids);
     }
-    query.bind(limit).fetch_all(executor).await
+    query.bind(limit).fetch_all(executor).bounded().await
 }
 
 fn decode_rows(rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<StoredRow>, sqlx::Error> {
@@ -144,7 +145,9 @@ where
     let sql = select_rows(table, false);
     let mut rows = sqlx::query(&sql).fetch(pool);
     let mut buffer = Vec::with_capacity(page_size);
-    while let Some(row) = rows.try_next().await? {
+    // Each next row within the statement bound: a server gone silent
+    // mid-scan ends the read instead of hanging it.
+    while let Some(row) = rows.try_next().bounded().await? {
         buffer.push(decode_row(row)?);
         if buffer.len() == page_size {
             page(std::mem::replace(
@@ -186,6 +189,7 @@ pub async fn claim_range(
         // hanging; the rollback resumes where it stopped.
         sqlx::query("SET LOCAL lock_timeout = '60s'")
             .execute(&mut *conn)
+            .bounded()
             .await?;
     }
     let sql = select_sql(table, after.is_some(), upto.is_some(), filter, true);
@@ -221,7 +225,7 @@ pub async fn range_ends(
     if let Some(ids) = &filter.ids {
         query = query.bind(ids);
     }
-    query.bind(every.max(1)).fetch_all(pool).await
+    query.bind(every.max(1)).fetch_all(pool).bounded().await
 }
 
 /// Reads up to `limit` rows after `after` in key order, without locking:
@@ -276,7 +280,11 @@ pub async fn swap_batch(
          SELECT id FROM written",
         update = cas_update(table, swaps, "u.id, u.old_db, u.old_redis"),
     );
-    bind_swaps(&sql, swaps).bind(run_id).fetch_all(conn).await
+    bind_swaps(&sql, swaps)
+        .bind(run_id)
+        .fetch_all(conn)
+        .bounded()
+        .await
 }
 
 /// The compare-and-swap UPDATE of a batch that `swap_batch` and
@@ -334,6 +342,7 @@ pub async fn count_rows(
         None => {
             sqlx::query_scalar(&format!("SELECT count(*) FROM {}", table.name))
                 .fetch_one(pool)
+                .bounded()
                 .await
         }
         Some(ids) => {
@@ -343,6 +352,7 @@ pub async fn count_rows(
             ))
             .bind(ids)
             .fetch_one(pool)
+            .bounded()
             .await
         }
     }
@@ -395,7 +405,7 @@ pub async fn resources_page(
     if let Some(after) = after {
         query = query.bind(after);
     }
-    let rows = query.fetch_all(pool).await?;
+    let rows = query.fetch_all(pool).bounded().await?;
     rows.into_iter()
         .map(|r| {
             Ok(TenantResources {
@@ -446,6 +456,7 @@ pub async fn named_resources(
     let row: Option<(String, String, String, String, String)> = sqlx::query_as(&sql)
         .bind(org_id)
         .fetch_optional(pool)
+        .bounded()
         .await?;
     Ok(row.map(
         |(slug, neon_project, neon_branch, fly_app, fly_machine)| NamedResources {
@@ -511,6 +522,7 @@ pub async fn swap_provisioned(
         .bind(swap.old_branch)
         .bind(swap.old_machine)
         .execute(conn)
+        .bounded()
         .await?;
     Ok(swapped.rows_affected())
 }
@@ -529,5 +541,5 @@ pub async fn restore_batch(
         return Ok(Vec::new());
     }
     let sql = cas_update(table, swaps, "u.id");
-    bind_swaps(&sql, swaps).fetch_all(conn).await
+    bind_swaps(&sql, swaps).fetch_all(conn).bounded().await
 }

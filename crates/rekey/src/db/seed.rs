@@ -5,6 +5,7 @@
 //! given key; optional shares of tenants are sealed under a throwaway key
 //! (undecryptable), already under another key, or carry a KMS envelope.
 
+use super::Bounded;
 use rand::distributions::{Alphanumeric, DistString};
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
@@ -134,6 +135,7 @@ pub async fn seed(
 ) -> Result<u64, DbError> {
     let existing: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}", table.name))
         .fetch_one(pool)
+        .bounded()
         .await?;
     if existing > 0 {
         return Err(DbError::TableNotEmpty {

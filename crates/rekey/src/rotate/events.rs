@@ -55,9 +55,9 @@ pub enum Event {
     },
     /// Something the operator should know that does not stop the run.
     Warning { message: String },
-    /// Ctrl-C: the work in flight finishes (`again`: a second Ctrl-C, the
-    /// process stops at once).
-    Interrupted { again: bool },
+    /// Ctrl-C or SIGTERM (`signal`: `SIGINT` or `SIGTERM`): the work in
+    /// flight finishes (`again`: a second signal, the process stops at once).
+    Interrupted { again: bool, signal: String },
     /// The invocation is over: the run's state as it left it (`finished`,
     /// `failed`, or `running` when it stays open to resume).
     RunFinished {

@@ -8,6 +8,7 @@
 //! A crash at any instant leaves either the whole batch (rows, backup,
 //! queue) or none of it. Re-provisioning itself lives in `reprovision`.
 
+use crate::db::Bounded;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,6 +38,8 @@ pub struct InPlace {
     pub budget: Option<Arc<AtomicU64>>,
     /// Set to stop claiming new batches (Ctrl-C, or a worker's error).
     pub stop: Arc<AtomicBool>,
+    /// How long a batch lost with its connection is retried.
+    pub db_retry: Duration,
 }
 
 /// What a pass did.
@@ -150,7 +153,7 @@ impl InPlace {
             // taken from the range list now, and the convergence read after the pass
             // finds any that still need work and walks them again. So a retry
             // simply goes on with the next batch.
-            let batch = retry::on_transient("in-place batch", retry::RETRY_BUDGET, || {
+            let batch = retry::on_transient("in-place batch", self.db_retry, || {
                 self.batch(worker, ranges, &current, filter, reserved)
             })
             .await;
@@ -191,7 +194,7 @@ impl InPlace {
         reserved: u64,
     ) -> Result<Option<(BatchReport, BatchDecision, Phases)>, RunError> {
         let started = Instant::now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin().bounded().await?;
         // Ranges keep this process's workers on disjoint keys without a
         // shared cursor to wait for; other processes are kept off our rows
         // by the row locks themselves. A range holding more rows than a
@@ -231,7 +234,7 @@ impl InPlace {
         let decided = Instant::now();
         let report = self.write(&mut tx, worker, &rows, &decision).await?;
         let written = Instant::now();
-        tx.commit().await?;
+        tx.commit().bounded().await?;
         let phases = Phases {
             claim: claimed - started,
             crypto: decided - claimed,
@@ -408,11 +411,17 @@ pub async fn auto_tune(pool: &PgPool, max_connections: usize) -> Result<Tuning, 
     let mut conn = pool.acquire().await?;
     // The first query on a connection pays for statement preparation;
     // the median of five after it is the network's round trip.
-    sqlx::query("SELECT 1").execute(&mut *conn).await?;
+    sqlx::query("SELECT 1")
+        .execute(&mut *conn)
+        .bounded()
+        .await?;
     let mut samples = Vec::with_capacity(5);
     for _ in 0..5 {
         let started = Instant::now();
-        sqlx::query("SELECT 1").execute(&mut *conn).await?;
+        sqlx::query("SELECT 1")
+            .execute(&mut *conn)
+            .bounded()
+            .await?;
         samples.push(started.elapsed());
     }
     samples.sort();
@@ -423,6 +432,7 @@ pub async fn auto_tune(pool: &PgPool, max_connections: usize) -> Result<Tuning, 
               - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')",
     )
     .fetch_one(&mut *conn)
+    .bounded()
     .await?;
     let (workers, batch_size) = tune(rtt, free_connections, max_connections);
     Ok(Tuning {

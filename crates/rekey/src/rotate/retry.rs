@@ -2,18 +2,13 @@
 //! terminated backend must not end a run that has rewritten half the
 //! fleet: the work in flight is one transaction (a batch, a scan), so it is
 //! simply done again on a fresh connection from the pool, with backoff, for
-//! up to [`RETRY_BUDGET`]. An error that persists past that, or one that
-//! is not about the connection, is returned as it is.
+//! up to the run's budget (`--db-retry-secs`). An error that persists past
+//! that, or one that is not about the connection, is returned as it is.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use super::RunError;
-
-/// How long a run keeps retrying a lost connection before it stops (and
-/// says the run is open to resume): longer than a managed database's
-/// failover, short enough that an operator is told about a dead server.
-pub const RETRY_BUDGET: Duration = Duration::from_secs(60);
 
 /// Runs `op` until it succeeds, fails for a reason other than the
 /// connection, or keeps failing for longer than `budget`.

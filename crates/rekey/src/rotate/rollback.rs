@@ -11,6 +11,7 @@
 //! credentials were reset, so their old ciphertexts open to dead secrets.
 //! No clap and no environment here: the command builds the options.
 
+use crate::db::Bounded;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -339,7 +340,7 @@ async fn restore_next_batch(
     run_id: i64,
     view: &RunView,
 ) -> Result<bool, RollbackError> {
-    let mut tx = ctx.pool.begin().await?;
+    let mut tx = ctx.pool.begin().bounded().await?;
     let Some(batch) = journal::claim_unrestored_backup(&mut tx, run_id).await? else {
         return Ok(false);
     };
@@ -366,7 +367,7 @@ async fn restore_next_batch(
     );
     left.sort();
     journal::mark_restored(&mut tx, backup_id, written.len() as i64, &left).await?;
-    tx.commit().await?;
+    tx.commit().bounded().await?;
     Ok(true)
 }
 

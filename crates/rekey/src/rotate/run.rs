@@ -56,6 +56,9 @@ pub struct RunOptions {
     /// instances still write under the old key), instead of giving up after
     /// a few passes.
     pub until_quiet: Option<Duration>,
+    /// How long a lost database connection is retried (a fresh connection,
+    /// the transaction in flight again) before the run stops, open.
+    pub db_retry: Duration,
 }
 
 /// The outcome of a run invocation, for the summary and the exit code.
@@ -151,7 +154,37 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
         &ctx.table.display,
     )
     .await?;
-    let total_rows = count_rows(&ctx.pool, &ctx.table, &filter).await? as u64;
+    let run_id = run.id;
+    match run_opened(ctx, opts, &filter, run, start, prescan, started).await {
+        Ok(report) => Ok(report),
+        Err(e) => {
+            // Whatever stopped the run, it is open: the renderers, the
+            // metrics file and a JSON consumer are told so and why.
+            let e = e.stopped(run_id);
+            if let RunError::Stopped { source, .. } = &e {
+                ctx.sink.emit(&Event::RunFinished {
+                    run_id,
+                    state: "running".into(),
+                    reason: Some(source.to_string()),
+                });
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The run once it is open in the journal: any error from here on leaves
+/// it open, to be resumed by the same command.
+async fn run_opened(
+    ctx: &RunContext,
+    opts: &RunOptions,
+    filter: &RowFilter,
+    run: RunRecord,
+    start: RunStart,
+    prescan: Option<ScanResult>,
+    started: Instant,
+) -> Result<RunReport, RunError> {
+    let total_rows = count_rows(&ctx.pool, &ctx.table, filter).await? as u64;
     let earlier = earlier_counts(&ctx.pool, run.id).await?;
     ctx.sink.emit(&Event::RunStarted {
         run_id: run.id,
@@ -177,6 +210,7 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
         sink: Arc::clone(&ctx.sink),
         budget: opts.limit.map(|l| Arc::new(AtomicU64::new(l))),
         stop: Arc::clone(&ctx.stop),
+        db_retry: opts.db_retry,
     });
     let queue_closed = Arc::new(AtomicBool::new(false));
     let provisioning = ctx
@@ -191,14 +225,13 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
             tokio::spawn(async move { r.work(run_id, closed, stop).await })
         });
 
-    let walked = walk(ctx, &inplace, opts, &filter, total_rows).await;
+    let walked = walk(ctx, &inplace, opts, filter, total_rows).await;
     queue_closed.store(true, Ordering::SeqCst);
     let provisioned = match provisioning {
         Some(task) => task
             .await
             .map_err(|e| RunError::crashed("re-provisioning", &e))
-            .and_then(|tally| tally)
-            .map_err(|e| e.stopped(run.id))?,
+            .and_then(|tally| tally)?,
         None => ProvisionTally::default(),
     };
     let Walk {
@@ -206,7 +239,7 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
         passes,
         secs: in_place_secs,
         last_scan,
-    } = walked.map_err(|e| e.stopped(run.id))?;
+    } = walked?;
     // `--max-tenants` is as deliberate a stop as `--limit`: the tenants it
     // left are for the next invocation, not reasons to fail the run.
     let partial = opts.limit.is_some() || !opts.orgs.is_empty() || provisioned.capped;
@@ -222,11 +255,12 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
         && !ctx.stop.load(Ordering::SeqCst);
     let check = match last_scan {
         Some(check) if quiet_since => check,
-        _ => retry::on_transient("final read", retry::RETRY_BUDGET, || {
-            scan(&ctx.pool, &ctx.table, &ctx.keyring, opts.mode, &filter)
-        })
-        .await
-        .map_err(|e| e.stopped(run.id))?,
+        _ => {
+            retry::on_transient("final read", opts.db_retry, || {
+                scan(&ctx.pool, &ctx.table, &ctx.keyring, opts.mode, filter)
+            })
+            .await?
+        }
     };
     let timing = Timing {
         passes,
@@ -244,8 +278,7 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
         partial,
         &timing,
     )
-    .await
-    .map_err(|e| e.stopped(run.id))?;
+    .await?;
     let tenants_pending = journal::pending_count(&ctx.pool, run.id)
         .await
         .map_or(0, |n| u64::try_from(n).unwrap_or(0));
@@ -337,7 +370,7 @@ async fn walk(
         // Rows the control plane wrote under the old key meanwhile, or that
         // someone held locked, are found by a read without locks and
         // walked again; everything else is not touched twice.
-        let check = retry::on_transient("convergence read", retry::RETRY_BUDGET, || {
+        let check = retry::on_transient("convergence read", opts.db_retry, || {
             scan(&ctx.pool, &ctx.table, &ctx.keyring, opts.mode, filter)
         })
         .await?;

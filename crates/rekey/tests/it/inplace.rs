@@ -534,6 +534,7 @@ async fn a_new_ciphertext_that_fails_the_check_before_write_is_never_written(poo
         confirm_reprovision: None,
         lock_wait: run::DEFAULT_LOCK_WAIT,
         until_quiet: None,
+        db_retry: std::time::Duration::from_secs(60),
     };
     let report = run::run(&ctx, &opts)
         .await

@@ -112,7 +112,10 @@ fn an_interrupted_run_shows_the_notice_once_and_the_tenants_still_pending() {
         let org = format!("org-{i:03}");
         events.push(tenant(&org, "done", TenantOutcome::Done, None));
     }
-    events.push(Event::Interrupted { again: false });
+    events.push(Event::Interrupted {
+        again: false,
+        signal: "SIGINT".into(),
+    });
     events.push(finished("running"));
     let s = screen(160, &events);
     assert_eq!(

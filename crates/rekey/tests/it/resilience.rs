@@ -1,7 +1,10 @@
 //! A run rides out what a production database does to it: a connection
 //! terminated mid-run (failover, an operator's `pg_terminate_backend`) is
 //! retried on a fresh connection, and rows the control plane keeps locked
-//! are waited for once per run, then reported, with exit code 1.
+//! are waited for once per run, then reported, with exit code 1. A
+//! database lost for good, or gone silent, ends the command within its
+//! bounds: a run stops open with its report and exit code 1, any other
+//! command with a clear error.
 
 use std::time::{Duration, Instant};
 
@@ -240,4 +243,186 @@ async fn until_quiet_keeps_walking_while_the_control_plane_still_writes_under_th
         );
     }
     assert_eq!(run_states(&pool).await, vec!["finished".to_string()]);
+}
+
+/// Waits for the binary to end, killing it and failing the test if it is
+/// still running after `limit` (a hang, which these tests exist to catch).
+fn finish_within(child: std::process::Child, limit: Duration) -> std::process::Output {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let out = child.wait_with_output().expect("rekey output");
+        let _ = tx.send(());
+        out
+    });
+    if rx.recv_timeout(limit).is_err() {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        let out = waiter.join().expect("waiter");
+        panic!(
+            "rekey still running after {limit:?}: it hangs\n{}",
+            text(&out)
+        );
+    }
+    waiter.join().expect("waiter")
+}
+
+fn spawn_piped(url: &str, args: &[String]) -> std::process::Child {
+    rekey_cmd(url, &strs(args))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn rekey")
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_server_that_accepts_and_never_answers_fails_plan_within_the_connect_bound(pool: PgPool) {
+    let (_proxy, url) = FaultProxy::in_front_of(&db_url(&pool), Fault::Silent);
+    let keys = Keys::new();
+    let args = args_with_keys(&["plan"], &keys);
+    let child = spawn_piped(&url, &args);
+    let out = tokio::task::spawn_blocking(move || finish_within(child, Duration::from_secs(120)))
+        .await
+        .expect("waiter thread");
+    assert_exit(&out, 2, "plan against a server that never answers");
+    assert!(
+        text(&out).contains("no answer within 10 s"),
+        "{}",
+        text(&out)
+    );
+    assert!(!journal_schema_exists(&pool).await, "nothing changed");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_statement_the_server_never_answers_ends_plan_and_verify_with_a_clear_error(
+    pool: PgPool,
+) {
+    let OldKeyFleet { keys, url, .. } = old_key_fleet(&pool, 100).await;
+    // The reads of the table name its quoted column; the connection that
+    // sends one goes silent, the way a frozen server does mid-session.
+    let (_proxy, url) =
+        FaultProxy::in_front_of(&url, Fault::SilentOn("\"database_url_encrypted\""));
+    for command in ["plan", "verify"] {
+        let args = args_with_keys(&[command, "--statement-timeout-secs", "2"], &keys);
+        let child = spawn_piped(&url, &args);
+        let out =
+            tokio::task::spawn_blocking(move || finish_within(child, Duration::from_secs(120)))
+                .await
+                .expect("waiter thread");
+        assert_exit(&out, 2, &format!("{command} on a server gone silent"));
+        assert!(
+            text(&out).contains("no answer from the database within 2s"),
+            "{command}: {}",
+            text(&out)
+        );
+        assert_no_secret(command, &text(&out), &keys.secret_texts());
+    }
+}
+
+/// A 20,000-row in-place run through `proxy`'s `url`, cut to the fault
+/// `fault` once it has committed some batches.
+async fn run_until_the_database_fails(
+    pool: &PgPool,
+    fault: Fault,
+    extra: &[&str],
+) -> (OldKeyFleet, FaultProxy, String, std::process::Output) {
+    let fleet = old_key_fleet(pool, ROWS).await;
+    let (proxy, url) = FaultProxy::in_front_of(&fleet.url, Fault::Pass);
+    let mut run: Vec<&str> = "run --mode reencrypt --workers 2 --batch-size 50 --db-retry-secs 3"
+        .split(' ')
+        .collect();
+    run.extend(extra);
+    let args = args_with_keys(&run, &fleet.keys);
+    let mut child = spawn_piped(&url, &args);
+    wait_mid_run(pool, &mut child, 10).await;
+    proxy.set(fault);
+    let out = tokio::task::spawn_blocking(move || finish_within(child, Duration::from_secs(180)))
+        .await
+        .expect("waiter thread");
+    (fleet, proxy, url, out)
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_database_lost_for_good_mid_run_stops_it_open_with_its_report_then_it_resumes(
+    pool: PgPool,
+) {
+    let (OldKeyFleet { keys, tenants, .. }, proxy, url, out) =
+        run_until_the_database_fails(&pool, Fault::Cut, &[]).await;
+    assert_exit(&out, 1, "a run whose database stayed unreachable");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let run_id = 1;
+    assert!(
+        stdout.contains(&format!("run {run_id}: stopped — database connection"))
+            && stdout.contains("this invocation, over")
+            && stdout.contains(&format!(
+                "next: run {run_id} is open: run the same command to resume"
+            )),
+        "the report of the stopped run: {}",
+        text(&out)
+    );
+    // The rows walked it reports are the rows it rewrote.
+    let walked: u64 = stdout
+        .split("rows walked ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("rows walked in the report");
+    assert!(walked > 0 && walked < ROWS, "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("run 1 is open"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(run_states(&pool).await, vec!["running".to_string()]);
+    assert_no_secret("stopped run", &text(&out), &keys.secret_texts());
+
+    proxy.set(Fault::Pass);
+    let args = args_with_keys(
+        &[
+            "run",
+            "--mode",
+            "reencrypt",
+            "--workers",
+            "2",
+            "--batch-size",
+            "50",
+        ],
+        &keys,
+    );
+    let again = rekey(&url, &strs(&args));
+    assert_exit(&again, 0, "the same command once the database is back");
+    assert_all_open_to_seed(&snapshot(&pool).await, &keys.new, &tenants);
+    assert_eq!(run_states(&pool).await, vec!["finished".to_string()]);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_database_gone_silent_mid_run_ends_it_within_its_bounds_with_a_stopped_event(
+    pool: PgPool,
+) {
+    let (OldKeyFleet { keys, .. }, _proxy, _url, out) = run_until_the_database_fails(
+        &pool,
+        Fault::Silent,
+        &["--statement-timeout-secs", "2", "--json"],
+    )
+    .await;
+    assert_exit(&out, 1, "a run whose database went silent");
+    let lines = json_lines(&out);
+    let last = lines.last().expect("a JSON line");
+    assert_eq!(last["event"], "stopped", "{last}");
+    assert_eq!(last["run_id"], 1, "{last}");
+    let reason = last["reason"].as_str().expect("a reason");
+    assert!(
+        reason.contains("no answer from the database within 2s")
+            || reason.contains("timed out waiting for a connection"),
+        "{reason}"
+    );
+    assert!(last["progress"]["rows_walked"].as_u64() > Some(0), "{last}");
+    let finished = lines
+        .iter()
+        .find(|l| l["event"] == "run_finished")
+        .expect("run_finished");
+    assert_eq!(finished["state"], "running", "{finished}");
+    assert_eq!(run_states(&pool).await, vec!["running".to_string()]);
+    assert_no_secret("silent run", &text(&out), &keys.secret_texts());
 }

@@ -24,6 +24,7 @@ use crate::rotate::Outcome;
 /// Runs the parsed command line.
 pub async fn dispatch(cli: Cli) -> Result<Outcome, CliError> {
     let global = &config::global(&cli);
+    db::set_statement_timeout(config::statement_timeout(global)?);
     match &cli.command {
         Command::Keygen(args) => keygen::keygen(global, args),
         Command::Completions(args) => Ok(completions::completions(args)),

@@ -12,11 +12,12 @@ use crate::cli::args::{Global, RunArgs};
 use crate::cli::output::metrics::{self, MetricsFile};
 use crate::cli::output::progress::Style;
 use crate::cli::output::report;
+use crate::cli::output::totals::{Tally, Totals};
 use crate::cli::{config, CliError};
 use crate::db::Table;
 use crate::envelope::Keyring;
-use crate::rotate::events::{EventSink, FanOut};
-use crate::rotate::{inplace, reprovision, run, Outcome};
+use crate::rotate::events::{Event, EventSink, FanOut};
+use crate::rotate::{inplace, reprovision, run, Outcome, RunError};
 
 /// The top-level entry point for `rekey run`.
 pub async fn run(global: &Global, args: &RunArgs) -> Result<Outcome, CliError> {
@@ -44,7 +45,11 @@ pub async fn run(global: &Global, args: &RunArgs) -> Result<Outcome, CliError> {
         }
     }
     let style = Style::detect(global.json, global.quiet);
-    let mut sinks: Vec<Arc<dyn EventSink>> = vec![Arc::from(style.sink())];
+    let tally = Arc::new(Tally::default());
+    let mut sinks: Vec<Arc<dyn EventSink>> = vec![
+        Arc::from(style.sink()),
+        Arc::clone(&tally) as Arc<dyn EventSink>,
+    ];
     let metrics = match &args.metrics_file {
         Some(path) => Some(Arc::new(MetricsFile::create(path, &key_files)?)),
         None => None,
@@ -56,7 +61,7 @@ pub async fn run(global: &Global, args: &RunArgs) -> Result<Outcome, CliError> {
     // From the moment the metrics file says `running`, a signal must reach
     // the code that writes its end.
     let stop = Arc::new(AtomicBool::new(false));
-    watch_signals(Arc::clone(&stop));
+    watch_signals(Arc::clone(&stop), Arc::clone(&sink));
     let engine = Engine {
         pool,
         table,
@@ -64,11 +69,16 @@ pub async fn run(global: &Global, args: &RunArgs) -> Result<Outcome, CliError> {
         access,
         stop,
     };
+    let began = std::time::Instant::now();
     let report = match engine.run(args, &opts, &sink).await {
         Ok(report) => report,
         Err(e) => {
             if let Some(m) = &metrics {
                 m.fail();
+            }
+            drop(sink);
+            if matches!(e, CliError::Run(RunError::Stopped { .. })) {
+                stopped_report(&tally.totals(), began.elapsed().as_secs_f64(), global.json);
             }
             return Err(e);
         }
@@ -88,6 +98,24 @@ pub async fn run(global: &Global, args: &RunArgs) -> Result<Outcome, CliError> {
         report::print(&report::run_text(&report));
     }
     Ok(report.outcome)
+}
+
+/// What an error that stopped an open run leaves the operator: what this
+/// invocation did and that the same command resumes it (the error itself
+/// follows on stderr).
+fn stopped_report(totals: &Totals, elapsed_secs: f64, json: bool) {
+    if json {
+        report::print_json(&serde_json::json!({
+            "schema_version": crate::cli::output::progress::SCHEMA_VERSION,
+            "ts": crate::cli::output::progress::timestamp(),
+            "event": "stopped",
+            "run_id": totals.run_id,
+            "reason": totals.ending.as_ref().and_then(|e| e.reason.clone()),
+            "progress": totals.snapshot(std::time::Instant::now()),
+        }));
+    } else {
+        report::print(&report::stopped_text(totals, elapsed_secs));
+    }
 }
 
 /// What the run needs once the command line is checked.
@@ -141,7 +169,7 @@ impl Engine {
 /// safe: the journal resumes a run killed at any instant. The handlers are
 /// installed before this returns, so no signal can arrive unhandled once the
 /// run has started.
-fn watch_signals(stop: Arc<AtomicBool>) {
+fn watch_signals(stop: Arc<AtomicBool>, sink: Arc<dyn EventSink>) {
     let mut signals = match Signals::install() {
         Ok(signals) => signals,
         Err(e) => {
@@ -151,13 +179,16 @@ fn watch_signals(stop: Arc<AtomicBool>) {
     };
     tokio::spawn(async move {
         let first = signals.next().await;
-        eprintln!(
-            "rekey: {first}; finishing the work in flight (the run stays open to resume); \
-             Ctrl-C or SIGTERM again to stop at once"
-        );
+        sink.emit(&Event::Interrupted {
+            again: false,
+            signal: first.name().into(),
+        });
         stop.store(true, Ordering::SeqCst);
         let second = signals.next().await;
-        eprintln!("rekey: {second} again; stopping now (run the same command to resume)");
+        sink.emit(&Event::Interrupted {
+            again: true,
+            signal: second.name().into(),
+        });
         std::process::exit(second.exit_code());
     });
 }
@@ -180,12 +211,13 @@ impl Interrupt {
     }
 }
 
-impl std::fmt::Display for Interrupt {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Interrupt::CtrlC => "interrupted (Ctrl-C)",
-            Interrupt::Terminate => "terminated (SIGTERM)",
-        })
+impl Interrupt {
+    /// The signal's name, as events and notices show it.
+    fn name(self) -> &'static str {
+        match self {
+            Interrupt::CtrlC => "SIGINT",
+            Interrupt::Terminate => "SIGTERM",
+        }
     }
 }
 

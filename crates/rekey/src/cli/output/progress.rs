@@ -115,14 +115,19 @@ fn given_up_line(event: &Event) -> Option<String> {
 fn notice_line(event: &Event) -> Option<String> {
     match event {
         Event::Warning { message } => Some(format!("warning: {message}")),
-        Event::Interrupted { again: false } => Some(
-            "rekey: interrupted; finishing the work in flight (the run stays open to resume); \
-             ctrl-c again to stop at once"
-                .into(),
-        ),
-        Event::Interrupted { again: true } => {
-            Some("rekey: interrupted again; stopping now (run the same command to resume)".into())
-        }
+        Event::Interrupted {
+            again: false,
+            signal,
+        } => Some(format!(
+            "rekey: interrupted ({signal}); finishing the work in flight (the run stays open to \
+             resume); Ctrl-C or SIGTERM again to stop at once"
+        )),
+        Event::Interrupted {
+            again: true,
+            signal,
+        } => Some(format!(
+            "rekey: {signal} again; stopping now (run the same command to resume)"
+        )),
         _ => given_up_line(event),
     }
 }

@@ -7,6 +7,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
+use crate::cli::output::totals::Totals;
 use crate::db::journal::{FailedItem, LedgerItem, RollbackMarks, RunCounts, RunRecord};
 use crate::envelope::FieldClass;
 use crate::rotate::batch::{ActionCounts, FieldCounts};
@@ -165,6 +166,50 @@ pub fn run_text(r: &RunReport) -> String {
 /// The run's counts as sums that add up, with the same definitions as
 /// the progress display: rows by what the walk did with them, tenants by
 /// where they stand over the whole run (earlier invocations included).
+/// The report of a run an error stopped before it could conclude: what
+/// this invocation did, from the events it emitted, and that the run is
+/// open. The error itself follows on stderr.
+pub fn stopped_text(t: &Totals, elapsed_secs: f64) -> String {
+    let mut out = String::new();
+    let reason = t
+        .ending
+        .as_ref()
+        .and_then(|e| e.reason.as_deref())
+        .unwrap_or("an error");
+    let _ = writeln!(out, "run {}: stopped — {reason}", t.run_id);
+    let _ = writeln!(
+        out,
+        "  this invocation, over {}: rows walked {} = skipped {} + re-encrypted {} + queued to \
+         re-provision {} + left {}",
+        duration(elapsed_secs),
+        t.rows,
+        t.skipped,
+        t.reencrypted,
+        t.queued,
+        t.rows.saturating_sub(t.skipped + t.reencrypted + t.queued)
+    );
+    if t.tenants_total() > 0 {
+        let _ = writeln!(
+            out,
+            "  tenants {} = re-provisioned {} + given up {} + pending {}",
+            t.tenants_total(),
+            t.tenants_done_all(),
+            t.tenants_given_up_all(),
+            t.tenants_pending()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  every batch that committed stays done; the journal holds the way back"
+    );
+    let _ = writeln!(
+        out,
+        "next: run {} is open: run the same command to resume",
+        t.run_id
+    );
+    out
+}
+
 fn counts_lines(out: &mut String, r: &RunReport) {
     let rows = [
         ("rows walked", r.rows_walked),

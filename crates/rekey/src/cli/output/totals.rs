@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::rotate::events::{Earlier, Event, TenantOutcome};
+use crate::rotate::events::{Earlier, Event, EventSink, TenantOutcome};
 use crate::rotate::reprovision::Step;
 
 /// How far back the in-place rate looks: long enough to smooth batch
@@ -358,6 +358,31 @@ impl Totals {
                 .map(|(s, n)| (s.as_str().to_string(), n))
                 .collect(),
         }
+    }
+}
+
+/// Totals kept from every event, for the report of a run that an error
+/// stopped: the engine's own report exists only for a run that ended, yet
+/// the operator must still be told what this invocation did.
+#[derive(Debug, Default)]
+pub struct Tally(std::sync::Mutex<Totals>);
+
+impl Tally {
+    /// The totals so far.
+    pub fn totals(&self) -> Totals {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl EventSink for Tally {
+    fn emit(&self, event: &Event) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .absorb(event, Instant::now());
     }
 }
 

@@ -4,6 +4,7 @@
 //! transaction as the rows; here they are purged (`finalize`), and read
 //! back and marked restored batch by batch (`rollback`).
 
+use crate::db::Bounded;
 use sqlx::{PgConnection, PgPool};
 
 use super::runs::{get_run, rollback_marks};
@@ -34,21 +35,24 @@ pub async fn purge_backups(pool: &PgPool, run_id: i64) -> Result<u64, DbError> {
         return Err(DbError::RunRolledBack { run_id });
     }
     super::items::refuse_pending_cleanup(pool).await?;
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin().bounded().await?;
     let deleted = sqlx::query("DELETE FROM rekey.backups WHERE run_id = $1")
         .bind(run_id)
         .execute(&mut *tx)
+        .bounded()
         .await?
         .rows_affected();
     sqlx::query("UPDATE rekey.items SET old_db = NULL, old_redis = NULL WHERE run_id = $1")
         .bind(run_id)
         .execute(&mut *tx)
+        .bounded()
         .await?;
     sqlx::query("UPDATE rekey.runs SET backups_purged_at = now() WHERE id = $1")
         .bind(run_id)
         .execute(&mut *tx)
+        .bounded()
         .await?;
-    tx.commit().await?;
+    tx.commit().bounded().await?;
     Ok(deleted)
 }
 
@@ -71,6 +75,7 @@ pub async fn has_rollback_marks(pool: &PgPool) -> Result<bool, DbError> {
                            AND attname = 'restored_at' AND NOT attisdropped)",
     )
     .fetch_one(pool)
+    .bounded()
     .await?)
 }
 
@@ -86,6 +91,7 @@ pub async fn rebacked_rows(pool: &PgPool, run_id: i64) -> Result<Vec<(String, i6
     )
     .bind(run_id)
     .fetch_all(pool)
+    .bounded()
     .await?)
 }
 
@@ -95,7 +101,7 @@ pub async fn backup_entry_count(pool: &PgPool, run_id: i64) -> Result<i64, DbErr
         "SELECT coalesce(sum(cardinality(org_ids)), 0)::bigint FROM rekey.backups WHERE run_id = $1",
     )
     .bind(run_id)
-    .fetch_one(pool)
+    .fetch_one(pool).bounded()
     .await?)
 }
 
@@ -113,6 +119,7 @@ pub async fn claim_unrestored_backup(
     )
     .bind(run_id)
     .fetch_optional(conn)
+    .bounded()
     .await?)
 }
 
@@ -133,6 +140,7 @@ pub async fn next_unrestored_backup(
     .bind(run_id)
     .bind(after)
     .fetch_optional(pool)
+    .bounded()
     .await?)
 }
 
@@ -152,6 +160,7 @@ pub async fn mark_restored(
     .bind(restored)
     .bind(left_ids)
     .execute(conn)
+    .bounded()
     .await?;
     Ok(())
 }
@@ -177,6 +186,7 @@ pub async fn restore_totals(
             sqlx::query_scalar("SELECT count(*) FROM rekey.backups WHERE run_id = $1")
                 .bind(run_id)
                 .fetch_one(pool)
+                .bounded()
                 .await?;
         return Ok(RestoreTotals {
             batches,
@@ -191,6 +201,7 @@ pub async fn restore_totals(
         )
         .bind(run_id)
         .fetch_one(pool)
+        .bounded()
         .await?;
     let left_ids = sqlx::query_scalar(
         "SELECT l FROM rekey.backups, unnest(left_ids) AS l
@@ -199,6 +210,7 @@ pub async fn restore_totals(
     .bind(run_id)
     .bind(limit)
     .fetch_all(pool)
+    .bounded()
     .await?;
     Ok(RestoreTotals {
         batches,

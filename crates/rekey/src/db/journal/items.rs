@@ -2,6 +2,7 @@
 //! re-provisioning in a run, with the step it reached, its attempts, the
 //! resources it created and the ciphertexts its final write compares on.
 
+use crate::db::Bounded;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -33,7 +34,7 @@ pub async fn queue_items(
     .bind(ids)
     .bind(old_db)
     .bind(old_redis)
-    .execute(conn)
+    .execute(conn).bounded()
     .await?;
     Ok(done.rows_affected())
 }
@@ -48,6 +49,7 @@ pub async fn queued_among(
         .bind(run_id)
         .bind(ids)
         .fetch_all(pool)
+        .bounded()
         .await
 }
 
@@ -73,6 +75,7 @@ pub async fn failed_items(
     .bind(run_id)
     .bind(limit)
     .fetch_all(pool)
+    .bounded()
     .await?)
 }
 
@@ -105,6 +108,7 @@ pub async fn ledger(pool: &PgPool, run_id: i64) -> Result<Vec<LedgerItem>, DbErr
     )
     .bind(run_id)
     .fetch_all(pool)
+    .bounded()
     .await?)
 }
 
@@ -222,6 +226,7 @@ pub async fn claim_item(
     .bind(millis(lease))
     .bind(only)
     .fetch_optional(pool)
+    .bounded()
     .await
 }
 
@@ -234,6 +239,7 @@ pub async fn pending_count(pool: &PgPool, run_id: i64) -> Result<i64, sqlx::Erro
     ))
     .bind(run_id)
     .fetch_one(pool)
+    .bounded()
     .await
 }
 
@@ -247,6 +253,7 @@ pub async fn rearm_owed(pool: &PgPool) -> Result<u64, sqlx::Error> {
           WHERE state = 'owed'",
     )
     .execute(pool)
+    .bounded()
     .await?;
     Ok(rearmed.rows_affected())
 }
@@ -262,6 +269,7 @@ pub async fn mark_owed(pool: &PgPool, key: &ItemKey<'_>, reason: &str) -> Result
     )
     .bind(reason)
     .execute(pool)
+    .bounded()
     .await?;
     Ok(())
 }
@@ -275,6 +283,7 @@ pub async fn cleanup_pending_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
           WHERE state IN ('pending', 'owed') AND step IN {OWED_STEPS}"
     ))
     .fetch_one(pool)
+    .bounded()
     .await
 }
 
@@ -294,6 +303,7 @@ pub async fn earlier_saga_unsettled(
     .bind(run_id)
     .bind(org_id)
     .fetch_one(pool)
+    .bounded()
     .await
 }
 
@@ -325,6 +335,7 @@ pub async fn begin_compensation(
     .bind(reason)
     .bind(gave_up_step)
     .execute(pool)
+    .bounded()
     .await?;
     Ok(moved.rows_affected())
 }
@@ -338,6 +349,7 @@ pub async fn finish_compensation(pool: &PgPool, key: &ItemKey<'_>) -> Result<(),
         key,
     )
     .execute(pool)
+    .bounded()
     .await?;
     Ok(())
 }
@@ -361,6 +373,7 @@ pub async fn failed_and_done_among(
     .bind(run_id)
     .bind(org_ids)
     .fetch_one(pool)
+    .bounded()
     .await?;
     Ok(FailedAndDone { failed, done })
 }
@@ -379,6 +392,7 @@ pub async fn renew_lease(
     )
     .bind(millis(lease))
     .execute(pool)
+    .bounded()
     .await?;
     Ok(renewed.rows_affected())
 }
@@ -410,6 +424,7 @@ pub async fn advance(
         .bind(next)
         .bind(millis(lease))
         .execute(pool)
+        .bounded()
         .await?;
     Ok(updated.rows_affected())
 }
@@ -429,6 +444,7 @@ pub async fn move_to_cleanup(
     )
     .bind(millis(lease))
     .execute(conn)
+    .bounded()
     .await?;
     Ok(moved.rows_affected())
 }
@@ -443,6 +459,7 @@ pub async fn mark_done(pool: &PgPool, key: &ItemKey<'_>) -> Result<u64, sqlx::Er
         key,
     )
     .execute(pool)
+    .bounded()
     .await?;
     Ok(done.rows_affected())
 }
@@ -464,6 +481,7 @@ pub async fn release_for_retry(
     .bind(reason)
     .bind(backoff_ms)
     .execute(pool)
+    .bounded()
     .await?;
     Ok(())
 }
@@ -481,7 +499,7 @@ pub async fn mark_failed(
         key,
     )
     .bind(reason)
-    .execute(pool)
+    .execute(pool).bounded()
     .await?;
     Ok(())
 }
@@ -501,7 +519,7 @@ pub async fn mark_failed_unowned(
     .bind(run_id)
     .bind(org_id)
     .bind(reason)
-    .execute(pool)
+    .execute(pool).bounded()
     .await?;
     Ok(())
 }
@@ -517,6 +535,7 @@ pub async fn owner_of(
             .bind(run_id)
             .bind(org_id)
             .fetch_optional(pool)
+            .bounded()
             .await?;
     Ok(owner.flatten())
 }
@@ -529,6 +548,7 @@ pub async fn item_ids(pool: &PgPool, run_id: i64) -> Result<Vec<String>, DbError
         sqlx::query_scalar("SELECT org_id FROM rekey.items WHERE run_id = $1 ORDER BY org_id")
             .bind(run_id)
             .fetch_all(pool)
+            .bounded()
             .await?,
     )
 }

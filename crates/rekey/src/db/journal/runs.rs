@@ -2,6 +2,7 @@
 //! other processes with the same new key, closed as finished or failed,
 //! verified) and the counts the journal holds for it.
 
+use crate::db::Bounded;
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -111,6 +112,7 @@ async fn insert_run(
     .bind(&new_key.0)
     .bind(target)
     .fetch_one(pool)
+    .bounded()
     .await
 }
 
@@ -127,7 +129,7 @@ async fn reopen(
     mode: Mode,
     old_key: Option<&KeyId>,
 ) -> Result<Option<RunRecord>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin().bounded().await?;
     let run = sqlx::query_as::<_, RunRecord>(&format!(
         "UPDATE rekey.runs
             SET state = 'running', reason = NULL, finished_at = NULL, verified_at = NULL,
@@ -139,6 +141,7 @@ async fn reopen(
     .bind(mode.as_str())
     .bind(old_key.map(|k| k.0.as_str()))
     .fetch_optional(&mut *tx)
+    .bounded()
     .await?;
     if run.is_some() {
         sqlx::query(
@@ -152,9 +155,10 @@ async fn reopen(
         )
         .bind(run_id)
         .execute(&mut *tx)
+        .bounded()
         .await?;
     }
-    tx.commit().await?;
+    tx.commit().bounded().await?;
     Ok(run)
 }
 
@@ -165,6 +169,7 @@ pub async fn run_of_key(pool: &PgPool, new_key: &KeyId) -> Result<Option<RunReco
     ))
     .bind(&new_key.0)
     .fetch_optional(pool)
+    .bounded()
     .await?)
 }
 
@@ -174,6 +179,7 @@ pub async fn open_run(pool: &PgPool) -> Result<Option<RunRecord>, DbError> {
         "SELECT {RUN_COLUMNS} FROM rekey.runs WHERE state = 'running'"
     ))
     .fetch_optional(pool)
+    .bounded()
     .await?)
 }
 
@@ -186,6 +192,7 @@ pub async fn get_run(pool: &PgPool, id: Option<i64>) -> Result<RunRecord, DbErro
             ))
             .bind(id)
             .fetch_optional(pool)
+            .bounded()
             .await?
         }
         None => {
@@ -193,6 +200,7 @@ pub async fn get_run(pool: &PgPool, id: Option<i64>) -> Result<RunRecord, DbErro
                 "SELECT {RUN_COLUMNS} FROM rekey.runs ORDER BY id DESC LIMIT 1"
             ))
             .fetch_optional(pool)
+            .bounded()
             .await?
         }
     };
@@ -223,6 +231,7 @@ pub async fn close_run(
     .bind(reason)
     .bind(summary)
     .execute(pool)
+    .bounded()
     .await?;
     Ok(())
 }
@@ -238,6 +247,7 @@ pub async fn mark_verified(pool: &PgPool, new_key: &KeyId) -> Result<Option<i64>
     )
     .bind(&new_key.0)
     .fetch_optional(pool)
+    .bounded()
     .await?)
 }
 
@@ -261,12 +271,13 @@ pub async fn run_counts(pool: &PgPool, run_id: i64) -> Result<RunCounts, DbError
         "SELECT coalesce(sum(cardinality(org_ids)), 0)::bigint, count(*) FROM rekey.backups WHERE run_id = $1",
     )
     .bind(run_id)
-    .fetch_one(pool)
+    .fetch_one(pool).bounded()
     .await?;
     let states: Vec<(String, i64)> =
         sqlx::query_as("SELECT state, count(*) FROM rekey.items WHERE run_id = $1 GROUP BY state")
             .bind(run_id)
             .fetch_all(pool)
+            .bounded()
             .await?;
     let steps: Vec<(String, i64)> = sqlx::query_as(
         "SELECT step, count(*) FROM rekey.items WHERE run_id = $1 AND state = 'pending'
@@ -274,6 +285,7 @@ pub async fn run_counts(pool: &PgPool, run_id: i64) -> Result<RunCounts, DbError
     )
     .bind(run_id)
     .fetch_all(pool)
+    .bounded()
     .await?;
     let of = |s: &str| states.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
     Ok(RunCounts {
@@ -305,6 +317,7 @@ pub async fn rollback_marks(pool: &PgPool, run_id: i64) -> Result<RollbackMarks,
     )
     .bind(run_id)
     .fetch_optional(pool)
+    .bounded()
     .await?
     .unwrap_or_default())
 }
@@ -323,6 +336,7 @@ pub async fn begin_rollback(pool: &PgPool, run_id: i64) -> Result<(), DbError> {
     )
     .bind(run_id)
     .execute(pool)
+    .bounded()
     .await?;
     Ok(())
 }
@@ -334,6 +348,7 @@ pub async fn mark_rolled_back(pool: &PgPool, run_id: i64) -> Result<(), DbError>
     )
     .bind(run_id)
     .execute(pool)
+    .bounded()
     .await?;
     Ok(())
 }

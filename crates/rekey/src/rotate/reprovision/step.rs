@@ -7,6 +7,7 @@
 //! (`schedule`), giving a tenant up and undoing what it created
 //! (`compensate`), and the SQL itself (`db::journal`, `db::org_instances`).
 
+use crate::db::Bounded;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
@@ -545,17 +546,17 @@ impl Reprovisioner {
             old_branch: &item.old_branch,
             old_machine: &item.old_machine,
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin().bounded().await?;
         if org_instances::swap_provisioned(&mut tx, &self.table, cols, &swap).await? == 0 {
-            tx.rollback().await?;
+            tx.rollback().bounded().await?;
             return Err(StepError::RowChanged);
         }
         let key = item.key(&self.owner);
         if journal::move_to_cleanup(&mut tx, &key, self.settings.lease).await? == 0 {
-            tx.rollback().await?;
+            tx.rollback().bounded().await?;
             return Err(StepError::LostLease);
         }
-        tx.commit().await?;
+        tx.commit().bounded().await?;
         item.step = Ok(Step::Cleanup);
         Ok(())
     }
@@ -680,7 +681,7 @@ async fn prove_session(uri: &Secret, timeout: std::time::Duration) -> Result<(),
     };
     let session = async {
         let mut conn = sqlx::PgConnection::connect(uri.expose()).await?;
-        sqlx::query("SELECT 1").execute(&mut conn).await?;
+        sqlx::query("SELECT 1").execute(&mut conn).bounded().await?;
         conn.close().await
     };
     match tokio::time::timeout(timeout, session).await {
