@@ -19,12 +19,14 @@ use std::task::{Context, Poll};
 use tokio::time::Timeout;
 
 /// How long a statement may go unanswered by default
-/// (`--statement-timeout-secs`).
-pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// (`--statement-timeout-secs`): longer than the 60 s `lock_timeout` a
+/// statement that waits for a lock sets, so the server's own answer comes
+/// first.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The bound in milliseconds; set once from the command line before the
 /// first connection.
-static STATEMENT_TIMEOUT_MS: AtomicU64 = AtomicU64::new(60_000);
+static STATEMENT_TIMEOUT_MS: AtomicU64 = AtomicU64::new(90_000);
 
 /// Sets the bound for every statement from now on (at least 1 ms).
 pub fn set_statement_timeout(limit: Duration) {

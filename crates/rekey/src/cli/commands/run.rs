@@ -61,7 +61,7 @@ pub async fn run(global: &Global, args: &RunArgs) -> Result<Outcome, CliError> {
     // From the moment the metrics file says `running`, a signal must reach
     // the code that writes its end.
     let stop = Arc::new(AtomicBool::new(false));
-    watch_signals(Arc::clone(&stop), Arc::clone(&sink));
+    watch_signals(Arc::clone(&stop), Arc::clone(&sink), global.json);
     let engine = Engine {
         pool,
         table,
@@ -169,7 +169,7 @@ impl Engine {
 /// safe: the journal resumes a run killed at any instant. The handlers are
 /// installed before this returns, so no signal can arrive unhandled once the
 /// run has started.
-fn watch_signals(stop: Arc<AtomicBool>, sink: Arc<dyn EventSink>) {
+fn watch_signals(stop: Arc<AtomicBool>, sink: Arc<dyn EventSink>, json: bool) {
     let mut signals = match Signals::install() {
         Ok(signals) => signals,
         Err(e) => {
@@ -179,18 +179,37 @@ fn watch_signals(stop: Arc<AtomicBool>, sink: Arc<dyn EventSink>) {
     };
     tokio::spawn(async move {
         let first = signals.next().await;
-        sink.emit(&Event::Interrupted {
-            again: false,
-            signal: first.name().into(),
-        });
+        notify(
+            &*sink,
+            json,
+            &Event::Interrupted {
+                again: false,
+                signal: first.name().into(),
+            },
+        );
         stop.store(true, Ordering::SeqCst);
         let second = signals.next().await;
-        sink.emit(&Event::Interrupted {
-            again: true,
-            signal: second.name().into(),
-        });
+        notify(
+            &*sink,
+            json,
+            &Event::Interrupted {
+                again: true,
+                signal: second.name().into(),
+            },
+        );
         std::process::exit(second.exit_code());
     });
+}
+
+/// Tells the renderers of a signal; with `--json` stdout is a program's,
+/// so the person who sent the signal also reads the notice on stderr.
+fn notify(sink: &dyn EventSink, json: bool, event: &Event) {
+    sink.emit(event);
+    if json {
+        if let Some(line) = crate::cli::output::progress::notice_line(event) {
+            eprintln!("{line}");
+        }
+    }
 }
 
 /// The signals that interrupt a run.

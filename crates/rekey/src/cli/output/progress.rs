@@ -112,14 +112,14 @@ fn given_up_line(event: &Event) -> Option<String> {
 }
 
 /// The lines every human renderer prints above its progress, if any.
-fn notice_line(event: &Event) -> Option<String> {
+pub fn notice_line(event: &Event) -> Option<String> {
     match event {
         Event::Warning { message } => Some(format!("warning: {message}")),
         Event::Interrupted {
             again: false,
             signal,
         } => Some(format!(
-            "rekey: interrupted ({signal}); finishing the work in flight (the run stays open to \
+            "rekey: interrupted; finishing the work in flight ({signal}; the run stays open to \
              resume); Ctrl-C or SIGTERM again to stop at once"
         )),
         Event::Interrupted {
