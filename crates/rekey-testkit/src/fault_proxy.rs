@@ -90,25 +90,11 @@ impl Drop for FaultProxy {
     }
 }
 
-/// One client's connection, for as long as the fault allows.
+/// One client's connection, for as long as the fault allows. The server
+/// is connected to only once bytes may pass: a silent server accepted the
+/// connection but never answers its startup.
 async fn relay(mut client: TcpStream, upstream: SocketAddr, mut fault: watch::Receiver<Fault>) {
-    // Wait out a silence before connecting: a silent server accepted the
-    // connection but never answers its startup.
-    loop {
-        let now = *fault.borrow_and_update();
-        match now {
-            Fault::Cut => return,
-            Fault::Silent => {
-                if fault.changed().await.is_err() {
-                    return;
-                }
-            }
-            Fault::Pass | Fault::SilentOn(_) => break,
-        }
-    }
-    let Ok(mut server) = TcpStream::connect(upstream).await else {
-        return;
-    };
+    let mut server: Option<TcpStream> = None;
     let (mut to_client, mut to_server) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
     loop {
         let now = *fault.borrow_and_update();
@@ -120,6 +106,15 @@ async fn relay(mut client: TcpStream, upstream: SocketAddr, mut fault: watch::Re
                 }
             }
             Fault::Pass | Fault::SilentOn(_) => {
+                if server.is_none() {
+                    let Ok(connected) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    server = Some(connected);
+                }
+                let Some(server) = server.as_mut() else {
+                    return;
+                };
                 tokio::select! {
                     read = client.read(&mut to_server) => match read {
                         Ok(n) if n > 0 => {

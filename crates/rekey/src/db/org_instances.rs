@@ -6,10 +6,9 @@
 //! ciphertexts read: a row the control plane changed in the meantime is
 //! never overwritten.
 
-use super::Bounded;
 use sqlx::{PgConnection, PgPool, Row};
 
-use super::{ProvisionColumns, Table};
+use super::{Bounded, ProvisionColumns, Table};
 
 /// A tenant row's ciphertexts as stored.
 #[derive(Debug, Clone)]

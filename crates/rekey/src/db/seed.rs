@@ -5,15 +5,13 @@
 //! given key; optional shares of tenants are sealed under a throwaway key
 //! (undecryptable), already under another key, or carry a KMS envelope.
 
-use super::Bounded;
 use rand::distributions::{Alphanumeric, DistString};
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::db::DbError;
-use crate::db::Table;
+use super::{Bounded, DbError, Table};
 use crate::envelope::{Cipher, KMS_VERSION_BYTE};
 use crate::keys::Key;
 

@@ -8,7 +8,6 @@
 //! A crash at any instant leaves either the whole batch (rows, backup,
 //! queue) or none of it. Re-provisioning itself lives in `reprovision`.
 
-use crate::db::Bounded;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,6 +20,7 @@ use super::events::{BatchReport, Event, EventSink};
 use super::{retry, RunError};
 use crate::db::journal;
 use crate::db::org_instances::{claim_range, range_ends, swap_batch, RowFilter, StoredRow};
+use crate::db::Bounded;
 use crate::db::Table;
 use crate::envelope::{Keyring, Mode};
 

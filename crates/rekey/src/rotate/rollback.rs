@@ -11,7 +11,6 @@
 //! credentials were reset, so their old ciphertexts open to dead secrets.
 //! No clap and no environment here: the command builds the options.
 
-use crate::db::Bounded;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -22,7 +21,7 @@ use sqlx::PgPool;
 use super::Outcome;
 use crate::db::journal::{self, BackupBatch, RunRecord};
 use crate::db::org_instances::{claim_batch, restore_batch, scan_page, RowFilter, StoredRow, Swap};
-use crate::db::{self, DbError, Table};
+use crate::db::{self, Bounded, DbError, Table};
 use crate::envelope::Keyring;
 
 /// Rows listed by id in a report (each list also gives its total).

@@ -15,6 +15,9 @@ use sqlx::PgPool;
 /// are cut (small batches make many transactions).
 const ROWS: u64 = 20_000;
 
+/// The in-place run of these tests: small batches on two workers.
+const SMALL_BATCHES: &str = "run --mode reencrypt --workers 2 --batch-size 50";
+
 /// Waits until the running binary has committed at least `batches` batches
 /// and still has a transaction open; fails the test if it ended first.
 async fn wait_mid_run(pool: &PgPool, child: &mut std::process::Child, batches: i64) {
@@ -46,9 +49,7 @@ async fn terminate_rekey_backends(pool: &PgPool) -> i64 {
 #[sqlx::test(migrations = false)]
 async fn connections_terminated_mid_run_are_retried_and_the_run_finishes(pool: PgPool) {
     let OldKeyFleet { keys, tenants, url } = old_key_fleet(&pool, ROWS).await;
-    let run: Vec<&str> = "run --mode reencrypt --workers 2 --batch-size 50"
-        .split(' ')
-        .collect();
+    let run: Vec<&str> = SMALL_BATCHES.split(' ').collect();
     let args = args_with_keys(&run, &keys);
     let mut child = rekey_cmd(&url, &strs(&args))
         .stdout(std::process::Stdio::piped())
@@ -329,9 +330,8 @@ async fn run_until_the_database_fails(
 ) -> (OldKeyFleet, FaultProxy, String, std::process::Output) {
     let fleet = old_key_fleet(pool, ROWS).await;
     let (proxy, url) = FaultProxy::in_front_of(&fleet.url, Fault::Pass);
-    let mut run: Vec<&str> = "run --mode reencrypt --workers 2 --batch-size 50 --db-retry-secs 3"
-        .split(' ')
-        .collect();
+    let mut run: Vec<&str> = SMALL_BATCHES.split(' ').collect();
+    run.extend(["--db-retry-secs", "3"]);
     run.extend(extra);
     let args = args_with_keys(&run, &fleet.keys);
     let mut child = spawn_piped(&url, &args);
@@ -378,18 +378,8 @@ async fn a_database_lost_for_good_mid_run_stops_it_open_with_its_report_then_it_
     assert_no_secret("stopped run", &text(&out), &keys.secret_texts());
 
     proxy.set(Fault::Pass);
-    let args = args_with_keys(
-        &[
-            "run",
-            "--mode",
-            "reencrypt",
-            "--workers",
-            "2",
-            "--batch-size",
-            "50",
-        ],
-        &keys,
-    );
+    let run: Vec<&str> = SMALL_BATCHES.split(' ').collect();
+    let args = args_with_keys(&run, &keys);
     let again = rekey(&url, &strs(&args));
     assert_exit(&again, 0, "the same command once the database is back");
     assert_all_open_to_seed(&snapshot(&pool).await, &keys.new, &tenants);

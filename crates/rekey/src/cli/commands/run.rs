@@ -69,7 +69,6 @@ pub async fn run(global: &Global, args: &RunArgs) -> Result<Outcome, CliError> {
         access,
         stop,
     };
-    let began = std::time::Instant::now();
     let report = match engine.run(args, &opts, &sink).await {
         Ok(report) => report,
         Err(e) => {
@@ -78,7 +77,7 @@ pub async fn run(global: &Global, args: &RunArgs) -> Result<Outcome, CliError> {
             }
             drop(sink);
             if matches!(e, CliError::Run(RunError::Stopped { .. })) {
-                stopped_report(&tally.totals(), began.elapsed().as_secs_f64(), global.json);
+                stopped_report(&tally.totals(), global.json);
             }
             return Err(e);
         }
@@ -103,7 +102,8 @@ pub async fn run(global: &Global, args: &RunArgs) -> Result<Outcome, CliError> {
 /// What an error that stopped an open run leaves the operator: what this
 /// invocation did and that the same command resumes it (the error itself
 /// follows on stderr).
-fn stopped_report(totals: &Totals, elapsed_secs: f64, json: bool) {
+fn stopped_report(totals: &Totals, json: bool) {
+    let now = std::time::Instant::now();
     if json {
         report::print_json(&serde_json::json!({
             "schema_version": crate::cli::output::progress::SCHEMA_VERSION,
@@ -111,10 +111,10 @@ fn stopped_report(totals: &Totals, elapsed_secs: f64, json: bool) {
             "event": "stopped",
             "run_id": totals.run_id,
             "reason": totals.ending.as_ref().and_then(|e| e.reason.clone()),
-            "progress": totals.snapshot(std::time::Instant::now()),
+            "progress": totals.snapshot(now),
         }));
     } else {
-        report::print(&report::stopped_text(totals, elapsed_secs));
+        report::print(&report::stopped_text(totals, now));
     }
 }
 

@@ -163,13 +163,10 @@ pub fn run_text(r: &RunReport) -> String {
     out
 }
 
-/// The run's counts as sums that add up, with the same definitions as
-/// the progress display: rows by what the walk did with them, tenants by
-/// where they stand over the whole run (earlier invocations included).
 /// The report of a run an error stopped before it could conclude: what
 /// this invocation did, from the events it emitted, and that the run is
 /// open. The error itself follows on stderr.
-pub fn stopped_text(t: &Totals, elapsed_secs: f64) -> String {
+pub fn stopped_text(t: &Totals, now: std::time::Instant) -> String {
     let mut out = String::new();
     let reason = t
         .ending
@@ -181,7 +178,7 @@ pub fn stopped_text(t: &Totals, elapsed_secs: f64) -> String {
         out,
         "  this invocation, over {}: rows walked {} = skipped {} + re-encrypted {} + queued to \
          re-provision {} + left {}",
-        duration(elapsed_secs),
+        duration(t.elapsed_secs(now)),
         t.rows,
         t.skipped,
         t.reencrypted,
@@ -210,6 +207,9 @@ pub fn stopped_text(t: &Totals, elapsed_secs: f64) -> String {
     out
 }
 
+/// The run's counts as sums that add up, with the same definitions as
+/// the progress display: rows by what the walk did with them, tenants by
+/// where they stand over the whole run (earlier invocations included).
 fn counts_lines(out: &mut String, r: &RunReport) {
     let rows = [
         ("rows walked", r.rows_walked),

@@ -4,11 +4,10 @@
 //! transaction as the rows; here they are purged (`finalize`), and read
 //! back and marked restored batch by batch (`rollback`).
 
-use crate::db::Bounded;
 use sqlx::{PgConnection, PgPool};
 
 use super::runs::{get_run, rollback_marks};
-use crate::db::DbError;
+use crate::db::{Bounded, DbError};
 
 /// Deletes a finished, verified run's backup ciphertexts. Refused unless
 /// `verify` passed after the run finished: until then the backup is the

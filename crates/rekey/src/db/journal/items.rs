@@ -2,7 +2,6 @@
 //! re-provisioning in a run, with the step it reached, its attempts, the
 //! resources it created and the ciphertexts its final write compares on.
 
-use crate::db::Bounded;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -10,7 +9,7 @@ use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
 use sqlx::{PgConnection, PgPool, Postgres};
 
-use crate::db::DbError;
+use crate::db::{Bounded, DbError};
 
 /// Queues tenants for re-provisioning in this run, remembering the
 /// ciphertexts seen so that the final write can compare-and-swap on them.

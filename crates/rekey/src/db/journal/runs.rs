@@ -2,11 +2,10 @@
 //! other processes with the same new key, closed as finished or failed,
 //! verified) and the counts the journal holds for it.
 
-use crate::db::Bounded;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::db::DbError;
+use crate::db::{Bounded, DbError};
 use crate::envelope::Mode;
 use crate::keys::KeyId;
 

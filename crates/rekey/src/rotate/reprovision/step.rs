@@ -7,7 +7,6 @@
 //! (`schedule`), giving a tenant up and undoing what it created
 //! (`compensate`), and the SQL itself (`db::journal`, `db::org_instances`).
 
-use crate::db::Bounded;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
@@ -20,6 +19,7 @@ use crate::cloud::fly::{CreateMachine, StopOptions, WaitState};
 use crate::cloud::{CloudError, Secret};
 use crate::db::journal::{self, ItemFields, ItemKey, Records};
 use crate::db::org_instances::{self, ProvisionSwap};
+use crate::db::Bounded;
 use crate::rotate::events::{Event, TenantOutcome};
 use crate::rotate::RunError;
 
