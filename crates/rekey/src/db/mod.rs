@@ -116,6 +116,13 @@ pub async fn connect(url: &str, connections: u32) -> Result<PgPool, DbError> {
                 .into(),
         });
     }
+    let (url, ignored) = without_unknown_params(url);
+    if !ignored.is_empty() {
+        tracing::warn!(
+            "ignoring database URL parameter(s) the driver does not use: {}",
+            ignored.join(", ")
+        );
+    }
     let opts: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| DbError::Connect {
         url: shown(),
         message: format!("invalid database URL: {}", short_db_error(&e)),
@@ -150,6 +157,58 @@ pub async fn connect(url: &str, connections: u32) -> Result<PgPool, DbError> {
     .await
     .map_err(|_| timed_out())?
     .map_err(failed)
+}
+
+/// The query parameters sqlx reads from a PostgreSQL URL (its
+/// `PgConnectOptions` parser); it logs any other one with its value, which
+/// may be a secret (`sslpassword=…`).
+const DRIVER_PARAMS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// `url` without the query parameters the driver would ignore, and their
+/// names, so that the warning about them names them and shows no value. A
+/// URL that does not parse is returned as it is, for the driver to refuse.
+fn without_unknown_params(url: &str) -> (String, Vec<String>) {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return (url.to_string(), Vec::new());
+    };
+    if parsed.query().is_none() {
+        return (url.to_string(), Vec::new());
+    }
+    let (kept, ignored): (Vec<_>, Vec<_>) = parsed
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .partition(|(k, _)| DRIVER_PARAMS.contains(&k.as_str()));
+    if ignored.is_empty() {
+        return (url.to_string(), Vec::new());
+    }
+    if kept.is_empty() {
+        parsed.set_query(None);
+    } else {
+        parsed.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    (
+        parsed.to_string(),
+        ignored.into_iter().map(|(k, _)| k).collect(),
+    )
 }
 
 /// Applies the tool's own migrations. sqlx keeps its bookkeeping table in
@@ -287,4 +346,28 @@ pub async fn resolve_table(pool: &PgPool, spec: &TableSpec) -> Result<Table, DbE
         redis: quote_ident(&spec.redis_column),
         id_type,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_unknown_params;
+
+    #[test]
+    fn parameters_the_driver_ignores_are_dropped_and_named_without_their_values() {
+        let (url, ignored) = without_unknown_params(
+            "postgres://u@h/db?sslmode=disable&sslpassword=S3cret&password=P4ss&connect_timeout=5",
+        );
+        assert_eq!(url, "postgres://u@h/db?sslmode=disable&password=P4ss");
+        assert_eq!(ignored, ["sslpassword", "connect_timeout"]);
+        let (url, ignored) = without_unknown_params("postgres://u@h/db?sslpassword=S3cret");
+        assert_eq!(url, "postgres://u@h/db");
+        assert_eq!(ignored, ["sslpassword"]);
+        for kept in [
+            "postgres://u@h/db",
+            "postgres://u@h/db?sslmode=require",
+            "not a url",
+        ] {
+            assert_eq!(without_unknown_params(kept), (kept.to_string(), Vec::new()));
+        }
+    }
 }

@@ -427,3 +427,89 @@ async fn seed_fills_an_empty_table_and_refuses_one_with_rows(pool: PgPool) {
         "the refused seed changed the table"
     );
 }
+
+/// Defect: a database password given as a query parameter (which sqlx
+/// honours) was echoed verbatim by setup errors. Every way a URL can carry
+/// a secret stays out of the output, whichever command reports it.
+#[sqlx::test(migrations = false)]
+async fn a_password_in_any_part_of_the_database_url_never_reaches_the_output(pool: PgPool) {
+    let (keys, _url, before) = small_fleet_as_it_was(&pool).await;
+    let secrets = ["Query-Pw-4242", "Ssl-Pw-4343", "User-Pw-4444"];
+    let urls = [
+        "postgres://postgres@127.0.0.1:1/x?password=Query-Pw-4242".to_string(),
+        "postgres://postgres@127.0.0.1:1/x?sslmode=disable&sslpassword=Ssl-Pw-4343&password=Query-Pw-4242".to_string(),
+        "postgres://postgres:User-Pw-4444@127.0.0.1:1/x?password=Query-Pw-4242".to_string(),
+        // Unparseable: nothing of it is quoted back.
+        "postgres://postgres:User-Pw-4444@[::1/x?password=Query-Pw-4242".to_string(),
+    ];
+    for url in &urls {
+        for command in ["plan", "run", "verify", "status"] {
+            let out = if command == "status" {
+                rekey(url, &[command])
+            } else {
+                rekey_with_keys(url, &keys, &[command])
+            };
+            assert_refused(&out, &["database"]);
+            for secret in secrets {
+                assert!(
+                    !text(&out).contains(secret),
+                    "{command} echoed {secret}: {}",
+                    text(&out)
+                );
+            }
+        }
+    }
+    assert_untouched(&pool, &before).await;
+}
+
+/// Defect: messages that named the wrong problem. An empty DATABASE_URL
+/// read "relative URL without a base"; a key file of 32 bytes that are not
+/// UTF-8 was "32 characters long"; a raw key whose last byte is a space
+/// was trimmed and refused as the wrong length.
+#[sqlx::test(migrations = false)]
+async fn setup_errors_name_the_problem_the_operator_has(pool: PgPool) {
+    let (keys, url, before) = small_fleet_as_it_was(&pool).await;
+
+    let out = rekey_with_keys("", &keys, &["plan"]);
+    assert_refused(&out, &["database url is empty", "DATABASE_URL"]);
+    assert!(!text(&out).contains("relative URL"), "{}", text(&out));
+
+    let binary = keys.dir.path().join("binary32.key");
+    let bytes: Vec<u8> = (0..32u8).map(|b| b.wrapping_mul(37) | 0x80).collect();
+    std::fs::write(&binary, &bytes).expect("write key file");
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let out = rekey(
+        &url,
+        &[
+            "plan",
+            "--old-key-file",
+            path_str(&keys.old_file),
+            "--new-key-file",
+            path_str(&binary),
+        ],
+    );
+    assert_refused(&out, &["binary32.key", "not text"]);
+    assert!(!text(&out).contains("characters long"), "{}", text(&out));
+    assert_untouched(&pool, &before).await;
+
+    // 32 raw bytes whose first and last are spaces: a key as it is.
+    let spaced = keys.dir.path().join("spaced.key");
+    std::fs::write(&spaced, format!(" {} ", "k".repeat(30))).expect("write key file");
+    std::fs::set_permissions(&spaced, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let out = rekey(
+        &url,
+        &[
+            "plan",
+            "--old-key-file",
+            path_str(&keys.old_file),
+            "--new-key-file",
+            path_str(&spaced),
+        ],
+    );
+    assert_exit(
+        &out,
+        0,
+        "plan with a raw key that starts and ends with a space",
+    );
+    assert_eq!(snapshot(&pool).await, before, "plan changed the table");
+}
