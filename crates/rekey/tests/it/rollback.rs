@@ -1,5 +1,5 @@
 //! `rekey rollback`, specified through the real binary: a rotated fleet
-//! (plain or mixed) is put back byte for byte; a row the control plane
+//! (100,000 rows plain, or mixed) is put back byte for byte; a row the control plane
 //! changed since the run is left and reported; `--dry-run` writes nothing;
 //! a finalized, unknown or still open run is refused with nothing changed;
 //! SIGKILL at three points and a re-run still converge; tenants the run
@@ -84,9 +84,12 @@ fn plain_fleet(rows: u64) -> SeedSpec {
     }
 }
 
+/// The size the operator's question is asked at: a fleet of 100,000 rows.
+const FLEET: u64 = 100_000;
+
 #[sqlx::test(migrations = false)]
 async fn rollback_restores_a_rotated_fleet_byte_for_byte(pool: PgPool) {
-    let (keys, url, before) = rotated_fleet(&pool, ROWS).await;
+    let (keys, url, before) = rotated_fleet(&pool, FLEET).await;
     assert_ne!(snapshot(&pool).await, before, "the run rewrote the rows");
     let out = rekey_with_keys(&url, &keys, &["verify"]);
     assert_exit(&out, 0, "verify");
@@ -95,8 +98,8 @@ async fn rollback_restores_a_rotated_fleet_byte_for_byte(pool: PgPool) {
     assert_exit(&out, 0, "rollback");
     assert_eq!(snapshot(&pool).await, before, "every row as before the run");
     let report = run_summary(&out);
-    assert_eq!(report["restored"], ROWS);
-    assert_eq!(report["rows_backed_up"], ROWS);
+    assert_eq!(report["restored"], FLEET);
+    assert_eq!(report["rows_backed_up"], FLEET);
     assert_eq!(report["changed_total"], 0);
     assert_eq!(report["rolled_back"], true);
 
