@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes crates/rekey/tests/it/vectors/static_key.json: compatibility vectors for rekey's
+"""Writes crates/rekey-it/tests/it/vectors/static_key.json: compatibility vectors for rekey's
 static-key format, key id and key text forms, computed independently of
 rekey with Python's `cryptography` package (OpenSSL's AES-GCM) and the
 standard library's hmac/base64.
@@ -159,7 +159,7 @@ def parse_vectors():
 def main():
     root = pathlib.Path(__file__).resolve().parent.parent
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=pathlib.Path, default=root / "crates/rekey/tests/it/vectors/static_key.json")
+    parser.add_argument("--out", type=pathlib.Path, default=root / "crates/rekey-it/tests/it/vectors/static_key.json")
     args = parser.parse_args()
     doc = {
         "about": "rekey compatibility vectors, written by scripts/make_vectors.py; do not edit by hand",

@@ -1,5 +1,5 @@
 //! Compatibility with the control plane's formats, checked against vectors
-//! that were computed without rekey: `crates/rekey/tests/it/vectors/static_key.json` is
+//! that were computed without rekey: `crates/rekey-it/tests/it/vectors/static_key.json` is
 //! written by `scripts/make_vectors.py` with Python's `cryptography` package
 //! (OpenSSL's AES-GCM) and the standard library's `hmac` and `base64`.
 //!
@@ -321,6 +321,6 @@ fn committed_vectors_are_exactly_what_the_generator_writes() {
     let regenerated = std::fs::read_to_string(&out).expect("the generator wrote its file");
     assert!(
         regenerated == VECTORS_JSON,
-        "crates/rekey/tests/it/vectors/static_key.json differs from the generator's output; run scripts/make_vectors.py"
+        "crates/rekey-it/tests/it/vectors/static_key.json differs from the generator's output; run scripts/make_vectors.py"
     );
 }

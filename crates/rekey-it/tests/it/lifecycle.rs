@@ -529,7 +529,7 @@ async fn journal_of_an_older_version(pool: &PgPool) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("0001_journal.sql"),
-        include_str!("../../migrations/0001_journal.sql"),
+        include_str!("../../../rekey/migrations/0001_journal.sql"),
     )
     .unwrap();
     let older = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
