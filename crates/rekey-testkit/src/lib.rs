@@ -36,7 +36,36 @@ pub fn binary(name: &str) -> PathBuf {
         "{} is not built; run the tests with scripts/test.sh (cargo test --workspace)",
         path.display()
     );
+    assert_not_stale(&path, &dir.join("deps"), name);
     path
+}
+
+/// Cargo builds a package's binaries only for that package's own tests, so
+/// `cargo test -p rekey-it` alone would run a binary from an earlier build.
+/// The binary links its crate's library: one older than the newest build of
+/// that library is stale, and testing it would prove nothing.
+fn assert_not_stale(binary: &Path, deps: &Path, name: &str) {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let prefix = format!("lib{}-", name.replace('-', "_"));
+    let newest_library = std::fs::read_dir(deps)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let file = e.file_name();
+            let file = file.to_string_lossy();
+            file.starts_with(&prefix) && file.ends_with(".rlib")
+        })
+        .filter_map(|e| modified(&e.path()))
+        .max();
+    if let (Some(built), Some(library)) = (modified(binary), newest_library) {
+        assert!(
+            built >= library,
+            "{} is older than the {name} library these tests link: run them with \
+             scripts/test.sh (cargo test --workspace), which builds both",
+            binary.display()
+        );
+    }
 }
 
 /// The repository's root (where `scripts/` lives).
