@@ -1,10 +1,13 @@
 //! `rekey run --metrics-file FILE`: the file is Prometheus text exposition
 //! format (checked by a strict parser below, not by searching for
-//! strings), it exists and parses at every moment of the run, and its
-//! counters are the run's: rows re-encrypted and left, batches, tenants
-//! re-provisioned through the fake cloud, and how the invocation ended.
+//! strings) holding exactly the families docs/metrics.md lists, it exists
+//! and parses at every moment of the run, it is rewritten while the run
+//! waits with nothing to report, and its counters are the run's: rows
+//! re-encrypted and left, batches and their durations, tenants
+//! re-provisioned and the cloud requests that took, and how the
+//! invocation ended.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -33,7 +36,7 @@ struct Family {
 struct Exposition(BTreeMap<String, Family>);
 
 impl Exposition {
-    /// The value of `name` with exactly `labels` (besides `run`).
+    /// The value of `name` with exactly `labels`.
     fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let family = self
             .0
@@ -43,8 +46,7 @@ impl Exposition {
             .samples
             .iter()
             .filter(|(l, _)| {
-                l.len() == labels.len() + 1
-                    && l.contains_key("run")
+                l.len() == labels.len()
                     && labels
                         .iter()
                         .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
@@ -55,16 +57,21 @@ impl Exposition {
         found[0]
     }
 
-    /// The one `run` label value every sample carries.
-    fn run_label(&self) -> String {
-        let runs: std::collections::BTreeSet<&String> = self
-            .0
-            .values()
-            .flat_map(|f| f.samples.keys())
-            .map(|l| l.get("run").expect("every sample has a run label"))
-            .collect();
-        assert_eq!(runs.len(), 1, "samples of several runs: {runs:?}");
-        runs.into_iter().next().expect("one run").clone()
+    /// The run `rekey_run_info` names, if it has its sample yet; no other
+    /// series carries the run (a label that appears mid-run, or `run="0"`
+    /// before the run is known, would split every series in two).
+    fn run_id(&self) -> Option<String> {
+        for (name, family) in &self.0 {
+            if name != "rekey_run_info" {
+                assert!(
+                    family.samples.keys().all(|l| !l.contains_key("run")),
+                    "{name} carries a run label: {family:?}"
+                );
+            }
+        }
+        let info = &self.0["rekey_run_info"].samples;
+        assert!(info.len() <= 1, "{info:?}");
+        info.keys().next().map(|l| l["run"].clone())
     }
 }
 
@@ -203,7 +210,24 @@ fn parse_exposition(text: &str) -> Result<Exposition, String> {
         if !is_metric_name(name) {
             return Err(err(format!("bad metric name {name:?}")));
         }
-        if current.as_deref() != Some(name) {
+        let Some(open) = current.as_deref() else {
+            return Err(err(format!("sample of {name} before any HELP/TYPE block")));
+        };
+        // A histogram's samples are its `_bucket`s, `_sum` and `_count`,
+        // each kept as a family of its own name (typed `histogram`).
+        let histogram_part = families.get(open).is_some_and(|f| f.kind == "histogram")
+            && ["_bucket", "_sum", "_count"]
+                .iter()
+                .any(|suffix| name.strip_suffix(suffix) == Some(open));
+        if histogram_part {
+            let (kind, help) = (families[open].kind.clone(), families[open].help.clone());
+            let part = families.entry(name.to_string()).or_default();
+            part.kind = kind;
+            part.help = help;
+            if name.ends_with("_bucket") && !labels.contains_key("le") {
+                return Err(err(format!("bucket of {open} without le")));
+            }
+        } else if open != name {
             return Err(err(format!("sample of {name} outside its HELP/TYPE block")));
         }
         let mut parts = value.split(' ');
@@ -236,6 +260,10 @@ fn the_parser_refuses_what_prometheus_would() {
     let good = "# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"1\",y=\"q\\\"\"} 3\n";
     let parsed = parse_exposition(good).expect("good file parses");
     assert_eq!(parsed.0["a_total"].samples.len(), 1);
+    let histogram = "# HELP h H.\n# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 3\nh_sum 4.5\nh_count 3\n";
+    let parsed = parse_exposition(histogram).expect("a histogram parses");
+    assert_eq!(parsed.value("h_count", &[]), 3.0);
+    assert_eq!(parsed.value("h_bucket", &[("le", "+Inf")]), 3.0);
     for (why, bad) in [
         ("no HELP", "# TYPE a counter\na 1\n"),
         ("no final newline", "# HELP a A.\n# TYPE a counter\na 1"),
@@ -264,6 +292,14 @@ fn the_parser_refuses_what_prometheus_would() {
         ),
         ("bad metric name", "# HELP 1a A.\n# TYPE 1a gauge\n1a 1\n"),
         ("malformed comment", "#HELP a A.\n"),
+        (
+            "bucket without le",
+            "# HELP h H.\n# TYPE h histogram\nh_bucket 1\n",
+        ),
+        (
+            "histogram part of a gauge",
+            "# HELP g G.\n# TYPE g gauge\ng_count 1\n",
+        ),
     ] {
         assert!(parse_exposition(bad).is_err(), "accepted ({why}): {bad:?}");
     }
@@ -273,33 +309,129 @@ fn the_parser_refuses_what_prometheus_would() {
 // The file a real run writes.
 // ---------------------------------------------------------------------------
 
-/// Every family the file must carry, with its type.
-const FAMILIES: [(&str, &str); 11] = [
-    ("rekey_rows_total", "counter"),
-    ("rekey_rows_walked_total", "counter"),
-    ("rekey_rows_in_table", "gauge"),
-    ("rekey_batches_total", "counter"),
-    ("rekey_conflicts_total", "counter"),
-    ("rekey_tenants_total", "counter"),
-    ("rekey_errors_total", "counter"),
-    ("rekey_rows_per_second", "gauge"),
-    ("rekey_eta_seconds", "gauge"),
-    ("rekey_run_finished", "gauge"),
-    ("rekey_run_state", "gauge"),
-];
+/// A family as docs/metrics.md documents it: its type and, for each label,
+/// the values it takes (`None`: open-ended, such as an HTTP status).
+#[derive(Debug)]
+struct Documented {
+    kind: String,
+    labels: LabelValues,
+}
 
+/// Label names and the values each may take (`None`: any value).
+type LabelValues = BTreeMap<String, Option<BTreeSet<String>>>;
+
+/// The words between backticks in a table cell.
+fn backticked(cell: &str) -> Vec<String> {
+    cell.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(String::from)
+        .collect()
+}
+
+/// The families table of docs/metrics.md.
+fn documented() -> BTreeMap<String, Documented> {
+    let text =
+        std::fs::read_to_string(repo_root().join("docs/metrics.md")).expect("docs/metrics.md");
+    let mut families = BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with("| `rekey_")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let [_, name, kind, labels, ..] = cells[..] else {
+            panic!("a row of docs/metrics.md without its cells: {line}");
+        };
+        let mut by_name = BTreeMap::new();
+        for part in labels.split(';').filter(|p| !p.trim().is_empty()) {
+            match part.split_once(':') {
+                Some((names, values)) => {
+                    let listed = backticked(values);
+                    let mut rest = values.to_string();
+                    for v in &listed {
+                        rest = rest.replace(&format!("`{v}`"), "");
+                    }
+                    let closed = rest.chars().all(|c| c == ',' || c.is_whitespace());
+                    for label in backticked(names) {
+                        by_name.insert(label, closed.then(|| listed.iter().cloned().collect()));
+                    }
+                }
+                None => {
+                    for label in backticked(part) {
+                        by_name.insert(label, None);
+                    }
+                }
+            }
+        }
+        let name = backticked(name).pop().expect("a family name in backticks");
+        families.insert(
+            name,
+            Documented {
+                kind: kind.to_string(),
+                labels: by_name,
+            },
+        );
+    }
+    assert!(families.len() > 10, "docs/metrics.md lists {families:?}");
+    families
+}
+
+/// Reads and parses the file, and checks it against docs/metrics.md: every
+/// family there and nothing else, of its type, each sample with exactly the
+/// documented labels and only documented values; every value of a closed
+/// list present (a series that disappears reads as "no data").
 fn read_metrics(path: &Path) -> Exposition {
     let text = std::fs::read_to_string(path).expect("read the metrics file");
     let parsed = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    for (name, kind) in FAMILIES {
+    let docs = documented();
+    for (name, doc) in &docs {
         let family = parsed
             .0
             .get(name)
             .unwrap_or_else(|| panic!("no {name}:\n{text}"));
-        assert_eq!(family.kind, kind, "{name}");
-        if kind == "counter" {
+        assert_eq!(family.kind, doc.kind, "{name}");
+        if doc.kind == "counter" {
             assert!(name.ends_with("_total"), "counter {name} lacks _total");
         }
+        // A histogram's labels are its buckets'; its sum and count have none.
+        let parts: Vec<(String, LabelValues)> = if doc.kind == "histogram" {
+            vec![
+                (format!("{name}_bucket"), doc.labels.clone()),
+                (format!("{name}_sum"), BTreeMap::new()),
+                (format!("{name}_count"), BTreeMap::new()),
+            ]
+        } else {
+            vec![(name.clone(), doc.labels.clone())]
+        };
+        for (part, labels) in parts {
+            let samples = &parsed
+                .0
+                .get(&part)
+                .unwrap_or_else(|| panic!("no {part}"))
+                .samples;
+            for sample in samples.keys() {
+                let names: BTreeSet<&String> = sample.keys().collect();
+                assert_eq!(names, labels.keys().collect(), "{part}{sample:?}");
+                for (label, values) in &labels {
+                    if let Some(values) = values {
+                        assert!(values.contains(&sample[label]), "{part}{sample:?}");
+                    }
+                }
+            }
+            for (label, values) in &labels {
+                for value in values.iter().flatten() {
+                    assert!(
+                        samples.keys().any(|l| &l[label] == value),
+                        "{part} has no {label}={value:?}:\n{text}"
+                    );
+                }
+            }
+        }
+    }
+    for name in parsed.0.keys() {
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .filter(|base| docs.get(*base).is_some_and(|d| d.kind == "histogram"))
+            .unwrap_or(name);
+        assert!(docs.contains_key(base), "{name} is not in docs/metrics.md");
     }
     parsed
 }
@@ -352,7 +484,7 @@ async fn metrics_file_counters_match_the_run_report(pool: PgPool) {
     let report = run_summary(&out);
     let m = read_metrics(&file);
 
-    assert_eq!(m.run_label(), report["run_id"].to_string());
+    assert_eq!(m.run_id(), Some(report["run_id"].to_string()));
     let rows = |action| m.value("rekey_rows_total", &[("action", action)]);
     assert_eq!(rows("reencrypt"), n(&report["reencrypted"]));
     assert!(rows("reencrypt") > 2_000.0, "{report}");
@@ -366,8 +498,28 @@ async fn metrics_file_counters_match_the_run_report(pool: PgPool) {
     // Every walked row got exactly one action.
     let actions = rows("reencrypt") + rows("skip") + rows("left") + rows("reprovision_queued");
     assert_eq!(actions, m.value("rekey_rows_walked_total", &[]));
-    assert_eq!(m.value("rekey_rows_in_table", &[]), 3_000.0);
-    assert!(m.value("rekey_batches_total", &[]) >= 30.0);
+    assert_eq!(m.value("rekey_rows_to_walk", &[]), 3_000.0);
+    let batches = m.value("rekey_batches_total", &[]);
+    assert!(batches >= 30.0, "{batches}");
+    // Every batch is in the duration histogram, whose buckets only grow.
+    assert_eq!(m.value("rekey_batch_duration_seconds_count", &[]), batches);
+    assert_eq!(
+        m.value("rekey_batch_duration_seconds_bucket", &[("le", "+Inf")]),
+        batches
+    );
+    let buckets = &m.0["rekey_batch_duration_seconds_bucket"].samples;
+    let mut by_bound: Vec<(f64, f64)> = buckets
+        .iter()
+        .map(|(l, v)| (parse_value(&l["le"]).expect("a bound"), *v))
+        .collect();
+    by_bound.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert!(
+        by_bound.windows(2).all(|w| w[0].1 <= w[1].1),
+        "{by_bound:?}"
+    );
+    assert!(m.value("rekey_batch_duration_seconds_sum", &[]) > 0.0);
+    // Counters only: rates are the query's business.
+    assert!(!m.0.keys().any(|name| name.contains("per_second")));
     assert_eq!(
         m.value("rekey_conflicts_total", &[]),
         n(&report["conflicts"])
@@ -447,7 +599,7 @@ async fn metrics_file_exists_and_parses_throughout_the_run(pool: PgPool) {
     assert_eq!(m.value("rekey_batches_total", &[]), 600.0);
     assert_eq!(m.value("rekey_run_finished", &[]), 1.0);
     assert_eq!(run_state(&m), "finished");
-    assert_eq!(m.value("rekey_eta_seconds", &[]), 0.0);
+    assert_eq!(m.value("rekey_rows_eta_seconds", &[]), 0.0);
 }
 
 #[sqlx::test(migrations = false)]
@@ -468,6 +620,9 @@ async fn a_run_refused_after_the_file_was_made_marks_it_ended_in_error(pool: PgP
     let m = read_metrics(&file);
     assert_eq!(m.value("rekey_run_finished", &[]), 1.0);
     assert_eq!(run_state(&m), "error");
+    // No run was opened: no series names one (never run="0").
+    assert_eq!(m.run_id(), None);
+    assert!(m.value("rekey_start_time_seconds", &[]) > 1.7e9);
 }
 
 #[sqlx::test(migrations = false)]
@@ -543,6 +698,100 @@ async fn metrics_file_counts_tenants_reprovisioned_through_the_fake_cloud(pool: 
         m.value("rekey_tenants_total", &[("outcome", "given_up")]),
         0.0
     );
+    assert_eq!(m.value("rekey_tenants_pending", &[]), 0.0);
     assert_eq!(run_state(&m), "finished");
+    // Every request the tenants took, by API and answer.
+    let requests = &m.0["rekey_cloud_requests_total"].samples;
+    for api in ["neon", "fly"] {
+        let answered: f64 = requests
+            .iter()
+            .filter(|(l, _)| l["api"] == api && l["status"].starts_with('2'))
+            .map(|(_, v)| *v)
+            .sum();
+        assert!(
+            answered >= done,
+            "{api}: {answered} answered for {done} tenants: {requests:?}"
+        );
+    }
     cloud.shutdown().await;
+}
+
+/// The file is rewritten while the run waits with nothing to report (rows
+/// another session holds locked), so a stale last-update time means a dead
+/// process, not a quiet one.
+#[sqlx::test(migrations = false)]
+async fn metrics_file_is_rewritten_while_the_run_waits(pool: PgPool) {
+    let table = reference_table(&pool).await;
+    let keys = Keys::new();
+    let tenants = seed_fleet(&pool, &table, &keys.old, 500).await;
+    let held: Vec<String> = tenants
+        .iter()
+        .take(2)
+        .map(|t| t.org_id.to_string())
+        .collect();
+    let mut guard = pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM org_instances WHERE org_id::text = ANY($1) FOR UPDATE")
+        .bind(&held)
+        .execute(&mut *guard)
+        .await
+        .expect("lock two rows");
+    let file = keys.dir.path().join("waiting.prom");
+    let args = args_with_keys(
+        &[
+            "run",
+            "--lock-wait-secs",
+            "120",
+            "--metrics-file",
+            path_str(&file),
+        ],
+        &keys,
+    );
+    let mut child = rekey_cmd(&db_url(&pool), &strs(&args))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start rekey run");
+    // Wait until every row but the two held is walked: the run now waits.
+    let started = Instant::now();
+    let first = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the run never got to the locked rows"
+        );
+        if file.exists() {
+            let m = read_metrics(&file);
+            if m.value("rekey_rows_total", &[("action", "reencrypt")]) == 498.0 {
+                break m;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(rekey::cli::output::metrics::HEARTBEAT + Duration::from_secs(2));
+    let later = read_metrics(&file);
+    assert!(
+        child.try_wait().expect("poll").is_none(),
+        "the run ended while rows were held"
+    );
+    let updated = |m: &Exposition| m.value("rekey_last_update_time_seconds", &[]);
+    assert!(
+        updated(&later) - updated(&first) >= 1.0,
+        "not rewritten while waiting: {} then {}",
+        updated(&first),
+        updated(&later)
+    );
+    assert_eq!(later.value("rekey_run_finished", &[]), 0.0);
+    assert_eq!(
+        later.value("rekey_rows_walked_total", &[]),
+        first.value("rekey_rows_walked_total", &[])
+    );
+
+    guard.rollback().await.expect("release the rows");
+    let status = child.wait().expect("wait for rekey");
+    assert_eq!(status.code(), Some(0));
+    let m = read_metrics(&file);
+    assert_eq!(
+        m.value("rekey_rows_total", &[("action", "reencrypt")]),
+        500.0
+    );
+    assert_eq!(run_state(&m), "finished");
 }

@@ -26,10 +26,11 @@
 //! `scheme://user:password@` userinfo masked). The Neon and Fly request
 //! shapes live in `neon.rs` and `fly.rs`, not here.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -120,6 +121,8 @@ pub struct Counters {
     locked: AtomicU64,
     server_errors: AtomicU64,
     network_errors: AtomicU64,
+    /// Answers by HTTP status code (the 429s that bind show here).
+    statuses: Mutex<BTreeMap<u16, u64>>,
 }
 
 /// A point-in-time copy of [`Counters`].
@@ -152,8 +155,28 @@ impl Counters {
         }
     }
 
+    /// Answers by HTTP status code so far, in code order; attempts that got
+    /// no answer are [`CounterSnapshot::network_errors`].
+    pub fn by_status(&self) -> Vec<(u16, u64)> {
+        self.statuses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(code, n)| (*code, *n))
+            .collect()
+    }
+
     fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn answered(&self, status: StatusCode) {
+        *self
+            .statuses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(status.as_u16())
+            .or_default() += 1;
     }
 }
 
@@ -726,6 +749,9 @@ impl ApiClient {
         let sent = Instant::now();
         let result = read_answer(builder).await;
         let latency_ms = sent.elapsed().as_millis() as u64;
+        if let Ok(answer) = &result {
+            self.counters.answered(answer.status);
+        }
         match &result {
             Ok(answer) => tracing::debug!(
                 api = %self.api, method = %request.method, path, status = answer.status.as_u16(),

@@ -55,6 +55,7 @@ pub async fn run(global: &Global, args: &RunArgs) -> Result<Outcome, CliError> {
         None => None,
     };
     if let Some(m) = &metrics {
+        m.keep_fresh();
         sinks.push(Arc::clone(m) as Arc<dyn EventSink>);
     }
     let sink: Arc<dyn EventSink> = Arc::new(FanOut(sinks));
@@ -68,6 +69,7 @@ pub async fn run(global: &Global, args: &RunArgs) -> Result<Outcome, CliError> {
         keyring,
         access,
         stop,
+        metrics: metrics.clone(),
     };
     let report = match engine.run(args, &opts, &sink).await {
         Ok(report) => report,
@@ -126,6 +128,8 @@ struct Engine {
     access: Option<reprovision::CloudAccess>,
     /// Set by the first Ctrl-C or SIGTERM.
     stop: Arc<AtomicBool>,
+    /// Also counts the re-provisioner's cloud requests.
+    metrics: Option<Arc<MetricsFile>>,
 }
 
 impl Engine {
@@ -149,6 +153,9 @@ impl Engine {
             )?)),
             None => None,
         };
+        if let (Some(m), Some(r)) = (&self.metrics, &reprovisioner) {
+            m.count_cloud(r.neon.live_counters(), r.fly.live_counters());
+        }
         let ctx = run::RunContext {
             pool: self.pool,
             table: self.table,

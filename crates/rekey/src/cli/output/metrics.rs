@@ -1,7 +1,15 @@
 //! `--metrics-file`: the run's counters in the Prometheus text exposition
-//! format, rewritten while the run goes on (at most once a second, by
-//! write-to-temporary-then-rename so a scraper never reads half a file),
-//! for node_exporter's textfile collector or any dashboard that reads it.
+//! format, for node_exporter's textfile collector or any dashboard that
+//! reads it. docs/metrics.md lists every series with its type, labels and
+//! unit.
+//!
+//! Counters, not rates: Prometheus computes rates (`rate(...[1m])`) better
+//! than a process can, and a counter survives a missed scrape. The file is
+//! rewritten at most once a second while events arrive and at least every
+//! [`HEARTBEAT`] while the process lives (write to a temporary file, then
+//! rename, so a scraper never reads half a file): a
+//! `rekey_last_update_time_seconds` much older than that means the process
+//! is gone.
 //!
 //! `rekey_run_finished` says whether this invocation has ended;
 //! `rekey_run_state` says how: the run's state (`running` while it works,
@@ -17,35 +25,73 @@
 use std::fmt::Write as _;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::totals::Totals;
 use crate::cli::CliError;
-use crate::rotate::events::{Event, EventSink, TenantOutcome};
+use crate::cloud::http::Counters;
+use crate::rotate::events::{Event, EventSink};
+use crate::rotate::reprovision::Step;
 use crate::rotate::run::RunReport;
 
+/// The longest the file goes unrewritten while the process lives.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// Upper bounds of the batch-duration histogram's buckets, in seconds: a
+/// batch of 1,000 rows takes tens of milliseconds on a nearby database and
+/// seconds across a slow link or behind a lock.
+const BATCH_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Counts of observations per bucket, their sum and their number.
 #[derive(Debug, Default, Clone)]
-struct Counters {
-    run_id: i64,
-    total_rows: u64,
-    rows: u64,
-    skipped: u64,
-    reencrypted: u64,
-    queued: u64,
-    left: u64,
-    conflicts: u64,
-    tenants_done: u64,
-    tenants_failed: u64,
-    tenant_retries: u64,
-    batches: u64,
-    finished: Option<String>,
+struct Histogram {
+    /// Observations at or below each bound of [`BATCH_BUCKETS`] (not cumulative).
+    buckets: [u64; BATCH_BUCKETS.len()],
+    sum: f64,
+    count: u64,
 }
+
+impl Histogram {
+    fn observe(&mut self, value: f64) {
+        if let Some(i) = BATCH_BUCKETS.iter().position(|bound| value <= *bound) {
+            self.buckets[i] += 1;
+        }
+        self.sum += value;
+        self.count += 1;
+    }
+}
+
+/// The run's identity, once the engine has opened or joined it.
+#[derive(Debug, Clone)]
+struct RunInfo {
+    id: i64,
+    mode: String,
+    new_key_id: String,
+}
+
+/// What the file shows, kept from engine events.
+#[derive(Debug, Default, Clone)]
+struct State {
+    totals: Totals,
+    run: Option<RunInfo>,
+    batch_seconds: Histogram,
+    /// How the invocation ended, once it has.
+    finished: Option<String>,
+    last_write: Option<Instant>,
+}
+
+/// The cloud clients' live request counters, by API name.
+type CloudCounters = [(&'static str, Arc<Counters>); 2];
 
 /// A metrics file kept up to date from engine events.
 pub struct MetricsFile {
     path: PathBuf,
-    started: Instant,
-    state: Mutex<(Counters, Option<Instant>)>,
+    started_at: SystemTime,
+    state: Mutex<State>,
+    cloud: OnceLock<CloudCounters>,
 }
 
 /// How a metrics file this tool wrote begins: the first family's HELP line
@@ -107,11 +153,35 @@ impl MetricsFile {
         check_path(path, key_files)?;
         let m = MetricsFile {
             path: path.to_path_buf(),
-            started: Instant::now(),
-            state: Mutex::new((Counters::default(), None)),
+            started_at: SystemTime::now(),
+            state: Mutex::new(State::default()),
+            cloud: OnceLock::new(),
         };
-        m.write(&Counters::default())?;
+        m.write(&State::default())?;
         Ok(m)
+    }
+
+    /// Counts the re-provisioner's cloud requests too, from now on.
+    pub fn count_cloud(&self, neon: Arc<Counters>, fly: Arc<Counters>) {
+        let _ = self.cloud.set([("neon", neon), ("fly", fly)]);
+    }
+
+    /// Rewrites the file every [`HEARTBEAT`] until the invocation ends (or
+    /// the file is dropped), so that its last-update time shows the process
+    /// is alive while no event arrives (a long lock wait, a slow cloud).
+    pub fn keep_fresh(self: &Arc<Self>) {
+        let file: Weak<MetricsFile> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT).await;
+                let Some(file) = file.upgrade() else { return };
+                let state = file.lock().clone();
+                if state.finished.is_some() {
+                    return;
+                }
+                file.write_or_warn(&state);
+            }
+        });
     }
 
     /// Writes the final figures.
@@ -126,17 +196,31 @@ impl MetricsFile {
     }
 
     fn end(&self, state: &str) {
-        if let Ok(mut guard) = self.state.lock() {
-            guard.0.finished = Some(state.to_owned());
-            let counters = guard.0.clone();
-            if let Err(e) = self.write(&counters) {
-                eprintln!("warning: metrics file: {e}");
-            }
+        let mut guard = self.lock();
+        guard.finished = Some(state.to_owned());
+        let state = guard.clone();
+        // Written under the lock: no heartbeat or event can overwrite the end.
+        self.write_or_warn(&state);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_or_warn(&self, state: &State) {
+        if let Err(e) = self.write(state) {
+            eprintln!("warning: metrics file: {e}");
         }
     }
 
-    fn write(&self, c: &Counters) -> Result<(), CliError> {
-        let text = render(c, self.started.elapsed());
+    fn write(&self, state: &State) -> Result<(), CliError> {
+        let text = render(
+            state,
+            self.cloud.get(),
+            self.started_at,
+            SystemTime::now(),
+            Instant::now(),
+        );
         let tmp = self.path.with_extension("prom.tmp");
         std::fs::write(&tmp, text)
             .and_then(|_| std::fs::rename(&tmp, &self.path))
@@ -146,43 +230,38 @@ impl MetricsFile {
 
 impl EventSink for MetricsFile {
     fn emit(&self, event: &Event) {
-        let Ok(mut guard) = self.state.lock() else {
+        let now = Instant::now();
+        let mut guard = self.lock();
+        if guard.finished.is_some() {
             return;
-        };
-        let (c, last) = &mut *guard;
+        }
+        guard.totals.absorb(event, now);
         match event {
             Event::RunStarted {
-                run_id, total_rows, ..
+                run_id,
+                mode,
+                new_key_id,
+                ..
             } => {
-                c.run_id = *run_id;
-                c.total_rows = *total_rows;
+                guard.run = Some(RunInfo {
+                    id: *run_id,
+                    mode: mode.clone(),
+                    new_key_id: new_key_id.clone(),
+                });
             }
-            Event::Batch(b) => {
-                c.batches += 1;
-                c.rows += b.rows;
-                c.skipped += b.skipped;
-                c.reencrypted += b.reencrypted;
-                c.queued += b.queued;
-                c.left += b.left;
-                c.conflicts += b.conflicts;
-            }
-            Event::Tenant { outcome, .. } => match outcome {
-                TenantOutcome::Done => c.tenants_done += 1,
-                TenantOutcome::GivenUp => c.tenants_failed += 1,
-                TenantOutcome::Retrying => c.tenant_retries += 1,
-                _ => {}
-            },
+            Event::Batch(b) => guard.batch_seconds.observe(b.latency.as_secs_f64()),
             _ => {}
         }
-        if last.is_some_and(|l| l.elapsed() < Duration::from_secs(1)) {
+        if guard
+            .last_write
+            .is_some_and(|l| now.duration_since(l) < Duration::from_secs(1))
+        {
             return;
         }
-        *last = Some(Instant::now());
-        let counters = c.clone();
+        guard.last_write = Some(now);
+        let state = guard.clone();
         drop(guard);
-        if let Err(e) = self.write(&counters) {
-            eprintln!("warning: metrics file: {e}");
-        }
+        self.write_or_warn(&state);
     }
 }
 
@@ -193,114 +272,273 @@ const ERROR_STATE: &str = "error";
 /// series that disappears reads as "no data", not as 0).
 const STATES: [&str; 4] = ["running", "finished", "failed", ERROR_STATE];
 
-fn render(c: &Counters, elapsed: Duration) -> String {
-    let secs = elapsed.as_secs_f64().max(1e-3);
-    let rate = c.rows as f64 / secs;
-    let eta = if rate > 0.0 {
-        c.total_rows.saturating_sub(c.rows) as f64 / rate
-    } else {
-        0.0
-    };
-    let run = c.run_id;
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let sep = if labels.is_empty() { "" } else { "," };
-            let _ = writeln!(out, "{name}{{run=\"{run}\"{sep}{labels}}} {value}");
+/// The exposition text, family by family.
+#[derive(Default)]
+struct Text(String);
+
+impl Text {
+    /// Opens a family: its HELP and TYPE lines.
+    fn family(&mut self, name: &str, kind: &str, help: &str) -> &mut Text {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+        self
+    }
+
+    /// One sample of the family just opened (`name` may carry a suffix,
+    /// such as a histogram's `_bucket`).
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) -> &mut Text {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            let pairs: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .collect();
+            let _ = write!(self.0, "{{{}}}", pairs.join(","));
         }
-    };
-    metric(
+        let _ = writeln!(self.0, " {value}");
+        self
+    }
+
+    /// A family of one unlabelled sample.
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: f64) -> &mut Text {
+        self.family(name, kind, help).sample(name, &[], value)
+    }
+}
+
+/// A label value as the exposition format quotes it.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Seconds since the Unix epoch, as Prometheus timestamps are.
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn render(
+    state: &State,
+    cloud: Option<&CloudCounters>,
+    started_at: SystemTime,
+    wall: SystemTime,
+    now: Instant,
+) -> String {
+    let t = &state.totals;
+    let mut out = Text::default();
+    out.family(
+        "rekey_build_info",
+        "gauge",
+        "The binary that writes this file; always 1.",
+    )
+    .sample(
+        "rekey_build_info",
+        &[
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("commit", env!("REKEY_GIT_COMMIT")),
+        ],
+        1.0,
+    );
+    out.single(
+        "rekey_start_time_seconds",
+        "gauge",
+        "When this invocation started, in seconds since the Unix epoch.",
+        unix_seconds(started_at),
+    );
+    out.single(
+        "rekey_last_update_time_seconds",
+        "gauge",
+        "When this file was last written, in seconds since the Unix epoch.",
+        unix_seconds(wall),
+    );
+    out.family(
+        "rekey_run_info",
+        "gauge",
+        "The run this invocation works on, once it is known; always 1.",
+    );
+    if let Some(run) = &state.run {
+        out.sample(
+            "rekey_run_info",
+            &[
+                ("run", &run.id.to_string()),
+                ("mode", &run.mode),
+                ("new_key_id", &run.new_key_id),
+            ],
+            1.0,
+        );
+    }
+    out.family(
         "rekey_rows_total",
         "counter",
         "Rows handled by in-place batches, by action.",
-        &[
-            ("action=\"reencrypt\"", c.reencrypted as f64),
-            ("action=\"skip\"", c.skipped as f64),
-            ("action=\"reprovision_queued\"", c.queued as f64),
-            ("action=\"left\"", c.left as f64),
-        ],
     );
-    metric(
+    for (action, n) in [
+        ("reencrypt", t.reencrypted),
+        ("skip", t.skipped),
+        ("reprovision_queued", t.queued),
+        ("left", t.left),
+    ] {
+        out.sample("rekey_rows_total", &[("action", action)], n as f64);
+    }
+    out.single(
         "rekey_rows_walked_total",
         "counter",
         "Rows claimed by in-place workers.",
-        &[("", c.rows as f64)],
+        t.rows as f64,
     );
-    metric(
-        "rekey_rows_in_table",
+    out.single(
+        "rekey_rows_to_walk",
         "gauge",
-        "Rows the first pass walks.",
-        &[("", c.total_rows as f64)],
+        "Rows the walk covers: the first pass's and every re-walk's.",
+        t.total_rows as f64,
     );
-    metric(
+    out.single(
+        "rekey_rows_eta_seconds",
+        "gauge",
+        "Seconds until the walk ends at the recent rate; 0 while no pass walks.",
+        t.rows_eta(now).unwrap_or(0.0),
+    );
+    out.single(
         "rekey_batches_total",
         "counter",
         "In-place batches committed.",
-        &[("", c.batches as f64)],
+        t.batches as f64,
     );
-    metric(
+    let h = &state.batch_seconds;
+    out.family(
+        "rekey_batch_duration_seconds",
+        "histogram",
+        "Wall time of an in-place batch, claim to commit.",
+    );
+    let mut cumulative = 0;
+    for (bound, n) in BATCH_BUCKETS.iter().zip(h.buckets) {
+        cumulative += n;
+        out.sample(
+            "rekey_batch_duration_seconds_bucket",
+            &[("le", &bound.to_string())],
+            cumulative as f64,
+        );
+    }
+    out.sample(
+        "rekey_batch_duration_seconds_bucket",
+        &[("le", "+Inf")],
+        h.count as f64,
+    )
+    .sample("rekey_batch_duration_seconds_sum", &[], h.sum)
+    .sample("rekey_batch_duration_seconds_count", &[], h.count as f64);
+    out.single(
         "rekey_conflicts_total",
         "counter",
         "Rows changed under the run (re-read, never overwritten).",
-        &[("", c.conflicts as f64)],
+        t.conflicts as f64,
     );
-    metric(
+    out.family(
         "rekey_tenants_total",
         "counter",
-        "Re-provisioned tenants, by outcome.",
-        &[
-            ("outcome=\"done\"", c.tenants_done as f64),
-            ("outcome=\"given_up\"", c.tenants_failed as f64),
-        ],
+        "Tenants this invocation re-provisioned or gave up, by outcome.",
+    )
+    .sample(
+        "rekey_tenants_total",
+        &[("outcome", "done")],
+        t.tenants_done as f64,
+    )
+    .sample(
+        "rekey_tenants_total",
+        &[("outcome", "given_up")],
+        t.tenants_given_up as f64,
     );
-    metric(
-        "rekey_errors_total",
+    out.single(
+        "rekey_tenants_pending",
+        "gauge",
+        "Tenants of the run neither re-provisioned nor given up (queued, in flight, in clean-up).",
+        t.tenants_pending() as f64,
+    );
+    out.family(
+        "rekey_tenants_in_flight",
+        "gauge",
+        "Tenants being re-provisioned right now, by the step they are at.",
+    );
+    let in_flight = t.in_flight_by_step();
+    for step in Step::ALL.into_iter().filter(|s| *s != Step::Done) {
+        let n = in_flight
+            .iter()
+            .find(|(s, _)| *s == step)
+            .map_or(0, |(_, n)| *n);
+        out.sample(
+            "rekey_tenants_in_flight",
+            &[("step", step.as_str())],
+            n as f64,
+        );
+    }
+    out.single(
+        "rekey_tenants_eta_seconds",
+        "gauge",
+        "Seconds until every pending tenant is settled at the recent rate; 0 when unknown or none.",
+        t.tenants_eta(now).unwrap_or(0.0),
+    );
+    out.family("rekey_errors_total", "counter", "Errors by class.")
+        .sample(
+            "rekey_errors_total",
+            &[("class", "tenant_step_retry")],
+            t.tenant_retries as f64,
+        )
+        .sample(
+            "rekey_errors_total",
+            &[("class", "tenant_given_up")],
+            t.tenants_given_up as f64,
+        )
+        .sample(
+            "rekey_errors_total",
+            &[("class", "row_left")],
+            t.left as f64,
+        );
+    out.family(
+        "rekey_cloud_requests_total",
         "counter",
-        "Errors by class.",
-        &[
-            ("class=\"tenant_step_retry\"", c.tenant_retries as f64),
-            ("class=\"tenant_given_up\"", c.tenants_failed as f64),
-            ("class=\"row_left\"", c.left as f64),
-        ],
+        "Cloud API attempts by API and answer: the HTTP status, or network_error when none came.",
     );
-    metric(
-        "rekey_rows_per_second",
-        "gauge",
-        "In-place rows walked per second since start.",
-        &[("", rate)],
-    );
-    metric(
-        "rekey_eta_seconds",
-        "gauge",
-        "Projected seconds until the first pass ends.",
-        &[("", eta)],
-    );
-    metric(
+    for api in ["neon", "fly"] {
+        let counters = cloud
+            .into_iter()
+            .flatten()
+            .find(|(name, _)| *name == api)
+            .map(|(_, c)| c);
+        for (code, n) in counters.map(|c| c.by_status()).unwrap_or_default() {
+            out.sample(
+                "rekey_cloud_requests_total",
+                &[("api", api), ("status", &code.to_string())],
+                n as f64,
+            );
+        }
+        // Always there, so each API has a series from the start.
+        out.sample(
+            "rekey_cloud_requests_total",
+            &[("api", api), ("status", "network_error")],
+            counters.map_or(0, |c| c.snapshot().network_errors) as f64,
+        );
+    }
+    out.single(
         "rekey_run_finished",
         "gauge",
         "1 once this invocation has ended.",
-        &[("", if c.finished.is_some() { 1.0 } else { 0.0 })],
+        if state.finished.is_some() { 1.0 } else { 0.0 },
     );
-    let state = c.finished.as_deref().unwrap_or("running");
-    let states: Vec<(String, f64)> = STATES
-        .iter()
-        .map(|s| {
-            (
-                format!("state=\"{s}\""),
-                if *s == state { 1.0 } else { 0.0 },
-            )
-        })
-        .collect();
-    let states: Vec<(&str, f64)> = states.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-    metric(
+    let current = state.finished.as_deref().unwrap_or("running");
+    out.family(
         "rekey_run_state",
         "gauge",
         "The run's state as this invocation last saw it (error: the command stopped with an error).",
-        &states,
     );
-    out
+    for s in STATES {
+        out.sample(
+            "rekey_run_state",
+            &[("state", s)],
+            if s == current { 1.0 } else { 0.0 },
+        );
+    }
+    out.0
 }
 
 #[cfg(test)]
@@ -309,7 +547,8 @@ mod tests {
 
     #[test]
     fn what_the_tool_writes_carries_the_signature_it_recognises() {
-        let text = render(&Counters::default(), Duration::from_secs(1));
+        let now = SystemTime::now();
+        let text = render(&State::default(), None, now, now, Instant::now());
         assert!(text.starts_with(SIGNATURE), "{text}");
     }
 }
