@@ -52,9 +52,35 @@ pub use fake_cloud;
 
 pub const SCHEMA: &str = include_str!("../../../scripts/schema.sql");
 
+/// The test server's URL (`DATABASE_URL`): the database tests connect to
+/// for what concerns the whole server (roles, `pg_database`), and the base
+/// of every scratch database's URL.
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL").expect("scripts/test.sh sets DATABASE_URL")
+}
+
+/// A connection to [`admin_url`], for queries about the server itself
+/// rather than a test's own database.
+pub async fn admin_connection() -> sqlx::PgConnection {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(&admin_url())
+        .await
+        .expect("connect to the test server")
+}
+
+/// True when the test server holds a database named `name` (a scratch
+/// database a script or command made, and should have dropped).
+pub async fn database_exists(name: &str) -> bool {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&mut admin_connection().await)
+        .await
+        .expect("query pg_database")
+}
+
 /// The URL of the database a `#[sqlx::test]` pool points at.
 pub fn db_url(pool: &PgPool) -> String {
-    let base = std::env::var("DATABASE_URL").expect("scripts/test.sh sets DATABASE_URL");
+    let base = admin_url();
     let name = pool
         .connect_options()
         .get_database()

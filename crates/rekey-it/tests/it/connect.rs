@@ -46,7 +46,7 @@ struct PgRoles {
 impl PgRoles {
     fn new() -> PgRoles {
         PgRoles {
-            admin_url: std::env::var("DATABASE_URL").expect("scripts/test.sh sets DATABASE_URL"),
+            admin_url: admin_url(),
             names: Vec::new(),
         }
     }
@@ -363,8 +363,7 @@ fn server_and_database(pool: &PgPool) -> (String, String) {
         .get_database()
         .expect("sqlx::test names its database")
         .to_string();
-    let admin = std::env::var("DATABASE_URL").expect("scripts/test.sh sets DATABASE_URL");
-    (admin, this_db)
+    (admin_url(), this_db)
 }
 
 /// `verify_connect` on this test's database; asserts the exit code and that

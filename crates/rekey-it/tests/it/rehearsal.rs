@@ -12,14 +12,12 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use rekey_testkit::{binary, path_str, repo_root, text};
+use rekey_testkit::{
+    admin_connection, admin_url, binary, database_exists, path_str, repo_root, text,
+};
 
 fn repo() -> PathBuf {
     repo_root()
-}
-
-fn admin_url() -> String {
-    std::env::var("DATABASE_URL").expect("scripts/test.sh sets DATABASE_URL")
 }
 
 /// A script of `scripts/`, with the test-built binaries and the test server.
@@ -126,28 +124,12 @@ fn what_it_made(script_pid: u32, out: &str) -> Made {
     }
 }
 
-async fn database_exists(name: &str) -> bool {
-    use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(&admin_url())
-        .await
-        .expect("connect to the test server");
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(name)
-        .fetch_one(&mut conn)
-        .await
-        .expect("query pg_database")
-}
-
 /// Databases named like a rehearsal's, whoever made them.
 async fn rehearsal_databases() -> Vec<String> {
-    use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(&admin_url())
-        .await
-        .expect("connect to the test server");
     sqlx::query_scalar(
         "SELECT datname FROM pg_database WHERE datname LIKE 'rekey\\_rehearsal\\_%' ORDER BY 1",
     )
-    .fetch_all(&mut conn)
+    .fetch_all(&mut admin_connection().await)
     .await
     .expect("query pg_database")
 }
