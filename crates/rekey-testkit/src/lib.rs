@@ -554,22 +554,16 @@ impl Cloud {
     /// The connection URI the fake's Neon API serves for a tenant's branch.
     pub async fn connection_uri(&self, project: &str, branch: &str) -> String {
         let url = format!("{}/projects/{project}/connection_uri", self.neon_url());
-        let response = reqwest::Client::new()
+        let request = reqwest::Client::new()
             .get(&url)
             .bearer_auth(&self.neon_key)
             .query(&[
                 ("branch_id", branch),
                 ("database_name", TENANT_DATABASE),
                 ("role_name", TENANT_ROLE),
-            ])
-            .send()
-            .await
-            .expect("connection_uri request");
-        assert!(
-            response.status().is_success(),
-            "connection_uri of {project}/{branch}: HTTP {}",
-            response.status()
-        );
+            ]);
+        let response =
+            send_to_fake(request, &format!("connection_uri of {project}/{branch}")).await;
         let body: serde_json::Value = response.json().await.expect("connection_uri JSON");
         body["uri"].as_str().expect("uri is a string").to_string()
     }
@@ -578,18 +572,11 @@ impl Cloud {
     /// machine someone removed by hand).
     pub async fn destroy_machine(&self, app: &str, machine: &str) {
         let url = format!("{}/apps/{app}/machines/{machine}", self.fly_url());
-        let response = reqwest::Client::new()
+        let request = reqwest::Client::new()
             .delete(&url)
             .bearer_auth(&self.fly_token)
-            .query(&[("force", "true")])
-            .send()
-            .await
-            .expect("destroy request");
-        assert!(
-            response.status().is_success(),
-            "destroy {app}/{machine}: HTTP {}",
-            response.status()
-        );
+            .query(&[("force", "true")]);
+        send_to_fake(request, &format!("destroy {app}/{machine}")).await;
     }
 
     /// The credentials and Redis URL, for scans of outputs.
@@ -612,6 +599,22 @@ impl Drop for Cloud {
             runtime.shutdown_background();
         }
     }
+}
+
+/// Sends a request a test makes to the fake's API behind the binary's back
+/// and asserts that the fake did what was asked (`what` names the request
+/// in the failure).
+async fn send_to_fake(request: reqwest::RequestBuilder, what: &str) -> reqwest::Response {
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: request failed: {e}"));
+    assert!(
+        response.status().is_success(),
+        "{what}: HTTP {}",
+        response.status()
+    );
+    response
 }
 
 /// A fake whose operations and boots take `op_ms` and `boot_ms`.
@@ -1096,35 +1099,40 @@ pub fn assert_no_orphans(
     rows: &BTreeMap<String, TenantRow>,
     tenants: &[SeedTenant],
 ) {
-    let seeded_branches: std::collections::BTreeSet<&str> =
-        tenants.iter().map(|t| t.neon_branch_id.as_str()).collect();
-    let seeded_machines: std::collections::BTreeSet<&str> =
-        tenants.iter().map(|t| t.fly_machine_id.as_str()).collect();
-    let row_branches: std::collections::BTreeSet<&str> = rows
-        .values()
-        .filter_map(|r| r.neon_branch_id.as_deref())
-        .collect();
-    let row_machines: std::collections::BTreeSet<&str> = rows
-        .values()
-        .filter_map(|r| r.fly_machine_id.as_deref())
-        .collect();
-    for b in &view.branches {
-        assert!(
-            seeded_branches.contains(b.id.as_str()) || row_branches.contains(b.id.as_str()),
-            "orphaned branch {} ({}) in project {}",
-            b.id,
-            b.name,
-            b.project
-        );
-    }
-    for m in view.machines.iter().filter(|m| m.state != "destroyed") {
-        assert!(
-            seeded_machines.contains(m.id.as_str()) || row_machines.contains(m.id.as_str()),
-            "orphaned machine {} ({}) in app {}",
-            m.id,
-            m.state,
-            m.app
-        );
+    assert_all_known(
+        "branch",
+        view.branches.iter().map(|b| {
+            (
+                b.id.as_str(),
+                format!("({}) in project {}", b.name, b.project),
+            )
+        }),
+        tenants.iter().map(|t| t.neon_branch_id.as_str()),
+        rows.values().filter_map(|r| r.neon_branch_id.as_deref()),
+    );
+    assert_all_known(
+        "machine",
+        view.machines
+            .iter()
+            .filter(|m| m.state != "destroyed")
+            .map(|m| (m.id.as_str(), format!("({}) in app {}", m.state, m.app))),
+        tenants.iter().map(|t| t.fly_machine_id.as_str()),
+        rows.values().filter_map(|r| r.fly_machine_id.as_deref()),
+    );
+}
+
+/// Asserts that each of `found` (an id with a description for the failure)
+/// is among the `seeded` ids or the ids `named` by a row: a `kind` of cloud
+/// resource that is neither was created and left behind.
+fn assert_all_known<'a>(
+    kind: &str,
+    found: impl Iterator<Item = (&'a str, String)>,
+    seeded: impl Iterator<Item = &'a str>,
+    named: impl Iterator<Item = &'a str>,
+) {
+    let known: std::collections::BTreeSet<&str> = seeded.chain(named).collect();
+    for (id, description) in found {
+        assert!(known.contains(id), "orphaned {kind} {id} {description}");
     }
 }
 
