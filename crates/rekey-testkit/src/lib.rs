@@ -187,17 +187,35 @@ pub fn write_key(dir: &Path, name: &str, key: &Key) -> PathBuf {
     path
 }
 
-/// Seeds `rows` tenants sealed under `key` and returns them (with plaintexts).
-pub async fn seed_fleet(pool: &PgPool, table: &Table, key: &Key, rows: u64) -> Vec<SeedTenant> {
-    let tenants = seed::tenants(&SeedSpec {
+/// The fleet most tests seed: `rows` tenants, every field openable under
+/// the key it is sealed with, one in ten without a Redis URL.
+pub fn plain_fleet(rows: u64) -> SeedSpec {
+    SeedSpec {
         rows,
         undecryptable_share: 0.0,
         kms_share: 0.0,
         null_redis_share: 0.1,
         seed: 42,
-    });
-    seed::seed(pool, table, key, &tenants).await.expect("seed");
-    tenants
+    }
+}
+
+/// A fleet of `rows` tenants with something of every kind in it: a tenth
+/// undecryptable (to re-provision), one in twenty KMS-sealed, a tenth
+/// without a Redis URL.
+pub fn mixed_fleet(rows: u64) -> SeedSpec {
+    SeedSpec {
+        rows,
+        undecryptable_share: 0.1,
+        kms_share: 0.05,
+        null_redis_share: 0.1,
+        seed: 7,
+    }
+}
+
+/// Seeds a [`plain_fleet`] of `rows` tenants sealed under `key` and returns
+/// them (with plaintexts).
+pub async fn seed_fleet(pool: &PgPool, table: &Table, key: &Key, rows: u64) -> Vec<SeedTenant> {
+    seed_fleet_with(pool, table, key, plain_fleet(rows)).await
 }
 
 /// A row's two ciphertexts.
@@ -665,13 +683,7 @@ pub async fn seed_cloud_fleet_sharing(
     per_project: usize,
     cloud: &Cloud,
 ) -> Vec<SeedTenant> {
-    let mut tenants = seed::tenants(&SeedSpec {
-        rows,
-        undecryptable_share: 0.0,
-        kms_share: 0.0,
-        null_redis_share: 0.1,
-        seed: 42,
-    });
+    let mut tenants = seed::tenants(&plain_fleet(rows));
     for (i, t) in tenants.iter_mut().enumerate() {
         t.neon_project_id = format!("proj-{:07}", i / per_project.max(1));
     }
@@ -1181,12 +1193,18 @@ pub struct OldKeyFleet {
     pub url: String,
 }
 
-/// The reference table in `pool` with `rows` tenants sealed under the old
-/// key of a fresh [`Keys`].
+/// The reference table in `pool` with a [`plain_fleet`] of `rows` tenants
+/// sealed under the old key of a fresh [`Keys`].
 pub async fn old_key_fleet(pool: &PgPool, rows: u64) -> OldKeyFleet {
+    old_key_fleet_with(pool, plain_fleet(rows)).await
+}
+
+/// [`old_key_fleet`] with the tenants `spec` draws (undecryptable, KMS and
+/// NULL-Redis shares of its own).
+pub async fn old_key_fleet_with(pool: &PgPool, spec: SeedSpec) -> OldKeyFleet {
     let table = reference_table(pool).await;
     let keys = Keys::new();
-    let tenants = seed_fleet(pool, &table, &keys.old, rows).await;
+    let tenants = seed_fleet_with(pool, &table, &keys.old, spec).await;
     OldKeyFleet {
         keys,
         tenants,

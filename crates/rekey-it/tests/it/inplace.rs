@@ -9,7 +9,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use rand::{Rng, RngCore};
-use rekey::db::seed::SeedSpec;
 use rekey::envelope::{is_kms_shaped, Cipher, Keyring, Mode, KMS_VERSION_BYTE, NONCE_BYTES};
 use rekey::keys::Key;
 use rekey::rotate::events::NullSink;
@@ -400,11 +399,8 @@ fn writer_plaintexts(n: u64) -> (String, String) {
 
 #[sqlx::test(migrations = false)]
 async fn writes_of_another_connection_during_a_run_are_never_lost(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let tenants = seed_fleet(&pool, &table, &keys.old, 3_000).await;
+    let OldKeyFleet { keys, tenants, url } = old_key_fleet(&pool, 3_000).await;
     let ids: Vec<uuid::Uuid> = tenants.iter().map(|t| t.org_id).collect();
-    let url = db_url(&pool);
     // One worker, batches of 100: a batch's read and write are far enough
     // apart that the writer often lands in between, so an engine without
     // row locks and compare-and-swap fails this test.
@@ -560,10 +556,7 @@ async fn a_new_ciphertext_that_fails_the_check_before_write_is_never_written(poo
 
 #[sqlx::test(migrations = false)]
 async fn two_processes_share_one_run_and_never_rewrite_a_row_twice(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let tenants = seed_fleet(&pool, &table, &keys.old, 4_000).await;
-    let url = db_url(&pool);
+    let OldKeyFleet { keys, tenants, url } = old_key_fleet(&pool, 4_000).await;
     let args = args_with_keys(
         &["run", "--json", "--workers", "2", "--batch-size", "25"],
         &keys,
@@ -618,10 +611,7 @@ async fn two_processes_share_one_run_and_never_rewrite_a_row_twice(pool: PgPool)
 
 #[sqlx::test(migrations = false)]
 async fn processes_starting_together_on_a_fresh_database_all_join_one_run(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let tenants = seed_fleet(&pool, &table, &keys.old, 300).await;
-    let url = db_url(&pool);
+    let OldKeyFleet { keys, tenants, url } = old_key_fleet(&pool, 300).await;
     let args = args_with_keys(
         &["run", "--json", "--workers", "1", "--batch-size", "20"],
         &keys,
@@ -655,10 +645,7 @@ async fn processes_starting_together_on_a_fresh_database_all_join_one_run(pool: 
 
 #[sqlx::test(migrations = false)]
 async fn resumed_run_refuses_a_different_new_key(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let tenants = seed_fleet(&pool, &table, &keys.old, 200).await;
-    let url = db_url(&pool);
+    let OldKeyFleet { keys, tenants, url } = old_key_fleet(&pool, 200).await;
 
     let out = rekey_with_keys(&url, &keys, &["run", "--limit", "10", "--batch-size", "4"]);
     assert_eq!(out.status.code(), Some(1), "rows remain: {}", text(&out));
@@ -712,9 +699,7 @@ fn changed_ids(
 
 #[sqlx::test(migrations = false)]
 async fn limit_acts_on_exactly_n_rows_even_when_batches_hold_current_rows(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let tenants = seed_fleet(&pool, &table, &keys.old, 300).await;
+    let OldKeyFleet { keys, tenants, url } = old_key_fleet(&pool, 300).await;
     // Every third row is already current, so batches mix skips and work.
     let new = Cipher::new(&keys.new);
     for t in tenants.iter().step_by(3) {
@@ -726,7 +711,6 @@ async fn limit_acts_on_exactly_n_rows_even_when_batches_hold_current_rows(pool: 
             .await
             .expect("make row current");
     }
-    let url = db_url(&pool);
     let mut total = 0;
     for limit in [37, 1, 50] {
         let before = snapshot(&pool).await;
@@ -769,10 +753,7 @@ async fn limit_acts_on_exactly_n_rows_even_when_batches_hold_current_rows(pool: 
 
 #[sqlx::test(migrations = false)]
 async fn org_touches_only_the_named_tenants(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let tenants = seed_fleet(&pool, &table, &keys.old, 120).await;
-    let url = db_url(&pool);
+    let OldKeyFleet { keys, tenants, url } = old_key_fleet(&pool, 120).await;
     let chosen: BTreeSet<String> = [3usize, 17, 18, 64, 119]
         .iter()
         .map(|&i| tenants[i].org_id.to_string())
@@ -805,10 +786,7 @@ async fn org_touches_only_the_named_tenants(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn finalize_refuses_before_verify_passed_and_purges_after(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    seed_fleet(&pool, &table, &keys.old, 100).await;
-    let url = db_url(&pool);
+    let OldKeyFleet { keys, url, .. } = old_key_fleet(&pool, 100).await;
     let backups = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM rekey.backups")
             .fetch_one(&pool)
@@ -845,21 +823,7 @@ async fn finalize_refuses_before_verify_passed_and_purges_after(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn no_key_password_or_url_appears_in_any_output_or_the_journal(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let tenants = seed_fleet_with(
-        &pool,
-        &table,
-        &keys.old,
-        SeedSpec {
-            rows: 300,
-            undecryptable_share: 0.1,
-            kms_share: 0.05,
-            null_redis_share: 0.1,
-            seed: 7,
-        },
-    )
-    .await;
+    let OldKeyFleet { keys, tenants, .. } = old_key_fleet_with(&pool, mixed_fleet(300)).await;
     // The server trusts loopback, so a password in the URL is accepted and
     // ignored: it only has to stay out of every output.
     let db_password = "Url-Pa55word-never-printed";
