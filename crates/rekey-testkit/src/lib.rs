@@ -262,6 +262,17 @@ pub fn rekey_cmd(database_url: &str, args: &[&str]) -> Command {
     cmd
 }
 
+/// Starts the real `rekey` binary ([`rekey_cmd`]) with both output streams
+/// piped: for a test that acts while the run goes on, then collects what it
+/// printed with `wait_with_output`.
+pub fn spawn_piped(database_url: &str, args: &[String]) -> std::process::Child {
+    rekey_cmd(database_url, &strs(args))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn rekey")
+}
+
 /// Both output streams as text.
 pub fn text(out: &Output) -> String {
     format!(

@@ -561,15 +561,7 @@ async fn two_processes_share_one_run_and_never_rewrite_a_row_twice(pool: PgPool)
         &["run", "--json", "--workers", "2", "--batch-size", "25"],
         &keys,
     );
-    let args = strs(&args);
-    let spawn = || {
-        rekey_cmd(&url, &args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn rekey")
-    };
-    let (a, b) = (spawn(), spawn());
+    let (a, b) = (spawn_piped(&url, &args), spawn_piped(&url, &args));
     let a = a.wait_with_output().expect("wait for rekey");
     let b = b.wait_with_output().expect("wait for rekey");
 
@@ -616,20 +608,11 @@ async fn processes_starting_together_on_a_fresh_database_all_join_one_run(pool: 
         &["run", "--json", "--workers", "1", "--batch-size", "20"],
         &keys,
     );
-    let args = strs(&args);
     // Spawned back to back, they reach the journal's migration together:
     // the first one to run on a database creates schema rekey. However the
     // scheduler orders them (a late one may start after the run finished),
     // they share one run: joined while it is open, re-opened once it ended.
-    let children: Vec<_> = (0..6)
-        .map(|_| {
-            rekey_cmd(&url, &args)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("spawn rekey")
-        })
-        .collect();
+    let children: Vec<_> = (0..6).map(|_| spawn_piped(&url, &args)).collect();
     for (i, child) in children.into_iter().enumerate() {
         let out = child.wait_with_output().expect("wait for rekey");
         assert_eq!(out.status.code(), Some(0), "process {i}: {}", text(&out));

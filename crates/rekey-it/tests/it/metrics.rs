@@ -391,12 +391,7 @@ async fn metrics_file_exists_and_parses_throughout_the_run(pool: PgPool) {
         ],
         &keys,
     );
-    let args = strs(&args);
-    let mut child = rekey_cmd(&url, &args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start rekey run");
+    let mut child = spawn_piped(&url, &args);
 
     let started = Instant::now();
     let mut reads_while_running = 0;
