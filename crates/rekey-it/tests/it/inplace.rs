@@ -163,6 +163,19 @@ fn make_blob(kind: Blob, keys: &Keys, third: &Cipher, plaintext: &[u8]) -> Optio
     Some(blob)
 }
 
+/// The reference table with [`build_fleet`]'s rows of `patterns` under
+/// fresh keys, and what the tests compare against: the keys, the rows, the
+/// URL for the binary and every row's ciphertexts before the first command.
+async fn hand_built(
+    pool: &PgPool,
+    patterns: &[(Blob, Blob, &'static str)],
+) -> (Keys, Vec<Built>, String, BTreeMap<String, Fields>) {
+    reference_table(pool).await;
+    let keys = Keys::new();
+    let fleet = build_fleet(pool, &keys, patterns).await;
+    (keys, fleet, db_url(pool), snapshot(pool).await)
+}
+
 /// Inserts `COPIES` rows of every pattern in `patterns`.
 async fn build_fleet(
     pool: &PgPool,
@@ -272,11 +285,7 @@ fn assert_reencrypted_exactly(
 
 #[sqlx::test(migrations = false)]
 async fn plan_counts_every_class_and_action_of_a_mixed_fleet_and_writes_nothing(pool: PgPool) {
-    reference_table(&pool).await;
-    let keys = Keys::new();
-    let fleet = build_fleet(&pool, &keys, MIXED).await;
-    let url = db_url(&pool);
-    let before = snapshot(&pool).await;
+    let (keys, fleet, url, before) = hand_built(&pool, MIXED).await;
 
     let out = rekey_with_keys(&url, &keys, &["plan", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -305,11 +314,7 @@ async fn plan_counts_every_class_and_action_of_a_mixed_fleet_and_writes_nothing(
 
 #[sqlx::test(migrations = false)]
 async fn run_reencrypt_converts_exactly_the_old_fields_and_lists_undecryptable_rows(pool: PgPool) {
-    reference_table(&pool).await;
-    let keys = Keys::new();
-    let fleet = build_fleet(&pool, &keys, MIXED).await;
-    let url = db_url(&pool);
-    let before = snapshot(&pool).await;
+    let (keys, fleet, url, before) = hand_built(&pool, MIXED).await;
 
     let out = rekey_with_keys(
         &url,
@@ -366,16 +371,12 @@ async fn run_reencrypt_converts_exactly_the_old_fields_and_lists_undecryptable_r
 
 #[sqlx::test(migrations = false)]
 async fn run_reencrypt_exits_0_when_no_undecryptable_row_is_left(pool: PgPool) {
-    reference_table(&pool).await;
-    let keys = Keys::new();
     let openable: Vec<_> = MIXED
         .iter()
         .copied()
         .filter(|(_, _, action)| *action != "reprovision")
         .collect();
-    let fleet = build_fleet(&pool, &keys, &openable).await;
-    let url = db_url(&pool);
-    let before = snapshot(&pool).await;
+    let (keys, fleet, url, before) = hand_built(&pool, &openable).await;
 
     let out = rekey_with_keys(
         &url,
