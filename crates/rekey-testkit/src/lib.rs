@@ -179,10 +179,19 @@ impl Keys {
     }
 }
 
+/// Writes `key` in hex to a key file `name` in `dir` (see [`write_key_file`]).
 pub fn write_key(dir: &Path, name: &str, key: &Key) -> PathBuf {
+    write_key_file(dir, name, format!("{}\n", key.to_hex().as_str()).as_bytes())
+}
+
+/// Writes `content` to a file `name` in `dir` with mode 0600, as a key
+/// file is kept (the binary warns about one that others can read), and
+/// returns its path. The content need not be a key: the refusal tests
+/// write malformed ones.
+pub fn write_key_file(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.join(name);
-    std::fs::write(&path, format!("{}\n", key.to_hex().as_str())).expect("write key");
+    std::fs::write(&path, content).expect("write key file");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     path
 }
