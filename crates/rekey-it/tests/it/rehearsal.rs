@@ -167,6 +167,22 @@ async fn assert_left_nothing(made: &Made, out: &str) {
     }
 }
 
+/// Reads from the output `out` of the rehearsal `pid` what it made,
+/// asserts that it started a fake cloud and that [`assert_left_nothing`]
+/// holds; returns what it made, for the test's own checks.
+async fn assert_cleaned_up(pid: u32, out: &str) -> Made {
+    let made = what_it_made(pid, out);
+    assert!(made.fake_cloud_pid.is_some(), "{out}");
+    assert_left_nothing(&made, out).await;
+    made
+}
+
+/// Asserts that the old key (the file `key`) is nowhere in `out`.
+fn assert_key_not_printed(key: &Path, out: &str) {
+    let key = std::fs::read_to_string(key).expect("read the old key");
+    assert!(!out.contains(key.trim()), "the old key was printed: {out}");
+}
+
 /// Runs a rehearsal to its end; the script's pid names its database.
 /// (Blocking is fine in these tests: nothing else runs on their runtime,
 /// which only serves the queries of `pg_database`.)
@@ -218,18 +234,10 @@ async fn rehearsal_rotates_a_restored_snapshot_and_leaves_nothing_behind() {
     assert!(stdout.contains("rekey run wall time:"), "{all}");
     assert!(stdout.contains("result:               passed"), "{all}");
 
-    let old_key = std::fs::read_to_string(&snap.key).expect("read the old key");
-    assert!(
-        !all.contains(old_key.trim()),
-        "the old key was printed: {all}"
-    );
+    assert_key_not_printed(&snap.key, &all);
 
-    let made = what_it_made(pid, &all);
-    assert!(
-        made.fake_cloud_pid.is_some() && made.temp_dir.is_some(),
-        "{all}"
-    );
-    assert_left_nothing(&made, &all).await;
+    let made = assert_cleaned_up(pid, &all).await;
+    assert!(made.temp_dir.is_some(), "{all}");
     let ours: Vec<String> = rehearsal_databases()
         .await
         .into_iter()
@@ -260,9 +268,7 @@ async fn a_failed_rehearsal_of_a_plain_sql_snapshot_still_cleans_up() {
     assert!(all.contains("(sql) into scratch database"), "{all}");
     assert!(all.contains("--confirm-reprovision"), "{all}");
     assert!(all.contains("result:               FAILED"), "{all}");
-    let made = what_it_made(pid, &all);
-    assert!(made.fake_cloud_pid.is_some(), "{all}");
-    assert_left_nothing(&made, &all).await;
+    assert_cleaned_up(pid, &all).await;
 }
 
 #[tokio::test]
@@ -334,12 +340,8 @@ async fn a_rehearsal_stopped_with_sigterm_mid_run_cleans_up() {
         !all.contains("result:"),
         "the rehearsal went on after SIGTERM: {all}"
     );
-    let made = what_it_made(pid, &all);
-    assert!(
-        made.fake_cloud_pid.is_some() && made.temp_dir.is_some(),
-        "{all}"
-    );
-    assert_left_nothing(&made, &all).await;
+    let made = assert_cleaned_up(pid, &all).await;
+    assert!(made.temp_dir.is_some(), "{all}");
 }
 
 #[tokio::test]
@@ -415,15 +417,9 @@ async fn chaos_rehearsal_killed_three_times_equals_the_uninterrupted_run_and_rep
     assert!(stdout.contains("resumed after 3 kills"), "{all}");
     assert!(stdout.contains("rekey verify:         passed"), "{all}");
     assert!(stdout.contains("result:               passed"), "{all}");
-    let old_key = std::fs::read_to_string(&snap.key).expect("read the old key");
-    assert!(
-        !all.contains(old_key.trim()),
-        "the old key was printed: {all}"
-    );
+    assert_key_not_printed(&snap.key, &all);
 
-    let made = what_it_made(pid, &all);
-    assert!(made.fake_cloud_pid.is_some(), "{all}");
-    assert_left_nothing(&made, &all).await;
+    let made = assert_cleaned_up(pid, &all).await;
     let reference = format!("{}_ref", made.database);
     assert!(
         !database_exists(&reference).await,
