@@ -81,9 +81,35 @@ pub use fake_cloud;
 
 pub const SCHEMA: &str = include_str!("../../../scripts/schema.sql");
 
+/// The test server's URL (`DATABASE_URL`): the database tests connect to
+/// for what concerns the whole server (roles, `pg_database`), and the base
+/// of every scratch database's URL.
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL").expect("scripts/test.sh sets DATABASE_URL")
+}
+
+/// A connection to [`admin_url`], for queries about the server itself
+/// rather than a test's own database.
+pub async fn admin_connection() -> sqlx::PgConnection {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(&admin_url())
+        .await
+        .expect("connect to the test server")
+}
+
+/// True when the test server holds a database named `name` (a scratch
+/// database a script or command made, and should have dropped).
+pub async fn database_exists(name: &str) -> bool {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&mut admin_connection().await)
+        .await
+        .expect("query pg_database")
+}
+
 /// The URL of the database a `#[sqlx::test]` pool points at.
 pub fn db_url(pool: &PgPool) -> String {
-    let base = std::env::var("DATABASE_URL").expect("scripts/test.sh sets DATABASE_URL");
+    let base = admin_url();
     let name = pool
         .connect_options()
         .get_database()
@@ -182,25 +208,52 @@ impl Keys {
     }
 }
 
+/// Writes `key` in hex to a key file `name` in `dir` (see [`write_key_file`]).
 pub fn write_key(dir: &Path, name: &str, key: &Key) -> PathBuf {
+    write_key_file(dir, name, format!("{}\n", key.to_hex().as_str()).as_bytes())
+}
+
+/// Writes `content` to a file `name` in `dir` with mode 0600, as a key
+/// file is kept (the binary warns about one that others can read), and
+/// returns its path. The content need not be a key: the refusal tests
+/// write malformed ones.
+pub fn write_key_file(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.join(name);
-    std::fs::write(&path, format!("{}\n", key.to_hex().as_str())).expect("write key");
+    std::fs::write(&path, content).expect("write key file");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     path
 }
 
-/// Seeds `rows` tenants sealed under `key` and returns them (with plaintexts).
-pub async fn seed_fleet(pool: &PgPool, table: &Table, key: &Key, rows: u64) -> Vec<SeedTenant> {
-    let tenants = seed::tenants(&SeedSpec {
+/// The fleet most tests seed: `rows` tenants, every field openable under
+/// the key it is sealed with, one in ten without a Redis URL.
+pub fn plain_fleet(rows: u64) -> SeedSpec {
+    SeedSpec {
         rows,
         undecryptable_share: 0.0,
         kms_share: 0.0,
         null_redis_share: 0.1,
         seed: 42,
-    });
-    seed::seed(pool, table, key, &tenants).await.expect("seed");
-    tenants
+    }
+}
+
+/// A fleet of `rows` tenants with something of every kind in it: a tenth
+/// undecryptable (to re-provision), one in twenty KMS-sealed, a tenth
+/// without a Redis URL.
+pub fn mixed_fleet(rows: u64) -> SeedSpec {
+    SeedSpec {
+        rows,
+        undecryptable_share: 0.1,
+        kms_share: 0.05,
+        null_redis_share: 0.1,
+        seed: 7,
+    }
+}
+
+/// Seeds a [`plain_fleet`] of `rows` tenants sealed under `key` and returns
+/// them (with plaintexts).
+pub async fn seed_fleet(pool: &PgPool, table: &Table, key: &Key, rows: u64) -> Vec<SeedTenant> {
+    seed_fleet_with(pool, table, key, plain_fleet(rows)).await
 }
 
 /// A row's two ciphertexts.
@@ -245,6 +298,17 @@ pub fn rekey_cmd(database_url: &str, args: &[&str]) -> Command {
         .env_remove("TENANT_REDIS_URL")
         .env("NO_COLOR", "1");
     cmd
+}
+
+/// Starts the real `rekey` binary ([`rekey_cmd`]) with both output streams
+/// piped: for a test that acts while the run goes on, then collects what it
+/// printed with `wait_with_output`.
+pub fn spawn_piped(database_url: &str, args: &[String]) -> std::process::Child {
+    rekey_cmd(database_url, &strs(args))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn rekey")
 }
 
 /// Both output streams as text.
@@ -557,22 +621,16 @@ impl Cloud {
     /// The connection URI the fake's Neon API serves for a tenant's branch.
     pub async fn connection_uri(&self, project: &str, branch: &str) -> String {
         let url = format!("{}/projects/{project}/connection_uri", self.neon_url());
-        let response = reqwest::Client::new()
+        let request = reqwest::Client::new()
             .get(&url)
             .bearer_auth(&self.neon_key)
             .query(&[
                 ("branch_id", branch),
                 ("database_name", TENANT_DATABASE),
                 ("role_name", TENANT_ROLE),
-            ])
-            .send()
-            .await
-            .expect("connection_uri request");
-        assert!(
-            response.status().is_success(),
-            "connection_uri of {project}/{branch}: HTTP {}",
-            response.status()
-        );
+            ]);
+        let response =
+            send_to_fake(request, &format!("connection_uri of {project}/{branch}")).await;
         let body: serde_json::Value = response.json().await.expect("connection_uri JSON");
         body["uri"].as_str().expect("uri is a string").to_string()
     }
@@ -581,18 +639,11 @@ impl Cloud {
     /// machine someone removed by hand).
     pub async fn destroy_machine(&self, app: &str, machine: &str) {
         let url = format!("{}/apps/{app}/machines/{machine}", self.fly_url());
-        let response = reqwest::Client::new()
+        let request = reqwest::Client::new()
             .delete(&url)
             .bearer_auth(&self.fly_token)
-            .query(&[("force", "true")])
-            .send()
-            .await
-            .expect("destroy request");
-        assert!(
-            response.status().is_success(),
-            "destroy {app}/{machine}: HTTP {}",
-            response.status()
-        );
+            .query(&[("force", "true")]);
+        send_to_fake(request, &format!("destroy {app}/{machine}")).await;
     }
 
     /// The credentials and Redis URL, for scans of outputs.
@@ -615,6 +666,22 @@ impl Drop for Cloud {
             runtime.shutdown_background();
         }
     }
+}
+
+/// Sends a request a test makes to the fake's API behind the binary's back
+/// and asserts that the fake did what was asked (`what` names the request
+/// in the failure).
+async fn send_to_fake(request: reqwest::RequestBuilder, what: &str) -> reqwest::Response {
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: request failed: {e}"));
+    assert!(
+        response.status().is_success(),
+        "{what}: HTTP {}",
+        response.status()
+    );
+    response
 }
 
 /// A fake whose operations and boots take `op_ms` and `boot_ms`.
@@ -665,13 +732,7 @@ pub async fn seed_cloud_fleet_sharing(
     per_project: usize,
     cloud: &Cloud,
 ) -> Vec<SeedTenant> {
-    let mut tenants = seed::tenants(&SeedSpec {
-        rows,
-        undecryptable_share: 0.0,
-        kms_share: 0.0,
-        null_redis_share: 0.1,
-        seed: 42,
-    });
+    let mut tenants = seed::tenants(&plain_fleet(rows));
     for (i, t) in tenants.iter_mut().enumerate() {
         t.neon_project_id = format!("proj-{:07}", i / per_project.max(1));
     }
@@ -1099,35 +1160,40 @@ pub fn assert_no_orphans(
     rows: &BTreeMap<String, TenantRow>,
     tenants: &[SeedTenant],
 ) {
-    let seeded_branches: std::collections::BTreeSet<&str> =
-        tenants.iter().map(|t| t.neon_branch_id.as_str()).collect();
-    let seeded_machines: std::collections::BTreeSet<&str> =
-        tenants.iter().map(|t| t.fly_machine_id.as_str()).collect();
-    let row_branches: std::collections::BTreeSet<&str> = rows
-        .values()
-        .filter_map(|r| r.neon_branch_id.as_deref())
-        .collect();
-    let row_machines: std::collections::BTreeSet<&str> = rows
-        .values()
-        .filter_map(|r| r.fly_machine_id.as_deref())
-        .collect();
-    for b in &view.branches {
-        assert!(
-            seeded_branches.contains(b.id.as_str()) || row_branches.contains(b.id.as_str()),
-            "orphaned branch {} ({}) in project {}",
-            b.id,
-            b.name,
-            b.project
-        );
-    }
-    for m in view.machines.iter().filter(|m| m.state != "destroyed") {
-        assert!(
-            seeded_machines.contains(m.id.as_str()) || row_machines.contains(m.id.as_str()),
-            "orphaned machine {} ({}) in app {}",
-            m.id,
-            m.state,
-            m.app
-        );
+    assert_all_known(
+        "branch",
+        view.branches.iter().map(|b| {
+            (
+                b.id.as_str(),
+                format!("({}) in project {}", b.name, b.project),
+            )
+        }),
+        tenants.iter().map(|t| t.neon_branch_id.as_str()),
+        rows.values().filter_map(|r| r.neon_branch_id.as_deref()),
+    );
+    assert_all_known(
+        "machine",
+        view.machines
+            .iter()
+            .filter(|m| m.state != "destroyed")
+            .map(|m| (m.id.as_str(), format!("({}) in app {}", m.state, m.app))),
+        tenants.iter().map(|t| t.fly_machine_id.as_str()),
+        rows.values().filter_map(|r| r.fly_machine_id.as_deref()),
+    );
+}
+
+/// Asserts that each of `found` (an id with a description for the failure)
+/// is among the `seeded` ids or the ids `named` by a row: a `kind` of cloud
+/// resource that is neither was created and left behind.
+fn assert_all_known<'a>(
+    kind: &str,
+    found: impl Iterator<Item = (&'a str, String)>,
+    seeded: impl Iterator<Item = &'a str>,
+    named: impl Iterator<Item = &'a str>,
+) {
+    let known: std::collections::BTreeSet<&str> = seeded.chain(named).collect();
+    for (id, description) in found {
+        assert!(known.contains(id), "orphaned {kind} {id} {description}");
     }
 }
 
@@ -1176,12 +1242,18 @@ pub struct OldKeyFleet {
     pub url: String,
 }
 
-/// The reference table in `pool` with `rows` tenants sealed under the old
-/// key of a fresh [`Keys`].
+/// The reference table in `pool` with a [`plain_fleet`] of `rows` tenants
+/// sealed under the old key of a fresh [`Keys`].
 pub async fn old_key_fleet(pool: &PgPool, rows: u64) -> OldKeyFleet {
+    old_key_fleet_with(pool, plain_fleet(rows)).await
+}
+
+/// [`old_key_fleet`] with the tenants `spec` draws (undecryptable, KMS and
+/// NULL-Redis shares of its own).
+pub async fn old_key_fleet_with(pool: &PgPool, spec: SeedSpec) -> OldKeyFleet {
     let table = reference_table(pool).await;
     let keys = Keys::new();
-    let tenants = seed_fleet(pool, &table, &keys.old, rows).await;
+    let tenants = seed_fleet_with(pool, &table, &keys.old, spec).await;
     OldKeyFleet {
         keys,
         tenants,

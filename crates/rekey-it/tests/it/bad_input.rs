@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Output;
 
 use rekey_testkit::*;
 use sqlx::PgPool;
@@ -22,6 +24,21 @@ async fn small_fleet_as_it_was(pool: &PgPool) -> (Keys, String, BTreeMap<String,
     let url = small_fleet(pool, &keys).await;
     let before = snapshot(pool).await;
     (keys, url, before)
+}
+
+/// `rekey COMMAND --old-key-file OLD --new-key-file NEW`: a command given
+/// key files of the test's own.
+fn with_key_files(url: &str, command: &str, old: &Path, new: &Path) -> Output {
+    rekey(
+        url,
+        &[
+            command,
+            "--old-key-file",
+            path_str(old),
+            "--new-key-file",
+            path_str(new),
+        ],
+    )
 }
 
 /// Asserts that the table is as `before` and that no journal was created.
@@ -59,29 +76,9 @@ async fn a_malformed_key_file_is_refused_without_echoing_its_content(pool: PgPoo
         ),
     ];
     for (name, content) in cases {
-        let path = keys.dir.path().join(name);
-        std::fs::write(&path, content).expect("write key file");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        let as_new = rekey(
-            &url,
-            &[
-                "run",
-                "--old-key-file",
-                path_str(&keys.old_file),
-                "--new-key-file",
-                path_str(&path),
-            ],
-        );
-        let as_old = rekey(
-            &url,
-            &[
-                "run",
-                "--old-key-file",
-                path_str(&path),
-                "--new-key-file",
-                path_str(&keys.new_file),
-            ],
-        );
+        let path = write_key_file(keys.dir.path(), name, content);
+        let as_new = with_key_files(&url, "run", &keys.old_file, &path);
+        let as_old = with_key_files(&url, "run", &path, &keys.new_file);
         for out in [as_new, as_old] {
             assert_refused(&out, &[name, "64 hex"]);
             let shown = String::from_utf8_lossy(content);
@@ -133,20 +130,13 @@ async fn no_new_key_is_refused(pool: PgPool) {
 async fn the_same_key_as_old_and_new_is_refused(pool: PgPool) {
     let (keys, url, before) = small_fleet_as_it_was(&pool).await;
     // The same key in another text form is still the same key.
-    let b64 = keys.dir.path().join("old.b64");
-    std::fs::write(&b64, keys.old.to_base64().as_str()).expect("write");
-    std::fs::set_permissions(&b64, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let b64 = write_key_file(
+        keys.dir.path(),
+        "old.b64",
+        keys.old.to_base64().as_str().as_bytes(),
+    );
     for new in [&keys.old_file, &b64] {
-        let out = rekey(
-            &url,
-            &[
-                "run",
-                "--old-key-file",
-                path_str(&keys.old_file),
-                "--new-key-file",
-                path_str(new),
-            ],
-        );
+        let out = with_key_files(&url, "run", &keys.old_file, new);
         assert_refused(&out, &["same key", &keys.old.id().0]);
     }
     assert_untouched(&pool, &before).await;
@@ -474,38 +464,17 @@ async fn setup_errors_name_the_problem_the_operator_has(pool: PgPool) {
     assert_refused(&out, &["database url is empty", "DATABASE_URL"]);
     assert!(!text(&out).contains("relative URL"), "{}", text(&out));
 
-    let binary = keys.dir.path().join("binary32.key");
     let bytes: Vec<u8> = (0..32u8).map(|b| b.wrapping_mul(37) | 0x80).collect();
-    std::fs::write(&binary, &bytes).expect("write key file");
-    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let out = rekey(
-        &url,
-        &[
-            "plan",
-            "--old-key-file",
-            path_str(&keys.old_file),
-            "--new-key-file",
-            path_str(&binary),
-        ],
-    );
+    let binary = write_key_file(keys.dir.path(), "binary32.key", &bytes);
+    let out = with_key_files(&url, "plan", &keys.old_file, &binary);
     assert_refused(&out, &["binary32.key", "not text"]);
     assert!(!text(&out).contains("characters long"), "{}", text(&out));
     assert_untouched(&pool, &before).await;
 
     // 32 raw bytes whose first and last are spaces: a key as it is.
-    let spaced = keys.dir.path().join("spaced.key");
-    std::fs::write(&spaced, format!(" {} ", "k".repeat(30))).expect("write key file");
-    std::fs::set_permissions(&spaced, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let out = rekey(
-        &url,
-        &[
-            "plan",
-            "--old-key-file",
-            path_str(&keys.old_file),
-            "--new-key-file",
-            path_str(&spaced),
-        ],
-    );
+    let spaced = format!(" {} ", "k".repeat(30));
+    let spaced = write_key_file(keys.dir.path(), "spaced.key", spaced.as_bytes());
+    let out = with_key_files(&url, "plan", &keys.old_file, &spaced);
     assert_exit(
         &out,
         0,

@@ -46,7 +46,7 @@ struct PgRoles {
 impl PgRoles {
     fn new() -> PgRoles {
         PgRoles {
-            admin_url: std::env::var("DATABASE_URL").expect("scripts/test.sh sets DATABASE_URL"),
+            admin_url: admin_url(),
             names: Vec::new(),
         }
     }
@@ -130,6 +130,11 @@ impl Drop for RedisUsers {
             eprintln!("warning: could not delete the test's Redis users: {deleted:?}");
         }
     }
+}
+
+/// A URL of the local Redis for an ACL user and its password.
+fn redis_url(user: &str, password: &str) -> String {
+    format!("redis://{user}:{password}@127.0.0.1:6379")
 }
 
 fn redis_admin() -> redis::Connection {
@@ -295,6 +300,45 @@ fn pg_url(base: &str, user: &str, password: &str, database: &str) -> String {
     url.to_string()
 }
 
+/// What a reachable tenant is given: a role with a password on the local
+/// server, able to log in to this test's database, and a Redis ACL user
+/// that may PING, with the URLs that reach them. Removed on drop, with
+/// any other role or user the test adds to `roles` and `users`.
+struct Reachable {
+    roles: PgRoles,
+    users: RedisUsers,
+    pg_password: String,
+    pg_role: String,
+    pg_url: String,
+    redis_password: String,
+    redis_user: String,
+}
+
+impl Reachable {
+    async fn create(pool: &PgPool) -> Reachable {
+        let (admin, this_db) = server_and_database(pool);
+        let mut roles = PgRoles::new();
+        let pg_password = password();
+        let pg_role = roles.create(pool, Some(&pg_password)).await;
+        let mut users = RedisUsers(Vec::new());
+        let redis_password = password();
+        let redis_user = users.create(&redis_password, &["+ping", "+client", "+select"]);
+        Reachable {
+            roles,
+            users,
+            pg_url: pg_url(&admin, &pg_role, &pg_password, &this_db),
+            pg_password,
+            pg_role,
+            redis_password,
+            redis_user,
+        }
+    }
+
+    fn redis_url(&self) -> String {
+        redis_url(&self.redis_user, &self.redis_password)
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The fleet: one row per case, sealed under the new key by hand.
 // ---------------------------------------------------------------------------
@@ -308,6 +352,39 @@ struct Case {
     expect_database: &'static str,
     expect_redis: &'static str,
     expect_overall: &'static str,
+}
+
+impl Case {
+    /// A tenant without a Redis URL: its Redis is `absent` and the tenant
+    /// is judged by its database alone.
+    fn database_only(name: &'static str, database: Field, verdict: &'static str) -> Case {
+        Case {
+            name,
+            database,
+            redis: Field::Null,
+            expect_database: verdict,
+            expect_redis: "absent",
+            expect_overall: verdict,
+        }
+    }
+
+    /// A tenant whose database is `reachable`: the tenant is judged by its
+    /// Redis.
+    fn reachable_database(
+        name: &'static str,
+        database: Field,
+        redis: Field,
+        verdict: &'static str,
+    ) -> Case {
+        Case {
+            name,
+            database,
+            redis,
+            expect_database: "reachable",
+            expect_redis: verdict,
+            expect_overall: verdict,
+        }
+    }
 }
 
 enum Field {
@@ -363,8 +440,7 @@ fn server_and_database(pool: &PgPool) -> (String, String) {
         .get_database()
         .expect("sqlx::test names its database")
         .to_string();
-    let admin = std::env::var("DATABASE_URL").expect("scripts/test.sh sets DATABASE_URL");
-    (admin, this_db)
+    (admin_url(), this_db)
 }
 
 /// `verify_connect` on this test's database; asserts the exit code and that
@@ -396,137 +472,103 @@ fn assert_no_secret(out: &Output, secrets: &[String]) {
 async fn verify_connect_sorts_tenants_by_what_their_servers_answer(pool: PgPool) {
     reference_table(&pool).await;
     let keys = Keys::new();
+    let mut good = Reachable::create(&pool).await;
     let (admin, this_db) = server_and_database(&pool);
-
-    let mut roles = PgRoles::new();
-    let good_pw = password();
-    let good_role = roles.create(&pool, Some(&good_pw)).await;
-    let nologin_role = roles.create(&pool, None).await;
-    let good_pg = pg_url(&admin, &good_role, &good_pw, &this_db);
+    let nologin_role = good.roles.create(&pool, None).await;
+    let good_pg = &good.pg_url;
 
     let cluster = PasswordCluster::start();
     let wrong_pw = password();
 
-    let mut users = RedisUsers(Vec::new());
-    let redis_pw = password();
-    let redis_user = users.create(&redis_pw, &["+ping", "+client", "+select"]);
     let get_only_pw = password();
-    let get_only_user = users.create(&get_only_pw, &["+get", "~*"]);
-    let redis_url = |user: &str, pw: &str| format!("redis://{user}:{pw}@127.0.0.1:6379");
+    let get_only_user = good.users.create(&get_only_pw, &["+get", "~*"]);
 
-    let url = Field::Url;
+    let url = |u: &str| Field::Url(u.to_string());
     let cases = vec![
-        Case {
-            name: "role with a password, Redis ACL user with the right password",
-            database: url(good_pg.clone()),
-            redis: url(redis_url(&redis_user, &redis_pw)),
-            expect_database: "reachable",
-            expect_redis: "reachable",
-            expect_overall: "reachable",
-        },
-        Case {
-            name: "no Redis URL",
-            database: url(good_pg.clone()),
-            redis: Field::Null,
-            expect_database: "reachable",
-            expect_redis: "absent",
-            expect_overall: "reachable",
-        },
-        Case {
-            name: "right password on the password-checking cluster, Redis default user",
-            database: url(cluster.url(&cluster.superuser_password)),
-            redis: url(REDIS.to_string()),
-            expect_database: "reachable",
-            expect_redis: "reachable",
-            expect_overall: "reachable",
-        },
-        Case {
-            name: "Redis user that may not PING: its password was accepted",
-            database: url(good_pg.clone()),
-            redis: url(redis_url(&get_only_user, &get_only_pw)),
-            expect_database: "reachable",
-            expect_redis: "reachable",
-            expect_overall: "reachable",
-        },
-        Case {
-            name: "wrong password on the password-checking cluster (28P01)",
-            database: url(cluster.url(&wrong_pw)),
-            redis: Field::Null,
-            expect_database: "auth_failure",
-            expect_redis: "absent",
-            expect_overall: "auth_failure",
-        },
-        Case {
-            name: "role that may not log in (28000)",
-            database: url(pg_url(&admin, &nologin_role, &password(), &this_db)),
-            redis: Field::Null,
-            expect_database: "auth_failure",
-            expect_redis: "absent",
-            expect_overall: "auth_failure",
-        },
-        Case {
-            name: "role that does not exist (28000)",
-            database: url(pg_url(&admin, &unique("rekey_gone"), &password(), &this_db)),
-            redis: Field::Null,
-            expect_database: "auth_failure",
-            expect_redis: "absent",
-            expect_overall: "auth_failure",
-        },
-        Case {
-            name: "Redis ACL user with a wrong password (WRONGPASS)",
-            database: url(good_pg.clone()),
-            redis: url(redis_url(&redis_user, &wrong_pw)),
-            expect_database: "reachable",
-            expect_redis: "auth_failure",
-            expect_overall: "auth_failure",
-        },
-        Case {
-            name: "database that does not exist (3D000): not the credentials' fault",
-            database: url(pg_url(&admin, &good_role, &good_pw, &unique("rekey_no_db"))),
-            redis: Field::Null,
-            expect_database: "refused",
-            expect_redis: "absent",
-            expect_overall: "refused",
-        },
-        Case {
-            name: "nothing listens on the database port",
-            database: url(pg_url("postgres://x@127.0.0.1:1/x", "u", &password(), "d")),
-            redis: Field::Null,
-            expect_database: "network_failure",
-            expect_redis: "absent",
-            expect_overall: "network_failure",
-        },
-        Case {
-            name: "nothing listens on the Redis port",
-            database: url(good_pg.clone()),
-            redis: url(format!("redis://default:{}@127.0.0.1:1", password())),
-            expect_database: "reachable",
-            expect_redis: "network_failure",
-            expect_overall: "network_failure",
-        },
-        Case {
-            name: "rediss:// (TLS) to a plain-text Redis: the handshake fails",
-            database: url(good_pg.clone()),
-            redis: url(format!("rediss://default:{}@127.0.0.1:6379", password())),
-            expect_database: "reachable",
-            expect_redis: "network_failure",
-            expect_overall: "network_failure",
-        },
-        Case {
-            name: "database URL still under the old key",
-            database: Field::OldKey(good_pg.clone()),
-            redis: Field::Null,
-            expect_database: "not_openable",
-            expect_redis: "absent",
-            expect_overall: "not_openable",
-        },
+        Case::reachable_database(
+            "role with a password, Redis ACL user with the right password",
+            url(good_pg),
+            url(&good.redis_url()),
+            "reachable",
+        ),
+        Case::database_only("no Redis URL", url(good_pg), "reachable"),
+        Case::reachable_database(
+            "right password on the password-checking cluster, Redis default user",
+            url(&cluster.url(&cluster.superuser_password)),
+            url(REDIS),
+            "reachable",
+        ),
+        Case::reachable_database(
+            "Redis user that may not PING: its password was accepted",
+            url(good_pg),
+            url(&redis_url(&get_only_user, &get_only_pw)),
+            "reachable",
+        ),
+        Case::database_only(
+            "wrong password on the password-checking cluster (28P01)",
+            url(&cluster.url(&wrong_pw)),
+            "auth_failure",
+        ),
+        Case::database_only(
+            "role that may not log in (28000)",
+            url(&pg_url(&admin, &nologin_role, &password(), &this_db)),
+            "auth_failure",
+        ),
+        Case::database_only(
+            "role that does not exist (28000)",
+            url(&pg_url(
+                &admin,
+                &unique("rekey_gone"),
+                &password(),
+                &this_db,
+            )),
+            "auth_failure",
+        ),
+        Case::reachable_database(
+            "Redis ACL user with a wrong password (WRONGPASS)",
+            url(good_pg),
+            url(&redis_url(&good.redis_user, &wrong_pw)),
+            "auth_failure",
+        ),
+        Case::database_only(
+            "database that does not exist (3D000): not the credentials' fault",
+            url(&pg_url(
+                &admin,
+                &good.pg_role,
+                &good.pg_password,
+                &unique("rekey_no_db"),
+            )),
+            "refused",
+        ),
+        Case::database_only(
+            "nothing listens on the database port",
+            url(&pg_url("postgres://x@127.0.0.1:1/x", "u", &password(), "d")),
+            "network_failure",
+        ),
+        Case::reachable_database(
+            "nothing listens on the Redis port",
+            url(good_pg),
+            url(&format!("redis://default:{}@127.0.0.1:1", password())),
+            "network_failure",
+        ),
+        Case::reachable_database(
+            "rediss:// (TLS) to a plain-text Redis: the handshake fails",
+            url(good_pg),
+            url(&format!("rediss://default:{}@127.0.0.1:6379", password())),
+            "network_failure",
+        ),
+        Case::database_only(
+            "database URL still under the old key",
+            Field::OldKey(good_pg.clone()),
+            "not_openable",
+        ),
     ];
     let ids = insert_cases(&pool, &keys, &cases).await;
     let secrets = vec![
-        good_pw.clone(),
+        good.pg_password.clone(),
         wrong_pw.clone(),
         cluster.superuser_password.clone(),
-        redis_pw.clone(),
+        good.redis_password.clone(),
         get_only_pw.clone(),
     ];
 
@@ -588,31 +630,22 @@ async fn verify_connect_sorts_tenants_by_what_their_servers_answer(pool: PgPool)
 async fn verify_connect_exits_zero_when_every_tenant_is_reachable(pool: PgPool) {
     reference_table(&pool).await;
     let keys = Keys::new();
-    let (admin, this_db) = server_and_database(&pool);
-    let mut roles = PgRoles::new();
-    let pg_pw = password();
-    let role = roles.create(&pool, Some(&pg_pw)).await;
-    let mut users = RedisUsers(Vec::new());
-    let redis_pw = password();
-    let user = users.create(&redis_pw, &["+ping", "+client", "+select"]);
-    let database = || Field::Url(pg_url(&admin, &role, &pg_pw, &this_db));
+    let good = Reachable::create(&pool).await;
     let cases: Vec<Case> = (0..20)
-        .map(|i| Case {
-            name: "reachable",
-            database: database(),
-            redis: if i % 4 == 0 {
-                Field::Null
+        .map(|i| {
+            let database = Field::Url(good.pg_url.clone());
+            if i % 4 == 0 {
+                Case::database_only("reachable", database, "reachable")
             } else {
-                Field::Url(format!("redis://{user}:{redis_pw}@127.0.0.1:6379"))
-            },
-            expect_database: "reachable",
-            expect_redis: "reachable",
-            expect_overall: "reachable",
+                let redis = Field::Url(good.redis_url());
+                Case::reachable_database("reachable", database, redis, "reachable")
+            }
         })
         .collect();
     insert_cases(&pool, &keys, &cases).await;
 
-    let out = verify_connect_exits(&pool, &keys, false, 0, &[pg_pw, redis_pw]);
+    let secrets = [good.pg_password.clone(), good.redis_password.clone()];
+    let out = verify_connect_exits(&pool, &keys, false, 0, &secrets);
     assert!(
         text(&out).contains("connect: 20 tenants: 20 reachable, 0 authentication failure"),
         "{}",

@@ -4,7 +4,6 @@
 //! themselves are measured, not asserted (the machines are shared).
 
 use rekey_testkit::*;
-use sqlx::Connection;
 
 /// The scratch database fleet-bench named on stderr.
 fn scratch_name(stderr: &str) -> String {
@@ -16,24 +15,12 @@ fn scratch_name(stderr: &str) -> String {
         .to_string()
 }
 
-async fn database_exists(admin_url: &str, name: &str) -> bool {
-    let mut conn = sqlx::PgConnection::connect(admin_url)
-        .await
-        .expect("connect to the admin database");
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(name)
-        .fetch_one(&mut conn)
-        .await
-        .expect("query pg_database")
-}
-
 #[tokio::test]
 async fn fleet_bench_measures_verifies_charts_and_drops_its_scratch_database() {
-    let admin = std::env::var("DATABASE_URL").expect("scripts/test.sh sets DATABASE_URL");
     let dir = tempfile::tempdir().unwrap();
     let chart = dir.path().join("planning.svg");
     let out = rekey(
-        &admin,
+        &admin_url(),
         &[
             "fleet-bench",
             "--rows",
@@ -61,7 +48,7 @@ async fn fleet_bench_measures_verifies_charts_and_drops_its_scratch_database() {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     let scratch = scratch_name(&stderr);
     assert!(
-        !database_exists(&admin, &scratch).await,
+        !database_exists(&scratch).await,
         "scratch database {scratch} was left behind"
     );
 

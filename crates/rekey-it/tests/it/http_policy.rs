@@ -21,7 +21,8 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use rekey::cloud::fly::{
-    CreateMachine, FlyClient, FlyOptions, MachineConfig, Removal, StopOptions, WaitState, ITEM_TAG,
+    CreateMachine, FlyClient, FlyOptions, Machine, MachineConfig, Removal, StopOptions, WaitState,
+    ITEM_TAG,
 };
 use rekey::cloud::neon::{NeonClient, NeonOptions, Operation, OperationStatus};
 use rekey::cloud::{CloudError, Created, HttpOptions, Secret};
@@ -53,6 +54,7 @@ impl Seen {
 }
 
 /// What the server answers.
+#[derive(Clone)]
 struct Reply {
     status: u16,
     headers: Vec<(&'static str, String)>,
@@ -181,6 +183,33 @@ async fn serve(
     }
 }
 
+/// A scripted server ([`serve`]) that gives every request the same answer.
+async fn serve_always(prefix: &str, reply: Reply) -> Server {
+    serve(prefix, move |_, _| reply.clone()).await
+}
+
+/// A scripted server for an ambiguous create: a POST makes the resource
+/// and is answered with `lost`, an answer that does not tell the client it
+/// worked; every other request gets `listing(made)`, `made` being whether
+/// a POST came first. That flag is returned with the server.
+async fn serve_ambiguous_create(
+    prefix: &str,
+    lost: Reply,
+    listing: impl Fn(bool) -> Reply + Send + Sync + 'static,
+) -> (Server, Arc<Mutex<bool>>) {
+    let made = Arc::new(Mutex::new(false));
+    let seen_made = Arc::clone(&made);
+    let server = serve(prefix, move |seen, _| {
+        if seen.method == "POST" {
+            *seen_made.lock().unwrap() = true;
+            return lost.clone();
+        }
+        listing(*seen_made.lock().unwrap())
+    })
+    .await;
+    (server, made)
+}
+
 /// An address on loopback where nothing listens.
 async fn closed_port() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -242,17 +271,22 @@ fn machine_json(id: &str, tag: &str, state: &str) -> Value {
                       "env": {"DATABASE_URL": "postgresql://u:pw@h/db"}}})
 }
 
-fn spec(tag: &str) -> CreateMachine {
+/// A machine to create in region `ord` with `config`, started at once.
+fn machine_spec(config: Value) -> CreateMachine {
     CreateMachine {
         name: None,
         region: Some("ord".to_string()),
-        config: MachineConfig::new(json!({
-            "image": "registry.fly.io/t:1",
-            "env": {"DATABASE_URL": "postgresql://u:newpw@h/db"},
-            "metadata": {ITEM_TAG: tag},
-        })),
+        config: MachineConfig::new(config),
         skip_launch: false,
     }
+}
+
+fn spec(tag: &str) -> CreateMachine {
+    machine_spec(json!({
+        "image": "registry.fly.io/t:1",
+        "env": {"DATABASE_URL": "postgresql://u:newpw@h/db"},
+        "metadata": {ITEM_TAG: tag},
+    }))
 }
 
 // ---------------------------------------------------------------- retries
@@ -377,10 +411,7 @@ async fn a_408_on_a_get_is_retried() {
 
 #[tokio::test]
 async fn a_get_that_keeps_failing_gives_up_after_max_attempts() {
-    let server = serve("/api/v2", |_, _| {
-        Reply::json(500, json!({"message": "boom"}))
-    })
-    .await;
+    let server = serve_always("/api/v2", Reply::json(500, json!({"message": "boom"}))).await;
     let client = neon(&server);
     let err = client.get_branch("p1", "br-a").await.unwrap_err();
     assert!(
@@ -394,9 +425,10 @@ async fn a_get_that_keeps_failing_gives_up_after_max_attempts() {
 
 #[tokio::test]
 async fn a_retry_after_beyond_the_deadline_gives_up_without_waiting() {
-    let server = serve("/api/v2", |_, _| {
-        Reply::json(429, json!({"message": "slow down"})).header("retry-after", "3600")
-    })
+    let server = serve_always(
+        "/api/v2",
+        Reply::json(429, json!({"message": "slow down"})).header("retry-after", "3600"),
+    )
     .await;
     let client = neon_at(
         &server.base,
@@ -417,12 +449,13 @@ async fn a_retry_after_beyond_the_deadline_gives_up_without_waiting() {
 
 #[tokio::test]
 async fn a_400_is_returned_at_once_without_retry() {
-    let server = serve("/api/v2", |_, _| {
+    let server = serve_always(
+        "/api/v2",
         Reply::json(
             400,
             json!({"code": "", "message": "invalid branch name", "request_id": "req-9"}),
-        )
-    })
+        ),
+    )
     .await;
     let err = neon(&server)
         .list_databases("p1", "br-a")
@@ -450,9 +483,10 @@ async fn a_400_is_returned_at_once_without_retry() {
 
 #[tokio::test]
 async fn a_missing_branch_is_none_not_an_error() {
-    let server = serve("/api/v2", |_, _| {
-        Reply::json(404, json!({"code": "", "message": "branch not found"}))
-    })
+    let server = serve_always(
+        "/api/v2",
+        Reply::json(404, json!({"code": "", "message": "branch not found"})),
+    )
     .await;
     assert_eq!(
         neon(&server).get_branch("p1", "br-gone").await.unwrap(),
@@ -502,10 +536,7 @@ async fn deleting_what_is_already_gone_succeeds() {
 
 #[tokio::test]
 async fn a_post_answered_with_5xx_is_not_reposted_by_the_policy() {
-    let server = serve("/api/v2", |_, _| {
-        Reply::json(500, json!({"message": "internal"}))
-    })
-    .await;
+    let server = serve_always("/api/v2", Reply::json(500, json!({"message": "internal"}))).await;
     let err = neon(&server).create_project("seed").await.unwrap_err();
     assert!(err.is_ambiguous(), "{err}");
     assert_eq!(server.requests().len(), 1);
@@ -527,23 +558,21 @@ async fn requests_that_never_connected_are_retried_even_for_posts() {
 
 #[tokio::test]
 async fn an_ambiguous_branch_create_is_recovered_by_lookup_not_a_second_post() {
-    let created = Arc::new(Mutex::new(false));
-    let seen_created = Arc::clone(&created);
-    let server = serve("/api/v2", move |seen, _| {
-        if seen.method == "POST" {
-            // The branch is made, then the answer is lost to a 503.
-            *seen_created.lock().unwrap() = true;
-            return Reply::json(503, json!({"message": "service unavailable"}));
-        }
-        let mut branches = vec![branch_json("br-decoy", "tenant-a-run7-old", "br-main")];
-        if *seen_created.lock().unwrap() {
-            branches.push(branch_json("br-new", "tenant-a-run7", "br-main"));
-        }
-        Reply::json(
-            200,
-            json!({"branches": branches, "annotations": {}, "pagination": {}}),
-        )
-    })
+    // The branch is made, then the answer is lost to a 503.
+    let (server, created) = serve_ambiguous_create(
+        "/api/v2",
+        Reply::json(503, json!({"message": "service unavailable"})),
+        |made| {
+            let mut branches = vec![branch_json("br-decoy", "tenant-a-run7-old", "br-main")];
+            if made {
+                branches.push(branch_json("br-new", "tenant-a-run7", "br-main"));
+            }
+            Reply::json(
+                200,
+                json!({"branches": branches, "annotations": {}, "pagination": {}}),
+            )
+        },
+    )
     .await;
     let client = neon(&server);
     let annotations = BTreeMap::from([("rekey_run".to_string(), "7".to_string())]);
@@ -584,12 +613,13 @@ async fn an_ambiguous_create_with_nothing_found_posts_again() {
 
 #[tokio::test]
 async fn create_branch_asks_for_one_read_write_endpoint_and_sends_annotations() {
-    let server = serve("/api/v2", |_, _| {
+    let server = serve_always(
+        "/api/v2",
         Reply::json(
             201,
             json!({"branch": branch_json("br-new", "n", "br-main"), "operations": []}),
-        )
-    })
+        ),
+    )
     .await;
     let annotations = BTreeMap::from([("rekey_run".to_string(), "7".to_string())]);
     neon(&server)
@@ -714,13 +744,14 @@ async fn wait_operations_keeps_waiting_through_failed_until_finished() {
 
 #[tokio::test]
 async fn wait_operations_stops_on_error_or_cancelled() {
-    let server = serve("/api/v2", |_, _| {
+    let server = serve_always(
+        "/api/v2",
         Reply::json(
             200,
             json!({"operation": {"id": "op-1", "action": "start_compute", "status": "error",
-                                               "error": "compute failed to start"}}),
-        )
-    })
+                                 "error": "compute failed to start"}}),
+        ),
+    )
     .await;
     let ops: Vec<Operation> =
         vec![serde_json::from_value(op_json("op-1", "start_compute", "running")).unwrap()];
@@ -736,12 +767,13 @@ async fn wait_operations_stops_on_error_or_cancelled() {
 
 #[tokio::test]
 async fn wait_operations_ends_at_the_deadline() {
-    let server = serve("/api/v2", |_, _| {
+    let server = serve_always(
+        "/api/v2",
         Reply::json(
             200,
             json!({"operation": op_json("op-1", "create_branch", "running")}),
-        )
-    })
+        ),
+    )
     .await;
     let ops: Vec<Operation> =
         vec![serde_json::from_value(op_json("op-1", "create_branch", "running")).unwrap()];
@@ -755,9 +787,10 @@ async fn wait_operations_ends_at_the_deadline() {
 
 #[tokio::test]
 async fn connection_uri_comes_back_as_a_secret_and_asks_for_the_branch() {
-    let server = serve("/api/v2", |_, _| {
-        Reply::json(200, json!({"uri": "postgresql://neondb_owner:s3cr3tpw@ep-1.aws.neon.tech/neondb?sslmode=require"}))
-    })
+    let server = serve_always(
+        "/api/v2",
+        Reply::json(200, json!({"uri": "postgresql://neondb_owner:s3cr3tpw@ep-1.aws.neon.tech/neondb?sslmode=require"})),
+    )
     .await;
     let uri = neon(&server)
         .connection_uri("p1", "br-new", "neondb", "neondb_owner", true)
@@ -780,12 +813,13 @@ async fn connection_uri_comes_back_as_a_secret_and_asks_for_the_branch() {
 
 #[tokio::test]
 async fn errors_never_show_the_token_a_uri_password_or_query_values() {
-    let server = serve("/api/v2", |_, _| {
+    let server = serve_always(
+        "/api/v2",
         Reply::json(
             400,
             json!({"message": "cannot parse postgresql://owner:hunter2@ep-1/db"}),
-        )
-    })
+        ),
+    )
     .await;
     let client = neon(&server);
     let status_error = client
@@ -815,9 +849,10 @@ async fn errors_never_show_the_token_a_uri_password_or_query_values() {
 
 #[tokio::test]
 async fn a_decode_error_does_not_quote_the_body() {
-    let server = serve("/api/v2", |_, _| {
-        Reply::json(200, json!({"uri": ["postgresql://u:hunter2@h/db"]}))
-    })
+    let server = serve_always(
+        "/api/v2",
+        Reply::json(200, json!({"uri": ["postgresql://u:hunter2@h/db"]})),
+    )
     .await;
     let err = neon(&server)
         .connection_uri("p1", "b", "d", "r", false)
@@ -831,7 +866,7 @@ async fn a_decode_error_does_not_quote_the_body() {
 
 #[tokio::test]
 async fn auth_headers_are_bearer_for_neon_and_verbatim_for_flyv1_tokens() {
-    let server = serve("/", |_, _| Reply::json(200, json!([]))).await;
+    let server = serve_always("/", Reply::json(200, json!([]))).await;
     fly_with(&server, "FlyV1 fm2_lJPE,fm2_abc")
         .list_machines("app", &[], false)
         .await
@@ -856,7 +891,7 @@ async fn auth_headers_are_bearer_for_neon_and_verbatim_for_flyv1_tokens() {
 
 #[tokio::test]
 async fn the_rate_limiter_spaces_requests_to_the_configured_rate() {
-    let server = serve("/api/v2", |_, _| Reply::json(200, json!({"roles": []}))).await;
+    let server = serve_always("/api/v2", Reply::json(200, json!({"roles": []}))).await;
     let client = neon_at(
         &server.base,
         HttpOptions {
@@ -902,22 +937,20 @@ async fn fly_create_adopts_a_machine_already_tagged_without_posting() {
 
 #[tokio::test]
 async fn fly_create_after_a_timeout_finds_the_machine_by_its_tag() {
-    let created = Arc::new(Mutex::new(false));
-    let seen_created = Arc::clone(&created);
-    let server = serve("/v1", move |seen, _| {
-        if seen.method == "POST" {
-            // Created, but the answer comes after the client stopped waiting.
-            *seen_created.lock().unwrap() = true;
-            return Reply::json(200, machine_json("m-new", "run7-org1", "created"))
-                .after(Duration::from_secs(2));
-        }
-        let machines = if *seen_created.lock().unwrap() {
-            vec![machine_json("m-new", "run7-org1", "starting")]
-        } else {
-            vec![]
-        };
-        Reply::json(200, Value::Array(machines))
-    })
+    // Created, but the answer comes after the client stopped waiting.
+    let (server, _) = serve_ambiguous_create(
+        "/v1",
+        Reply::json(200, machine_json("m-new", "run7-org1", "created"))
+            .after(Duration::from_secs(2)),
+        |made| {
+            let machines = if made {
+                vec![machine_json("m-new", "run7-org1", "starting")]
+            } else {
+                vec![]
+            };
+            Reply::json(200, Value::Array(machines))
+        },
+    )
     .await;
     let options = FlyOptions {
         http: HttpOptions {
@@ -992,15 +1025,16 @@ async fn fly_create_refused_with_nothing_tagged_is_the_refusal() {
 
 #[tokio::test]
 async fn fly_create_refuses_when_two_live_machines_carry_the_tag() {
-    let server = serve("/v1", |_, _| {
+    let server = serve_always(
+        "/v1",
         Reply::json(
             200,
             json!([
                 machine_json("m1", "t", "started"),
                 machine_json("m2", "t", "started")
             ]),
-        )
-    })
+        ),
+    )
     .await;
     let err = fly(&server)
         .create_machine("app", &spec("t"))
@@ -1011,15 +1045,16 @@ async fn fly_create_refuses_when_two_live_machines_carry_the_tag() {
 
 #[tokio::test]
 async fn fly_list_filters_by_metadata_even_when_the_server_does_not() {
-    let server = serve("/v1", |_, _| {
+    let server = serve_always(
+        "/v1",
         Reply::json(
             200,
             json!([
                 machine_json("m1", "mine", "started"),
                 machine_json("m2", "other", "started")
             ]),
-        )
-    })
+        ),
+    )
     .await;
     let found = fly(&server)
         .list_machines("app", &[(ITEM_TAG, "mine")], true)
@@ -1062,9 +1097,10 @@ async fn fly_wait_calls_again_after_408_until_the_state_is_reached() {
 
 #[tokio::test]
 async fn fly_wait_for_destroyed_treats_404_as_done() {
-    let server = serve("/v1", |_, _| {
-        Reply::json(404, json!({"error": "machine not found"}))
-    })
+    let server = serve_always(
+        "/v1",
+        Reply::json(404, json!({"error": "machine not found"})),
+    )
     .await;
     let deadline = Instant::now() + Duration::from_secs(10);
     fly(&server)
@@ -1076,9 +1112,10 @@ async fn fly_wait_for_destroyed_treats_404_as_done() {
 
 #[tokio::test]
 async fn fly_wait_gives_up_on_400() {
-    let server = serve("/v1", |_, _| {
-        Reply::json(400, json!({"error": "machine failed to reach desired state, and restart policy was set to no restart"}))
-    })
+    let server = serve_always(
+        "/v1",
+        Reply::json(400, json!({"error": "machine failed to reach desired state, and restart policy was set to no restart"})),
+    )
     .await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let err = fly(&server)
@@ -1202,12 +1239,13 @@ async fn fly_lease_release_after_it_lapsed_is_already_gone() {
 
 #[tokio::test]
 async fn fly_lease_held_by_someone_else_is_refused_without_retrying() {
-    let server = serve("/v1", |_, _| {
+    let server = serve_always(
+        "/v1",
         Reply::json(
             409,
             json!({"error": "machine m1 is leased by someone else"}),
-        )
-    })
+        ),
+    )
     .await;
     let err = fly(&server)
         .acquire_lease("app", "m1", Duration::from_secs(30), "rekey")
@@ -1268,9 +1306,10 @@ async fn fly_stop_then_destroy_stops_waits_for_stopped_then_destroys_without_for
 
 #[tokio::test]
 async fn fly_stop_then_destroy_of_a_machine_already_gone_changes_nothing() {
-    let server = serve("/v1", |_, _| {
-        Reply::json(404, json!({"error": "machine not found"}))
-    })
+    let server = serve_always(
+        "/v1",
+        Reply::json(404, json!({"error": "machine not found"})),
+    )
     .await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let removal = fly(&server)
@@ -1302,9 +1341,10 @@ async fn fly_wait_healthy_waits_until_every_configured_check_passes() {
 
 #[tokio::test]
 async fn fly_wait_healthy_gives_up_at_its_timeout_naming_checks_but_not_their_output() {
-    let server = serve("/v1", |_, _| {
-        Reply::json(200, checked_machine_json("started", "passing", "critical"))
-    })
+    let server = serve_always(
+        "/v1",
+        Reply::json(200, checked_machine_json("started", "passing", "critical")),
+    )
     .await;
     let err = fly(&server)
         .wait_healthy("app", "m1", Duration::from_millis(200))
@@ -1321,10 +1361,7 @@ async fn fly_wait_healthy_gives_up_at_its_timeout_naming_checks_but_not_their_ou
 
 #[tokio::test]
 async fn fly_wait_healthy_without_configured_checks_needs_only_started() {
-    let server = serve("/v1", |_, _| {
-        Reply::json(200, machine_json("m1", "t", "started"))
-    })
-    .await;
+    let server = serve_always("/v1", Reply::json(200, machine_json("m1", "t", "started"))).await;
     fly(&server)
         .wait_healthy("app", "m1", Duration::from_secs(10))
         .await
@@ -1334,9 +1371,10 @@ async fn fly_wait_healthy_without_configured_checks_needs_only_started() {
 
 #[tokio::test]
 async fn fly_wait_healthy_stops_at_once_for_a_machine_that_stopped() {
-    let server = serve("/v1", |_, _| {
-        Reply::json(200, checked_machine_json("stopped", "critical", "critical"))
-    })
+    let server = serve_always(
+        "/v1",
+        Reply::json(200, checked_machine_json("stopped", "critical", "critical")),
+    )
     .await;
     let err = fly(&server)
         .wait_healthy("app", "m1", Duration::from_secs(10))
@@ -1357,26 +1395,18 @@ fn fly_at_fake(fake: &FakeCloud) -> FlyClient {
 }
 
 fn spec_with_checks(tag: &str) -> CreateMachine {
-    CreateMachine {
-        name: None,
-        region: Some("ord".to_string()),
-        config: MachineConfig::new(json!({
-            "image": "registry.fly.io/t:1",
-            "metadata": {ITEM_TAG: tag},
-            "checks": {"health": {"type": "http", "port": 8080, "path": "/health"}},
-        })),
-        skip_launch: false,
-    }
+    machine_spec(json!({
+        "image": "registry.fly.io/t:1",
+        "metadata": {ITEM_TAG: tag},
+        "checks": {"health": {"type": "http", "port": 8080, "path": "/health"}},
+    }))
 }
 
-#[tokio::test]
-async fn fly_client_leases_stops_and_destroys_a_machine_of_the_fake_only_with_the_nonce() {
-    let fake = FakeCloud::start(FakeConfig {
-        boot_duration: Duration::from_millis(100),
-        ..FakeConfig::default()
-    })
-    .await
-    .unwrap();
+/// The fake cloud started with `config`, a client of its Fly API, and a
+/// machine with a health check that the client created in a new app
+/// `tenant-1`.
+async fn fake_with_a_checked_machine(config: FakeConfig) -> (FakeCloud, FlyClient, Machine) {
+    let fake = FakeCloud::start(config).await.unwrap();
     let client = fly_at_fake(&fake);
     client.create_app("tenant-1", "personal").await.unwrap();
     let machine = client
@@ -1384,6 +1414,16 @@ async fn fly_client_leases_stops_and_destroys_a_machine_of_the_fake_only_with_th
         .await
         .unwrap()
         .into_inner();
+    (fake, client, machine)
+}
+
+#[tokio::test]
+async fn fly_client_leases_stops_and_destroys_a_machine_of_the_fake_only_with_the_nonce() {
+    let (fake, client, machine) = fake_with_a_checked_machine(FakeConfig {
+        boot_duration: Duration::from_millis(100),
+        ..FakeConfig::default()
+    })
+    .await;
     let healthy = client
         .wait_healthy("tenant-1", &machine.id, Duration::from_secs(20))
         .await
@@ -1424,19 +1464,11 @@ async fn fly_client_leases_stops_and_destroys_a_machine_of_the_fake_only_with_th
 
 #[tokio::test]
 async fn fly_client_wait_healthy_times_out_when_the_fakes_checks_fail() {
-    let fake = FakeCloud::start(FakeConfig {
+    let (_fake, client, machine) = fake_with_a_checked_machine(FakeConfig {
         fly_failing_checks: true,
         ..FakeConfig::default()
     })
-    .await
-    .unwrap();
-    let client = fly_at_fake(&fake);
-    client.create_app("tenant-1", "personal").await.unwrap();
-    let machine = client
-        .create_machine("tenant-1", &spec_with_checks("r1-org1"))
-        .await
-        .unwrap()
-        .into_inner();
+    .await;
     let err = client
         .wait_healthy("tenant-1", &machine.id, Duration::from_millis(300))
         .await

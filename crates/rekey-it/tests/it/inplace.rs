@@ -9,7 +9,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use rand::{Rng, RngCore};
-use rekey::db::seed::SeedSpec;
 use rekey::envelope::{is_kms_shaped, Cipher, Keyring, Mode, KMS_VERSION_BYTE, NONCE_BYTES};
 use rekey::keys::Key;
 use rekey::rotate::events::NullSink;
@@ -164,6 +163,19 @@ fn make_blob(kind: Blob, keys: &Keys, third: &Cipher, plaintext: &[u8]) -> Optio
     Some(blob)
 }
 
+/// The reference table with [`build_fleet`]'s rows of `patterns` under
+/// fresh keys, and what the tests compare against: the keys, the rows, the
+/// URL for the binary and every row's ciphertexts before the first command.
+async fn hand_built(
+    pool: &PgPool,
+    patterns: &[(Blob, Blob, &'static str)],
+) -> (Keys, Vec<Built>, String, BTreeMap<String, Fields>) {
+    reference_table(pool).await;
+    let keys = Keys::new();
+    let fleet = build_fleet(pool, &keys, patterns).await;
+    (keys, fleet, db_url(pool), snapshot(pool).await)
+}
+
 /// Inserts `COPIES` rows of every pattern in `patterns`.
 async fn build_fleet(
     pool: &PgPool,
@@ -273,11 +285,7 @@ fn assert_reencrypted_exactly(
 
 #[sqlx::test(migrations = false)]
 async fn plan_counts_every_class_and_action_of_a_mixed_fleet_and_writes_nothing(pool: PgPool) {
-    reference_table(&pool).await;
-    let keys = Keys::new();
-    let fleet = build_fleet(&pool, &keys, MIXED).await;
-    let url = db_url(&pool);
-    let before = snapshot(&pool).await;
+    let (keys, fleet, url, before) = hand_built(&pool, MIXED).await;
 
     let out = rekey_with_keys(&url, &keys, &["plan", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -306,11 +314,7 @@ async fn plan_counts_every_class_and_action_of_a_mixed_fleet_and_writes_nothing(
 
 #[sqlx::test(migrations = false)]
 async fn run_reencrypt_converts_exactly_the_old_fields_and_lists_undecryptable_rows(pool: PgPool) {
-    reference_table(&pool).await;
-    let keys = Keys::new();
-    let fleet = build_fleet(&pool, &keys, MIXED).await;
-    let url = db_url(&pool);
-    let before = snapshot(&pool).await;
+    let (keys, fleet, url, before) = hand_built(&pool, MIXED).await;
 
     let out = rekey_with_keys(
         &url,
@@ -367,16 +371,12 @@ async fn run_reencrypt_converts_exactly_the_old_fields_and_lists_undecryptable_r
 
 #[sqlx::test(migrations = false)]
 async fn run_reencrypt_exits_0_when_no_undecryptable_row_is_left(pool: PgPool) {
-    reference_table(&pool).await;
-    let keys = Keys::new();
     let openable: Vec<_> = MIXED
         .iter()
         .copied()
         .filter(|(_, _, action)| *action != "reprovision")
         .collect();
-    let fleet = build_fleet(&pool, &keys, &openable).await;
-    let url = db_url(&pool);
-    let before = snapshot(&pool).await;
+    let (keys, fleet, url, before) = hand_built(&pool, &openable).await;
 
     let out = rekey_with_keys(
         &url,
@@ -400,11 +400,8 @@ fn writer_plaintexts(n: u64) -> (String, String) {
 
 #[sqlx::test(migrations = false)]
 async fn writes_of_another_connection_during_a_run_are_never_lost(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let tenants = seed_fleet(&pool, &table, &keys.old, 3_000).await;
+    let OldKeyFleet { keys, tenants, url } = old_key_fleet(&pool, 3_000).await;
     let ids: Vec<uuid::Uuid> = tenants.iter().map(|t| t.org_id).collect();
-    let url = db_url(&pool);
     // One worker, batches of 100: a batch's read and write are far enough
     // apart that the writer often lands in between, so an engine without
     // row locks and compare-and-swap fails this test.
@@ -560,23 +557,12 @@ async fn a_new_ciphertext_that_fails_the_check_before_write_is_never_written(poo
 
 #[sqlx::test(migrations = false)]
 async fn two_processes_share_one_run_and_never_rewrite_a_row_twice(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let tenants = seed_fleet(&pool, &table, &keys.old, 4_000).await;
-    let url = db_url(&pool);
+    let OldKeyFleet { keys, tenants, url } = old_key_fleet(&pool, 4_000).await;
     let args = args_with_keys(
         &["run", "--json", "--workers", "2", "--batch-size", "25"],
         &keys,
     );
-    let args = strs(&args);
-    let spawn = || {
-        rekey_cmd(&url, &args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn rekey")
-    };
-    let (a, b) = (spawn(), spawn());
+    let (a, b) = (spawn_piped(&url, &args), spawn_piped(&url, &args));
     let a = a.wait_with_output().expect("wait for rekey");
     let b = b.wait_with_output().expect("wait for rekey");
 
@@ -618,28 +604,16 @@ async fn two_processes_share_one_run_and_never_rewrite_a_row_twice(pool: PgPool)
 
 #[sqlx::test(migrations = false)]
 async fn processes_starting_together_on_a_fresh_database_all_join_one_run(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let tenants = seed_fleet(&pool, &table, &keys.old, 300).await;
-    let url = db_url(&pool);
+    let OldKeyFleet { keys, tenants, url } = old_key_fleet(&pool, 300).await;
     let args = args_with_keys(
         &["run", "--json", "--workers", "1", "--batch-size", "20"],
         &keys,
     );
-    let args = strs(&args);
     // Spawned back to back, they reach the journal's migration together:
     // the first one to run on a database creates schema rekey. However the
     // scheduler orders them (a late one may start after the run finished),
     // they share one run: joined while it is open, re-opened once it ended.
-    let children: Vec<_> = (0..6)
-        .map(|_| {
-            rekey_cmd(&url, &args)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("spawn rekey")
-        })
-        .collect();
+    let children: Vec<_> = (0..6).map(|_| spawn_piped(&url, &args)).collect();
     for (i, child) in children.into_iter().enumerate() {
         let out = child.wait_with_output().expect("wait for rekey");
         assert_eq!(out.status.code(), Some(0), "process {i}: {}", text(&out));
@@ -655,10 +629,7 @@ async fn processes_starting_together_on_a_fresh_database_all_join_one_run(pool: 
 
 #[sqlx::test(migrations = false)]
 async fn resumed_run_refuses_a_different_new_key(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let tenants = seed_fleet(&pool, &table, &keys.old, 200).await;
-    let url = db_url(&pool);
+    let OldKeyFleet { keys, tenants, url } = old_key_fleet(&pool, 200).await;
 
     let out = rekey_with_keys(&url, &keys, &["run", "--limit", "10", "--batch-size", "4"]);
     assert_eq!(out.status.code(), Some(1), "rows remain: {}", text(&out));
@@ -712,9 +683,7 @@ fn changed_ids(
 
 #[sqlx::test(migrations = false)]
 async fn limit_acts_on_exactly_n_rows_even_when_batches_hold_current_rows(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let tenants = seed_fleet(&pool, &table, &keys.old, 300).await;
+    let OldKeyFleet { keys, tenants, url } = old_key_fleet(&pool, 300).await;
     // Every third row is already current, so batches mix skips and work.
     let new = Cipher::new(&keys.new);
     for t in tenants.iter().step_by(3) {
@@ -726,7 +695,6 @@ async fn limit_acts_on_exactly_n_rows_even_when_batches_hold_current_rows(pool: 
             .await
             .expect("make row current");
     }
-    let url = db_url(&pool);
     let mut total = 0;
     for limit in [37, 1, 50] {
         let before = snapshot(&pool).await;
@@ -769,10 +737,7 @@ async fn limit_acts_on_exactly_n_rows_even_when_batches_hold_current_rows(pool: 
 
 #[sqlx::test(migrations = false)]
 async fn org_touches_only_the_named_tenants(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let tenants = seed_fleet(&pool, &table, &keys.old, 120).await;
-    let url = db_url(&pool);
+    let OldKeyFleet { keys, tenants, url } = old_key_fleet(&pool, 120).await;
     let chosen: BTreeSet<String> = [3usize, 17, 18, 64, 119]
         .iter()
         .map(|&i| tenants[i].org_id.to_string())
@@ -805,10 +770,7 @@ async fn org_touches_only_the_named_tenants(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn finalize_refuses_before_verify_passed_and_purges_after(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    seed_fleet(&pool, &table, &keys.old, 100).await;
-    let url = db_url(&pool);
+    let OldKeyFleet { keys, url, .. } = old_key_fleet(&pool, 100).await;
     let backups = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM rekey.backups")
             .fetch_one(&pool)
@@ -845,21 +807,7 @@ async fn finalize_refuses_before_verify_passed_and_purges_after(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn no_key_password_or_url_appears_in_any_output_or_the_journal(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let tenants = seed_fleet_with(
-        &pool,
-        &table,
-        &keys.old,
-        SeedSpec {
-            rows: 300,
-            undecryptable_share: 0.1,
-            kms_share: 0.05,
-            null_redis_share: 0.1,
-            seed: 7,
-        },
-    )
-    .await;
+    let OldKeyFleet { keys, tenants, .. } = old_key_fleet_with(&pool, mixed_fleet(300)).await;
     // The server trusts loopback, so a password in the URL is accepted and
     // ignored: it only has to stay out of every output.
     let db_password = "Url-Pa55word-never-printed";

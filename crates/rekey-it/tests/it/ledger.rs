@@ -84,22 +84,16 @@ async fn the_ledger_lists_tenants_given_up_and_re_provisioned_with_their_ids(poo
 
 #[sqlx::test(migrations = false)]
 async fn verify_all_failures_lists_every_failing_id_not_the_first_20(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let tenants = seed_fleet(&pool, &table, &keys.old, 30).await;
+    let OldKeyFleet { keys, tenants, url } = old_key_fleet(&pool, 30).await;
     let ids: Vec<String> = tenants.iter().map(|t| t.org_id.to_string()).collect();
     // Nothing rotated: all 30 fail under the new key.
-    let out = rekey_with_keys(&db_url(&pool), &keys, &["verify", "--all-failures"]);
+    let out = rekey_with_keys(&url, &keys, &["verify", "--all-failures"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     for id in &ids {
         assert!(stdout.contains(id.as_str()), "{id} not listed:\n{stdout}");
     }
-    let out = rekey_with_keys(
-        &db_url(&pool),
-        &keys,
-        &["verify", "--json", "--all-failures"],
-    );
+    let out = rekey_with_keys(&url, &keys, &["verify", "--json", "--all-failures"]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(
         json["verify"]["failing"].as_array().map(Vec::len),

@@ -372,11 +372,7 @@ impl HeldRun {
             .collect();
         run.extend(["--metrics-file", path_str(&metrics)]);
         let args = args_with_keys(&run, keys);
-        let mut child = rekey_cmd(&url, &strs(&args))
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_piped(&url, &args);
         let stderr = lines_of(child.stderr.take().unwrap());
         let mut out = child.stdout.take().unwrap();
         let stdout = std::thread::spawn(move || {

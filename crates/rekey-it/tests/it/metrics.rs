@@ -454,19 +454,10 @@ fn n(v: &serde_json::Value) -> f64 {
 
 #[sqlx::test(migrations = false)]
 async fn metrics_file_counters_match_the_run_report(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let spec = SeedSpec {
-        rows: 3_000,
-        undecryptable_share: 0.1,
-        kms_share: 0.05,
-        null_redis_share: 0.1,
-        seed: 7,
-    };
-    seed_fleet_with(&pool, &table, &keys.old, spec).await;
+    let OldKeyFleet { keys, url, .. } = old_key_fleet_with(&pool, mixed_fleet(3_000)).await;
     let file = keys.dir.path().join("rekey.prom");
     let out = rekey_with_keys(
-        &db_url(&pool),
+        &url,
         &keys,
         &[
             "run",
@@ -536,9 +527,7 @@ async fn metrics_file_counters_match_the_run_report(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn metrics_file_exists_and_parses_throughout_the_run(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    seed_fleet(&pool, &table, &keys.old, 30_000).await;
+    let OldKeyFleet { keys, url, .. } = old_key_fleet(&pool, 30_000).await;
     let file = keys.dir.path().join("progress.prom");
     let args = args_with_keys(
         &[
@@ -554,12 +543,7 @@ async fn metrics_file_exists_and_parses_throughout_the_run(pool: PgPool) {
         ],
         &keys,
     );
-    let args = strs(&args);
-    let mut child = rekey_cmd(&db_url(&pool), &args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start rekey run");
+    let mut child = spawn_piped(&url, &args);
 
     let started = Instant::now();
     let mut reads_while_running = 0;
@@ -627,8 +611,6 @@ async fn a_run_refused_after_the_file_was_made_marks_it_ended_in_error(pool: PgP
 
 #[sqlx::test(migrations = false)]
 async fn metrics_file_counts_tenants_reprovisioned_through_the_fake_cloud(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
     let spec = SeedSpec {
         rows: 120,
         undecryptable_share: 0.25,
@@ -636,7 +618,7 @@ async fn metrics_file_counts_tenants_reprovisioned_through_the_fake_cloud(pool: 
         null_redis_share: 0.0,
         seed: 11,
     };
-    let tenants = seed_fleet_with(&pool, &table, &keys.old, spec).await;
+    let OldKeyFleet { keys, tenants, url } = old_key_fleet_with(&pool, spec).await;
     let unopenable = tenants
         .iter()
         .filter(|t| t.kind == rekey::db::seed::SeedKind::Undecryptable)
@@ -670,7 +652,7 @@ async fn metrics_file_counts_tenants_reprovisioned_through_the_fake_cloud(pool: 
         ],
         &keys,
     );
-    let mut cmd = rekey_cmd(&db_url(&pool), &[]);
+    let mut cmd = rekey_cmd(&url, &[]);
     cmd.args(&args)
         .env("NEON_API_KEY", "fake-neon-key")
         .env("FLY_API_TOKEN", "fake-fly-token")

@@ -32,6 +32,14 @@ fn tenant(org: &str, step: &str, outcome: TenantOutcome, error: Option<&str>) ->
     }
 }
 
+/// The events of `n` tenants, `org-00`, `org-01`, …, each reaching
+/// `outcome` at `step`.
+fn tenants(n: usize, step: &str, outcome: TenantOutcome, error: Option<&str>) -> Vec<Event> {
+    (0..n)
+        .map(|i| tenant(&format!("org-{i:02}"), step, outcome, error))
+        .collect()
+}
+
 fn finished(state: &str) -> Event {
     Event::RunFinished {
         run_id: 3,
@@ -58,8 +66,11 @@ fn line_with<'a>(screen: &'a str, needle: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no line with {needle:?}:\n{screen}"))
 }
 
-fn in_place_pass(rows: u64, left: u64, queued: u64) -> Vec<Event> {
+/// A run of `rows` rows that starts and walks them all in one pass,
+/// leaving `left` and queueing `queued` tenants to re-provision.
+fn walked_in_place(rows: u64, left: u64, queued: u64) -> Vec<Event> {
     vec![
+        started(rows, queued),
         Event::PassStarted { pass: 1, rows },
         Event::Batch(BatchReport {
             rows,
@@ -77,8 +88,7 @@ fn in_place_pass(rows: u64, left: u64, queued: u64) -> Vec<Event> {
 
 #[test]
 fn tenants_all_given_up_leave_an_empty_bar_that_says_so_and_each_is_printed() {
-    let mut events = vec![started(100, 20)];
-    events.extend(in_place_pass(100, 0, 20));
+    let mut events = walked_in_place(100, 0, 20);
     for i in 0..20 {
         let org = format!("org-{i:02}");
         events.push(tenant(&org, "queued", TenantOutcome::Started, None));
@@ -106,12 +116,8 @@ fn tenants_all_given_up_leave_an_empty_bar_that_says_so_and_each_is_printed() {
 
 #[test]
 fn an_interrupted_run_shows_the_notice_once_and_the_tenants_still_pending() {
-    let mut events = vec![started(503, 503)];
-    events.extend(in_place_pass(503, 0, 503));
-    for i in 0..129 {
-        let org = format!("org-{i:03}");
-        events.push(tenant(&org, "done", TenantOutcome::Done, None));
-    }
+    let mut events = walked_in_place(503, 0, 503);
+    events.extend(tenants(129, "done", TenantOutcome::Done, None));
     events.push(Event::Interrupted {
         again: false,
         signal: "SIGINT".into(),
@@ -142,17 +148,13 @@ fn an_interrupted_run_shows_the_notice_once_and_the_tenants_still_pending() {
 
 #[test]
 fn at_80_columns_every_line_fits_and_failures_come_before_the_rest() {
-    let mut events = vec![started(10_000, 40)];
-    events.extend(in_place_pass(10_000, 38, 40));
-    for i in 0..40 {
-        let org = format!("org-{i:02}");
-        events.push(tenant(
-            &org,
-            "machine",
-            TenantOutcome::GivenUp,
-            Some("fly 503"),
-        ));
-    }
+    let mut events = walked_in_place(10_000, 38, 40);
+    events.extend(tenants(
+        40,
+        "machine",
+        TenantOutcome::GivenUp,
+        Some("fly 503"),
+    ));
     events.push(finished("failed"));
     let s = screen(80, &events);
     for line in s.lines() {
@@ -182,8 +184,7 @@ fn nothing_is_drawn_before_the_run_starts_and_no_empty_rows_bar_ever() {
 
 #[test]
 fn the_rows_bar_ends_at_the_pass_average_rate_not_a_decaying_one() {
-    let mut events = vec![started(1_000, 0)];
-    events.extend(in_place_pass(1_000, 0, 0));
+    let mut events = walked_in_place(1_000, 0, 0);
     events.push(finished("finished"));
     let s = screen(160, &events);
     assert!(

@@ -12,14 +12,12 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use rekey_testkit::{binary, path_str, repo_root, text};
+use rekey_testkit::{
+    admin_connection, admin_url, binary, database_exists, path_str, repo_root, text,
+};
 
 fn repo() -> PathBuf {
     repo_root()
-}
-
-fn admin_url() -> String {
-    std::env::var("DATABASE_URL").expect("scripts/test.sh sets DATABASE_URL")
 }
 
 /// A script of `scripts/`, with the test-built binaries and the test server.
@@ -126,28 +124,12 @@ fn what_it_made(script_pid: u32, out: &str) -> Made {
     }
 }
 
-async fn database_exists(name: &str) -> bool {
-    use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(&admin_url())
-        .await
-        .expect("connect to the test server");
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(name)
-        .fetch_one(&mut conn)
-        .await
-        .expect("query pg_database")
-}
-
 /// Databases named like a rehearsal's, whoever made them.
 async fn rehearsal_databases() -> Vec<String> {
-    use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(&admin_url())
-        .await
-        .expect("connect to the test server");
     sqlx::query_scalar(
         "SELECT datname FROM pg_database WHERE datname LIKE 'rekey\\_rehearsal\\_%' ORDER BY 1",
     )
-    .fetch_all(&mut conn)
+    .fetch_all(&mut admin_connection().await)
     .await
     .expect("query pg_database")
 }
@@ -183,6 +165,22 @@ async fn assert_left_nothing(made: &Made, out: &str) {
             dir.display()
         );
     }
+}
+
+/// Reads from the output `out` of the rehearsal `pid` what it made,
+/// asserts that it started a fake cloud and that [`assert_left_nothing`]
+/// holds; returns what it made, for the test's own checks.
+async fn assert_cleaned_up(pid: u32, out: &str) -> Made {
+    let made = what_it_made(pid, out);
+    assert!(made.fake_cloud_pid.is_some(), "{out}");
+    assert_left_nothing(&made, out).await;
+    made
+}
+
+/// Asserts that the old key (the file `key`) is nowhere in `out`.
+fn assert_key_not_printed(key: &Path, out: &str) {
+    let key = std::fs::read_to_string(key).expect("read the old key");
+    assert!(!out.contains(key.trim()), "the old key was printed: {out}");
 }
 
 /// Runs a rehearsal to its end; the script's pid names its database.
@@ -236,18 +234,10 @@ async fn rehearsal_rotates_a_restored_snapshot_and_leaves_nothing_behind() {
     assert!(stdout.contains("rekey run wall time:"), "{all}");
     assert!(stdout.contains("result:               passed"), "{all}");
 
-    let old_key = std::fs::read_to_string(&snap.key).expect("read the old key");
-    assert!(
-        !all.contains(old_key.trim()),
-        "the old key was printed: {all}"
-    );
+    assert_key_not_printed(&snap.key, &all);
 
-    let made = what_it_made(pid, &all);
-    assert!(
-        made.fake_cloud_pid.is_some() && made.temp_dir.is_some(),
-        "{all}"
-    );
-    assert_left_nothing(&made, &all).await;
+    let made = assert_cleaned_up(pid, &all).await;
+    assert!(made.temp_dir.is_some(), "{all}");
     let ours: Vec<String> = rehearsal_databases()
         .await
         .into_iter()
@@ -278,9 +268,7 @@ async fn a_failed_rehearsal_of_a_plain_sql_snapshot_still_cleans_up() {
     assert!(all.contains("(sql) into scratch database"), "{all}");
     assert!(all.contains("--confirm-reprovision"), "{all}");
     assert!(all.contains("result:               FAILED"), "{all}");
-    let made = what_it_made(pid, &all);
-    assert!(made.fake_cloud_pid.is_some(), "{all}");
-    assert_left_nothing(&made, &all).await;
+    assert_cleaned_up(pid, &all).await;
 }
 
 #[tokio::test]
@@ -352,12 +340,8 @@ async fn a_rehearsal_stopped_with_sigterm_mid_run_cleans_up() {
         !all.contains("result:"),
         "the rehearsal went on after SIGTERM: {all}"
     );
-    let made = what_it_made(pid, &all);
-    assert!(
-        made.fake_cloud_pid.is_some() && made.temp_dir.is_some(),
-        "{all}"
-    );
-    assert_left_nothing(&made, &all).await;
+    let made = assert_cleaned_up(pid, &all).await;
+    assert!(made.temp_dir.is_some(), "{all}");
 }
 
 #[tokio::test]
@@ -433,15 +417,9 @@ async fn chaos_rehearsal_killed_three_times_equals_the_uninterrupted_run_and_rep
     assert!(stdout.contains("resumed after 3 kills"), "{all}");
     assert!(stdout.contains("rekey verify:         passed"), "{all}");
     assert!(stdout.contains("result:               passed"), "{all}");
-    let old_key = std::fs::read_to_string(&snap.key).expect("read the old key");
-    assert!(
-        !all.contains(old_key.trim()),
-        "the old key was printed: {all}"
-    );
+    assert_key_not_printed(&snap.key, &all);
 
-    let made = what_it_made(pid, &all);
-    assert!(made.fake_cloud_pid.is_some(), "{all}");
-    assert_left_nothing(&made, &all).await;
+    let made = assert_cleaned_up(pid, &all).await;
     let reference = format!("{}_ref", made.database);
     assert!(
         !database_exists(&reference).await,

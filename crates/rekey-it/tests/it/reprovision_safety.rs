@@ -25,6 +25,15 @@ fn wait_for_new_machine(cloud: &Cloud, app: &str, old: &str, child: &mut std::pr
     }
 }
 
+/// `verify` (which must pass: every row opens under the new key) and then
+/// `finalize --run RUN_ID`, whose output is returned: whether it may finish
+/// the run is what the test asks.
+fn verify_then_finalize(url: &str, keys: &Keys, run_id: &str, when: &str) -> std::process::Output {
+    let verify = rekey(url, &["verify", "--new-key-file", path_str(&keys.new_file)]);
+    assert_exit(&verify, 0, &format!("verify {when}"));
+    rekey(url, &["finalize", "--run", run_id])
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_cleanup_that_fails_after_the_swap_is_owed_blocks_finalize_and_a_later_run_finishes_it(
     pool: PgPool,
@@ -67,12 +76,7 @@ async fn a_cleanup_that_fails_after_the_swap_is_owed_blocks_finalize_and_a_later
     );
 
     let run_id = report["run_id"].as_i64().expect("run id").to_string();
-    let verify = rekey(
-        &url,
-        &["verify", "--new-key-file", path_str(&keys.new_file)],
-    );
-    assert_exit(&verify, 0, "verify: every row opens under the new key");
-    let finalize = rekey(&url, &["finalize", "--run", &run_id]);
+    let finalize = verify_then_finalize(&url, &keys, &run_id, "while a clean-up is owed");
     assert_exit(&finalize, 2, "finalize while a clean-up is owed");
     assert!(
         text(&finalize).contains("clean-up is not done"),
@@ -85,11 +89,6 @@ async fn a_cleanup_that_fails_after_the_swap_is_owed_blocks_finalize_and_a_later
     assert_exit(&again, 0, "a later run finishes the clean-up");
     assert_eq!(run_summary(&again)["cleanup_pending"], 0);
     assert_fleet_reprovisioned(&pool, &cloud, &tenants, &keys.new).await;
-    let verify = rekey(
-        &url,
-        &["verify", "--new-key-file", path_str(&keys.new_file)],
-    );
-    assert_exit(&verify, 0, "verify after the clean-up");
-    let finalize = rekey(&url, &["finalize", "--run", &run_id]);
+    let finalize = verify_then_finalize(&url, &keys, &run_id, "after the clean-up");
     assert_exit(&finalize, 0, "finalize once nothing is owed");
 }

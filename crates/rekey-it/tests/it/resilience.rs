@@ -51,11 +51,7 @@ async fn connections_terminated_mid_run_are_retried_and_the_run_finishes(pool: P
     let OldKeyFleet { keys, tenants, url } = old_key_fleet(&pool, ROWS).await;
     let run: Vec<&str> = SMALL_BATCHES.split(' ').collect();
     let args = args_with_keys(&run, &keys);
-    let mut child = rekey_cmd(&url, &strs(&args))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn rekey");
+    let mut child = spawn_piped(&url, &args);
     wait_mid_run(&pool, &mut child, 20).await;
     let cut = terminate_rekey_backends(&pool).await;
     assert!(cut > 0, "no rekey backend to terminate");
@@ -160,11 +156,7 @@ async fn rows_kept_locked_past_the_lock_wait_are_reported_and_the_run_exits_1(po
 async fn rows_locked_for_a_while_are_waited_for_and_rotated(pool: PgPool) {
     let (OldKeyFleet { keys, tenants, url }, _, guard) = fleet_with_locked_rows(&pool).await;
     let args = args_with_keys(&reencrypt_waiting_for_locks("600"), &keys);
-    let mut child = rekey_cmd(&url, &strs(&args))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn rekey");
+    let mut child = spawn_piped(&url, &args);
     // Release the locks once every other row has been rotated: the run is
     // then waiting for exactly the locked ones.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -267,14 +259,6 @@ fn finish_within(child: std::process::Child, limit: Duration) -> std::process::O
         );
     }
     waiter.join().expect("waiter")
-}
-
-fn spawn_piped(url: &str, args: &[String]) -> std::process::Child {
-    rekey_cmd(url, &strs(args))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn rekey")
 }
 
 #[sqlx::test(migrations = false)]

@@ -74,16 +74,6 @@ async fn rotated_fleet(pool: &PgPool, rows: u64) -> (Keys, String, BTreeMap<Stri
     (keys, url, before)
 }
 
-fn plain_fleet(rows: u64) -> SeedSpec {
-    SeedSpec {
-        rows,
-        undecryptable_share: 0.0,
-        kms_share: 0.0,
-        null_redis_share: 0.1,
-        seed: 42,
-    }
-}
-
 /// The size the operator's question is asked at: a fleet of 100,000 rows.
 const FLEET: u64 = 100_000;
 

@@ -3,22 +3,28 @@
 //! `--max-connections`, says what it chose, and rotates exactly as a run
 //! with a fixed worker count does.
 
+use std::process::Output;
+
 use rekey_testkit::*;
 use sqlx::PgPool;
 
+/// Rotates an old-key fleet of `rows` tenants in place with `run --mode
+/// reencrypt --workers auto` and `extra`, and asserts what every such run
+/// must do: exit 0 with every row open under the new key to its seed
+/// plaintext. Returns the run's output, for what it chose.
+async fn rotate_with_workers_auto(pool: &PgPool, rows: u64, extra: &[&str]) -> Output {
+    let OldKeyFleet { keys, tenants, url } = old_key_fleet(pool, rows).await;
+    let mut run = vec!["run", "--mode", "reencrypt", "--workers", "auto"];
+    run.extend(extra);
+    let out = rekey_with_keys(&url, &keys, &run);
+    assert_exit(&out, 0, &run.join(" "));
+    assert_all_open_to_seed(&snapshot(pool).await, &keys.new, &tenants);
+    out
+}
+
 #[sqlx::test(migrations = false)]
 async fn run_with_workers_auto_says_what_it_chose_and_rotates_every_row(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let tenants = seed_fleet(&pool, &table, &keys.old, 2500).await;
-    let url = db_url(&pool);
-
-    let out = rekey_with_keys(
-        &url,
-        &keys,
-        &["run", "--mode", "reencrypt", "--workers", "auto", "--json"],
-    );
-    assert_exit(&out, 0, "run --workers auto");
+    let out = rotate_with_workers_auto(&pool, 2500, &["--json"]).await;
     let lines = json_lines(&out);
     let chosen = lines
         .iter()
@@ -39,30 +45,11 @@ async fn run_with_workers_auto_says_what_it_chose_and_rotates_every_row(pool: Pg
     );
     let report = run_summary(&out);
     assert_eq!(report["reencrypted"], 2500, "{report}");
-    assert_all_open_to_seed(&snapshot(&pool).await, &keys.new, &tenants);
 }
 
 #[sqlx::test(migrations = false)]
 async fn workers_auto_never_takes_more_connections_than_max_connections(pool: PgPool) {
-    let table = reference_table(&pool).await;
-    let keys = Keys::new();
-    let tenants = seed_fleet(&pool, &table, &keys.old, 300).await;
-    let url = db_url(&pool);
-
-    let out = rekey_with_keys(
-        &url,
-        &keys,
-        &[
-            "run",
-            "--mode",
-            "reencrypt",
-            "--workers",
-            "auto",
-            "--max-connections",
-            "2",
-        ],
-    );
-    assert_exit(&out, 0, "run --workers auto --max-connections 2");
+    let out = rotate_with_workers_auto(&pool, 300, &["--max-connections", "2"]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     let line = stderr
         .lines()
@@ -75,7 +62,6 @@ async fn workers_auto_never_takes_more_connections_than_max_connections(pool: Pg
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no worker count in {line:?}"));
     assert!((1..=2).contains(&workers), "{line}");
-    assert_all_open_to_seed(&snapshot(&pool).await, &keys.new, &tenants);
 }
 
 #[test]
