@@ -439,17 +439,7 @@ async fn measure_engine(
         reprovisioner: None,
         stop: Arc::new(AtomicBool::new(false)),
     };
-    let opts = RunOptions {
-        mode: Mode::Reencrypt,
-        workers,
-        batch_size,
-        orgs: Vec::new(),
-        limit: None,
-        confirm_reprovision: None,
-        lock_wait: run::DEFAULT_LOCK_WAIT,
-        until_quiet: None,
-        db_retry: std::time::Duration::from_secs(60),
-    };
+    let opts = RunOptions::new(Mode::Reencrypt, workers, batch_size);
     let wal_before: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
         .fetch_one(pool)
         .await?;
@@ -639,17 +629,7 @@ async fn measure_reprovision(
         reprovisioner: Some(Arc::new(reprovisioner)),
         stop: Arc::new(AtomicBool::new(false)),
     };
-    let opts = RunOptions {
-        mode: Mode::Auto,
-        workers: 2,
-        batch_size: 1000,
-        orgs: Vec::new(),
-        limit: None,
-        confirm_reprovision: None,
-        lock_wait: run::DEFAULT_LOCK_WAIT,
-        until_quiet: None,
-        db_retry: std::time::Duration::from_secs(60),
-    };
+    let opts = RunOptions::new(Mode::Auto, 2, 1000);
     let started = Instant::now();
     let r = run::run(&ctx, &opts).await?;
     let secs = started.elapsed().as_secs_f64();
@@ -728,39 +708,33 @@ async fn naive_loop(
 ) -> Result<f64, BenchError> {
     let old = Cipher::new(key);
     let new = Cipher::new(&Key::generate().map_err(|_| RunError::NoRandomness)?);
+    let db::Table {
+        name: t,
+        id,
+        db,
+        redis,
+        id_type: ty,
+        ..
+    } = table;
     let ids: Vec<String> = sqlx::query_scalar(&format!(
-        "SELECT {id}::text FROM {t} ORDER BY {id} LIMIT $1",
-        id = table.id,
-        t = table.name
+        "SELECT {id}::text FROM {t} ORDER BY {id} LIMIT $1"
     ))
     .bind(sample as i64)
     .fetch_all(pool)
     .await?;
-    let select = format!(
-        "SELECT {db}, {redis} FROM {t} WHERE {id} = $1::text::{ty}",
-        db = table.db,
-        redis = table.redis,
-        t = table.name,
-        id = table.id,
-        ty = table.id_type
-    );
-    let update = format!(
-        "UPDATE {t} SET {db} = $2, {redis} = $3 WHERE {id} = $1::text::{ty}",
-        db = table.db,
-        redis = table.redis,
-        t = table.name,
-        id = table.id,
-        ty = table.id_type
-    );
+    let select = format!("SELECT {db}, {redis} FROM {t} WHERE {id} = $1::text::{ty}");
+    let update = format!("UPDATE {t} SET {db} = $2, {redis} = $3 WHERE {id} = $1::text::{ty}");
     let mut conn = pool.acquire().await?;
     let started = Instant::now();
-    for id in &ids {
+    for org in &ids {
         let mut tx = conn.begin().await?;
-        let (db_ct, redis_ct): (Option<Vec<u8>>, Option<Vec<u8>>) =
-            sqlx::query_as(&select).bind(id).fetch_one(&mut *tx).await?;
+        let (db_ct, redis_ct): (Option<Vec<u8>>, Option<Vec<u8>>) = sqlx::query_as(&select)
+            .bind(org)
+            .fetch_one(&mut *tx)
+            .await?;
         let reseal = |ct: Option<Vec<u8>>| ct.and_then(|c| old.open(&c)).map(|pt| new.seal(&pt));
         sqlx::query(&update)
-            .bind(id)
+            .bind(org)
             .bind(reseal(db_ct))
             .bind(reseal(redis_ct))
             .execute(&mut *tx)

@@ -522,17 +522,7 @@ async fn a_new_ciphertext_that_fails_the_check_before_write_is_never_written(poo
         reprovisioner: None,
         stop: Arc::new(AtomicBool::new(false)),
     };
-    let opts = RunOptions {
-        mode: Mode::Reencrypt,
-        workers: 2,
-        batch_size: 16,
-        orgs: Vec::new(),
-        limit: None,
-        confirm_reprovision: None,
-        lock_wait: run::DEFAULT_LOCK_WAIT,
-        until_quiet: None,
-        db_retry: std::time::Duration::from_secs(60),
-    };
+    let opts = RunOptions::new(Mode::Reencrypt, 2, 16);
     let report = run::run(&ctx, &opts)
         .await
         .expect("the run itself completes");

@@ -37,6 +37,10 @@ const MAX_PASSES: u32 = 5;
 /// before it reports them as left (`--lock-wait-secs`).
 pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(60);
 
+/// How long a run retries a lost database connection by default before it
+/// stops, open (`--db-retry-secs`).
+pub const DEFAULT_DB_RETRY: Duration = Duration::from_secs(60);
+
 /// What the operator asked `rekey run` to do.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -59,6 +63,25 @@ pub struct RunOptions {
     /// How long a lost database connection is retried (a fresh connection,
     /// the transaction in flight again) before the run stops, open.
     pub db_retry: Duration,
+}
+
+impl RunOptions {
+    /// A run of the whole table in `mode` with `workers` workers and batches
+    /// of `batch_size` rows, everything else at its default: no `--org` or
+    /// `--limit`, no confirmation, the default lock wait and retry budget.
+    pub fn new(mode: Mode, workers: usize, batch_size: i64) -> RunOptions {
+        RunOptions {
+            mode,
+            workers,
+            batch_size,
+            orgs: Vec::new(),
+            limit: None,
+            confirm_reprovision: None,
+            lock_wait: DEFAULT_LOCK_WAIT,
+            until_quiet: None,
+            db_retry: DEFAULT_DB_RETRY,
+        }
+    }
 }
 
 /// The outcome of a run invocation, for the summary and the exit code.

@@ -92,38 +92,32 @@ fn invocation(global: &Global, args: &PlanArgs) -> plan::Invocation {
 /// The re-provisioning knobs set away from their defaults: the estimate
 /// assumed them, so the run should use them too.
 fn provision_flags(p: &args::ProvisionArgs) -> Vec<String> {
+    /// The knob's flag and value when it is not at its default.
+    fn changed<T: PartialEq + ToString>(
+        flag: &'static str,
+        value: T,
+        default: T,
+    ) -> Option<(&'static str, String)> {
+        (value != default).then(|| (flag, value.to_string()))
+    }
     let knobs = [
-        (
+        changed(
             "--provision-concurrency",
-            p.provision_concurrency != args::DEFAULT_PROVISION_CONCURRENCY,
-            p.provision_concurrency.to_string(),
+            p.provision_concurrency,
+            args::DEFAULT_PROVISION_CONCURRENCY,
         ),
-        (
-            "--neon-rps",
-            p.neon_rps != args::DEFAULT_NEON_RPS,
-            p.neon_rps.to_string(),
-        ),
-        (
-            "--fly-rps",
-            p.fly_rps != args::DEFAULT_FLY_RPS,
-            p.fly_rps.to_string(),
-        ),
-        (
-            "--poll-ms",
-            p.poll_ms != args::DEFAULT_POLL_MS,
-            p.poll_ms.to_string(),
-        ),
-        (
+        changed("--neon-rps", p.neon_rps, args::DEFAULT_NEON_RPS),
+        changed("--fly-rps", p.fly_rps, args::DEFAULT_FLY_RPS),
+        changed("--poll-ms", p.poll_ms, args::DEFAULT_POLL_MS),
+        changed(
             "--lookup-settle-ms",
-            p.lookup_settle_ms != args::DEFAULT_LOOKUP_SETTLE_MS,
-            p.lookup_settle_ms.to_string(),
+            p.lookup_settle_ms,
+            args::DEFAULT_LOOKUP_SETTLE_MS,
         ),
     ];
     let mut out = Vec::new();
-    for (flag, changed, value) in knobs {
-        if changed {
-            push_flag(&mut out, flag, &value);
-        }
+    for (flag, value) in knobs.into_iter().flatten() {
+        push_flag(&mut out, flag, &value);
     }
     out
 }

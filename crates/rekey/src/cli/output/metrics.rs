@@ -299,6 +299,22 @@ impl Text {
         self
     }
 
+    /// A family whose samples differ in one label, a sample per value.
+    fn by_label(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        label: &str,
+        samples: &[(&str, u64)],
+    ) -> &mut Text {
+        self.family(name, kind, help);
+        for (value, n) in samples {
+            self.sample(name, &[(label, value)], *n as f64);
+        }
+        self
+    }
+
     /// A family of one unlabelled sample.
     fn single(&mut self, name: &str, kind: &str, help: &str, value: f64) -> &mut Text {
         self.family(name, kind, help).sample(name, &[], value)
@@ -369,19 +385,18 @@ fn render(
             1.0,
         );
     }
-    out.family(
+    out.by_label(
         "rekey_rows_total",
         "counter",
         "Rows handled by in-place batches, by action.",
+        "action",
+        &[
+            ("reencrypt", t.reencrypted),
+            ("skip", t.skipped),
+            ("reprovision_queued", t.queued),
+            ("left", t.left),
+        ],
     );
-    for (action, n) in [
-        ("reencrypt", t.reencrypted),
-        ("skip", t.skipped),
-        ("reprovision_queued", t.queued),
-        ("left", t.left),
-    ] {
-        out.sample("rekey_rows_total", &[("action", action)], n as f64);
-    }
     out.single(
         "rekey_rows_walked_total",
         "counter",
@@ -434,20 +449,12 @@ fn render(
         "Rows changed under the run (re-read, never overwritten).",
         t.conflicts as f64,
     );
-    out.family(
+    out.by_label(
         "rekey_tenants_total",
         "counter",
         "Tenants this invocation re-provisioned or gave up, by outcome.",
-    )
-    .sample(
-        "rekey_tenants_total",
-        &[("outcome", "done")],
-        t.tenants_done as f64,
-    )
-    .sample(
-        "rekey_tenants_total",
-        &[("outcome", "given_up")],
-        t.tenants_given_up as f64,
+        "outcome",
+        &[("done", t.tenants_done), ("given_up", t.tenants_given_up)],
     );
     out.single(
         "rekey_tenants_pending",
@@ -455,45 +462,42 @@ fn render(
         "Tenants of the run neither re-provisioned nor given up (queued, in flight, in clean-up).",
         t.tenants_pending() as f64,
     );
-    out.family(
+    let in_flight = t.in_flight_by_step();
+    let at_step: Vec<(&str, u64)> = Step::ALL
+        .into_iter()
+        .filter(|s| *s != Step::Done)
+        .map(|step| {
+            let n = in_flight
+                .iter()
+                .find(|(s, _)| *s == step)
+                .map_or(0, |(_, n)| *n);
+            (step.as_str(), n)
+        })
+        .collect();
+    out.by_label(
         "rekey_tenants_in_flight",
         "gauge",
         "Tenants being re-provisioned right now, by the step they are at.",
+        "step",
+        &at_step,
     );
-    let in_flight = t.in_flight_by_step();
-    for step in Step::ALL.into_iter().filter(|s| *s != Step::Done) {
-        let n = in_flight
-            .iter()
-            .find(|(s, _)| *s == step)
-            .map_or(0, |(_, n)| *n);
-        out.sample(
-            "rekey_tenants_in_flight",
-            &[("step", step.as_str())],
-            n as f64,
-        );
-    }
     out.single(
         "rekey_tenants_eta_seconds",
         "gauge",
         "Seconds until every pending tenant is settled at the recent rate; 0 when unknown or none.",
         t.tenants_eta(now).unwrap_or(0.0),
     );
-    out.family("rekey_errors_total", "counter", "Errors by class.")
-        .sample(
-            "rekey_errors_total",
-            &[("class", "tenant_step_retry")],
-            t.tenant_retries as f64,
-        )
-        .sample(
-            "rekey_errors_total",
-            &[("class", "tenant_given_up")],
-            t.tenants_given_up as f64,
-        )
-        .sample(
-            "rekey_errors_total",
-            &[("class", "row_left")],
-            t.left as f64,
-        );
+    out.by_label(
+        "rekey_errors_total",
+        "counter",
+        "Errors by class.",
+        "class",
+        &[
+            ("tenant_step_retry", t.tenant_retries),
+            ("tenant_given_up", t.tenants_given_up),
+            ("row_left", t.left),
+        ],
+    );
     out.family(
         "rekey_cloud_requests_total",
         "counter",
@@ -526,18 +530,17 @@ fn render(
         if state.finished.is_some() { 1.0 } else { 0.0 },
     );
     let current = state.finished.as_deref().unwrap_or("running");
-    out.family(
+    let states: Vec<(&str, u64)> = STATES
+        .iter()
+        .map(|s| (*s, u64::from(*s == current)))
+        .collect();
+    out.by_label(
         "rekey_run_state",
         "gauge",
         "The run's state as this invocation last saw it (error: the command stopped with an error).",
+        "state",
+        &states,
     );
-    for s in STATES {
-        out.sample(
-            "rekey_run_state",
-            &[("state", s)],
-            if s == current { 1.0 } else { 0.0 },
-        );
-    }
     out.0
 }
 
