@@ -66,7 +66,7 @@ $REKEY plan "${KEYS[@]}" --neon-rps 200 --fly-rps 200
 step "run"
 start=$(date +%s%N)
 set +e
-$REKEY run "${KEYS[@]}" "${CLOUD[@]}"
+$REKEY run --yes "${KEYS[@]}" "${CLOUD[@]}"  # a scratch database: no question
 status=$?
 set -e
 end=$(date +%s%N)

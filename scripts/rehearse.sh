@@ -120,6 +120,9 @@ case " ${run_opts[*]} " in
     *" --prove-connect "*) ;;
     *) run_opts+=(--prove-connect off) ;;
 esac
+# The rehearsal acts on its own scratch copy, not on production: it never
+# stops to ask, even when started from a terminal.
+run_opts+=(--yes)
 [ -n "$snapshot" ] || usage
 [ -z "$seed" ] || [ "$chaos" -gt 0 ] || { echo "rehearse.sh: --seed needs --chaos N" >&2; usage; }
 # The seed of the kill points, printed with the report so a failure replays.

@@ -289,15 +289,48 @@ pub fn rekey(database_url: &str, args: &[&str]) -> Output {
 /// The real `rekey` binary, ready to run, with a clean key environment.
 pub fn rekey_cmd(database_url: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(binary("rekey"));
-    cmd.args(args)
-        .env("DATABASE_URL", database_url)
+    cmd.args(args);
+    clean_env(&mut cmd, database_url);
+    cmd
+}
+
+/// The environment every test's `rekey` gets: the database URL, no key or
+/// cloud variable from the developer's shell, no colour.
+fn clean_env(cmd: &mut Command, database_url: &str) {
+    cmd.env("DATABASE_URL", database_url)
         .env_remove("OLD_SECRETS_ENCRYPTION_KEY")
         .env_remove("NEW_SECRETS_ENCRYPTION_KEY")
         .env_remove("NEON_API_KEY")
         .env_remove("FLY_API_TOKEN")
         .env_remove("TENANT_REDIS_URL")
         .env("NO_COLOR", "1");
-    cmd
+}
+
+/// Runs `rekey ARGS` the way a person at a terminal does: on a
+/// pseudo-terminal (util-linux `script`), typing `answer` and Enter. Both
+/// streams reach the terminal, so they come back together in `stdout`,
+/// with the typed answer echoed; the exit code is rekey's.
+pub fn rekey_at_terminal(database_url: &str, args: &[&str], answer: &str) -> Output {
+    use std::io::Write as _;
+    let binary = binary("rekey");
+    let words: Vec<&str> = std::iter::once(path_str(&binary))
+        .chain(args.iter().copied())
+        .collect();
+    let line = shlex::try_join(words).expect("arguments without NUL bytes");
+    let mut cmd = Command::new("script");
+    cmd.args(["--quiet", "--return", "--command", &line, "/dev/null"])
+        .env("COLUMNS", "100")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    clean_env(&mut cmd, database_url);
+    let mut child = cmd
+        .spawn()
+        .expect("util-linux script runs rekey on a terminal");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    writeln!(stdin, "{answer}").expect("type the answer");
+    drop(stdin);
+    child.wait_with_output().expect("wait for script")
 }
 
 /// Starts the real `rekey` binary ([`rekey_cmd`]) with both output streams

@@ -6,6 +6,7 @@
 
 mod bad_input;
 mod cli_help;
+mod confirm;
 mod connect;
 mod crash_resume;
 mod envelope_props;

@@ -398,6 +398,9 @@ pub struct RunArgs {
     /// Write the run's counters to FILE (Prometheus text) while it runs.
     #[arg(long, value_name = "FILE")]
     pub metrics_file: Option<PathBuf>,
+    /// Act without asking first (a terminal is otherwise shown what will change and asked).
+    #[arg(short = 'y', long)]
+    pub yes: bool,
     #[command(flatten)]
     pub keys: KeyArgs,
     #[command(flatten)]
@@ -423,7 +426,7 @@ pub struct RunArgs {
         help_heading = "Re-provisioning"
     )]
     pub neon_strategy: NeonStrategyArg,
-    /// Attempts per tenant before it is given up (what it created is removed).
+    /// Attempts per tenant before it is given up.
     #[arg(
         long,
         default_value_t = 5,

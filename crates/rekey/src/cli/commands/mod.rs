@@ -3,6 +3,7 @@
 //! outcome the exit code should carry.
 
 mod completions;
+mod confirm;
 mod finalize;
 mod fleet_bench;
 mod keygen;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
-use super::open_table;
+use super::{confirm, open_table};
 use crate::cli::args::{Global, RunArgs};
 use crate::cli::output::metrics::{self, MetricsFile};
 use crate::cli::output::progress::Style;
@@ -43,6 +43,10 @@ pub async fn run(global: &Global, args: &RunArgs) -> Result<Outcome, CliError> {
         if global.json || !global.quiet {
             report::workers_chosen(&tuning, global.json);
         }
+    }
+    if confirm::wanted(args.yes, global.json) {
+        let database = crate::redact::url(config::database_url(global)?);
+        confirm::ask(&pool, &table, &keyring, opts.mode, &opts.orgs, &database).await?;
     }
     let style = Style::detect(global.json, global.quiet);
     let tally = Arc::new(Tally::default());

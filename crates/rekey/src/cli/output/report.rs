@@ -391,6 +391,51 @@ pub fn status_text(s: &StatusReport) -> String {
     out
 }
 
+/// What `rekey run` shows a person at a terminal before it acts.
+pub struct ConfirmFacts<'a> {
+    /// The database URL, its secrets already hidden.
+    pub database: &'a str,
+    pub table: &'a str,
+    pub mode: crate::envelope::Mode,
+    pub new_key_id: &'a str,
+    pub old_key_id: Option<&'a str>,
+    pub actions: &'a crate::rotate::batch::ActionCounts,
+}
+
+/// The confirmation question: what will change, then "type yes".
+pub fn confirm_text(f: &ConfirmFacts<'_>) -> String {
+    let a = f.actions;
+    let mut out = String::new();
+    let _ = writeln!(out, "rekey run will change this control plane:");
+    let _ = writeln!(out, "  database        {}", f.database);
+    let _ = writeln!(out, "  table           {}", f.table);
+    let _ = writeln!(
+        out,
+        "  keys            new {}, old {}",
+        f.new_key_id,
+        f.old_key_id.unwrap_or("none given")
+    );
+    let _ = writeln!(out, "  mode            {}", f.mode.as_str());
+    let _ = writeln!(
+        out,
+        "  rows            {} re-encrypted in place, {} already current",
+        a.reencrypt, a.skip
+    );
+    if a.reprovision > 0 {
+        let what = if f.mode == crate::envelope::Mode::Reencrypt {
+            "left as they are (reencrypt mode)"
+        } else {
+            "re-provisioned: new Neon branch, new Fly machine, fresh credentials"
+        };
+        let _ = writeln!(out, "  tenants         {} {what}", a.reprovision);
+    }
+    let _ = write!(
+        out,
+        "Type yes to go on (anything else stops with nothing changed): "
+    );
+    out
+}
+
 /// "1 attempt", "3 attempts".
 pub fn attempts(n: i64) -> String {
     format!("{n} attempt{}", if n == 1 { "" } else { "s" })
