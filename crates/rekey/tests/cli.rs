@@ -68,6 +68,16 @@ fn completions_print_a_script_for_bash_zsh_and_fish() {
         for word in ["keygen", "verify", "old-key-file", "confirm-reprovision"] {
             assert!(script.contains(word), "{shell} script lacks {word}");
         }
+        // The hidden test aid is never offered as a command; the word
+        // stays only as seed's `--register-fake-cloud` option (`-l` in fish).
+        for (at, _) in script.match_indices("register-fake-cloud") {
+            let before = &script[..at];
+            assert!(
+                before.ends_with("--") || before.ends_with("-l "),
+                "{shell} offers the hidden command: {}",
+                &script[at.saturating_sub(60)..at + 20]
+            );
+        }
     }
     let out = rekey_at_100(&["completions", "tcsh"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));

@@ -12,7 +12,18 @@ use crate::rotate::Outcome;
 /// (`rekey completions bash | head`) must end quietly.
 pub fn completions(args: &CompletionsArgs) -> Outcome {
     let mut script = Vec::new();
-    clap_complete::generate(args.shell, &mut Cli::command(), "rekey", &mut script);
+    clap_complete::generate(args.shell, &mut visible_command(), "rekey", &mut script);
     report::print(&String::from_utf8_lossy(&script));
     Outcome::Done
+}
+
+/// The command line as an operator may use it: clap_complete offers hidden
+/// subcommands too (`register-fake-cloud`, a test aid), and clap cannot
+/// remove one, so the completion command is rebuilt from the visible ones
+/// and the global options.
+fn visible_command() -> clap::Command {
+    let full = Cli::command();
+    clap::Command::new("rekey")
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|c| !c.is_hide_set()).cloned())
 }
