@@ -1,12 +1,18 @@
 //! HTTP plumbing shared by the fake's Neon and Fly halves: each API's error
 //! body (Neon `{"code","message"}`, Fly `{"error"}`), lenient JSON body and
 //! query-string parsing that answers 400 instead of axum's own rejection
-//! texts, and the moment ("now") a request is handled at.
+//! texts (both also as handler arguments, `Body` and `Query`), and the
+//! moment ("now") a request is handled at.
 //!
 //! Routes and API rules live in `neon` and `fly`; this file only shapes
 //! requests and responses.
 
+use std::convert::Infallible;
+use std::marker::PhantomData;
+
 use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -149,6 +155,46 @@ pub(crate) fn parse_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<
     serde_json::from_slice(body).map_err(|e| format!("invalid request body: {e}"))
 }
 
+/// A request body that does not parse: the message of the API's 400.
+pub(crate) struct BadBody(pub(crate) String);
+
+impl From<BadBody> for NeonError {
+    fn from(bad: BadBody) -> NeonError {
+        NeonError::bad_request(bad.0)
+    }
+}
+
+impl From<BadBody> for FlyError {
+    fn from(bad: BadBody) -> FlyError {
+        FlyError::bad_request(bad.0)
+    }
+}
+
+/// A JSON request body as a handler argument, parsed as `parse_body` does.
+/// `E` is the API's error type: a body that does not parse is refused with
+/// a 400 in that API's shape. A body that cannot be read at all (too large,
+/// cut off) gets axum's own refusal, as a `Bytes` argument does.
+pub(crate) struct Body<T, E>(pub(crate) T, pub(crate) PhantomData<E>);
+
+impl<T, E, S> FromRequest<S> for Body<T, E>
+where
+    T: DeserializeOwned + Default,
+    E: From<BadBody> + IntoResponse,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        match parse_body(&bytes) {
+            Ok(value) => Ok(Body(value, PhantomData)),
+            Err(message) => Err(E::from(BadBody(message)).into_response()),
+        }
+    }
+}
+
 /// A decoded query string. Kept as pairs because Fly's `metadata.<key>`
 /// filters are open-ended.
 #[derive(Debug, Default)]
@@ -187,6 +233,15 @@ impl Query {
         self.0.iter().filter_map(move |(key, value)| {
             key.strip_prefix(prefix).map(|rest| (rest, value.as_str()))
         })
+    }
+}
+
+/// The query string as a handler argument; having none is an empty query.
+impl<S: Send + Sync> FromRequestParts<S> for Query {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Query, Infallible> {
+        Ok(Query::parse(parts.uri.query()))
     }
 }
 

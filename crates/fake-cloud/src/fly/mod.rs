@@ -13,16 +13,18 @@ mod model;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use std::convert::Infallible;
+
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::http::{parse_body, FlyError, Now, Query};
+use crate::http::{Body, FlyError, Now, Query};
 use crate::Shared;
 
 pub(crate) use model::{
@@ -30,6 +32,9 @@ pub(crate) use model::{
 };
 
 type Answer = Result<Response, FlyError>;
+
+/// A request body of type `T`, refused in Fly's error shape.
+type FlyBody<T> = Body<T, FlyError>;
 
 /// The longest a single `/wait` holds, as on Fly.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -56,12 +61,22 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
 /// The header a lease holder sends on every call to its machine.
 const LEASE_NONCE: &str = "fly-machine-lease-nonce";
 
-fn lease_nonce(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(LEASE_NONCE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
+/// The `fly-machine-lease-nonce` of a call, as a handler argument; an
+/// absent or blank header is none.
+struct LeaseNonce(Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for LeaseNonce {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<LeaseNonce, Infallible> {
+        let nonce = parts
+            .headers
+            .get(LEASE_NONCE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty());
+        Ok(LeaseNonce(nonce.map(str::to_owned)))
+    }
 }
 
 /// Any path under `/v1` the fake does not serve.
@@ -81,12 +96,28 @@ fn change_app<T>(
     Ok(changed)
 }
 
+/// Runs `read` on `app` under the state lock, once the transitions that
+/// are due have been applied: every machine as it is now.
+fn read_app<T>(
+    shared: &Shared,
+    app: &str,
+    read: impl FnOnce(&App) -> Result<T, FlyError>,
+) -> Result<T, FlyError> {
+    let now = Now::new();
+    let mut world = shared.world();
+    let app = world.fly.app_mut(app)?;
+    app.settle(&now);
+    read(app)
+}
+
 fn ok(body: Value) -> Answer {
     Ok(Json(body).into_response())
 }
 
-async fn create_app(State(shared): State<Arc<Shared>>, body: Bytes) -> Answer {
-    let body: model::CreateApp = parse_body(&body).map_err(FlyError::bad_request)?;
+async fn create_app(
+    State(shared): State<Arc<Shared>>,
+    Body(body, _): FlyBody<model::CreateApp>,
+) -> Answer {
     let now = Now::new();
     let mut world = shared.world();
     let world = &mut *world;
@@ -102,9 +133,8 @@ async fn get_app(State(shared): State<Arc<Shared>>, Path(app): Path<String>) -> 
 async fn create_machine(
     State(shared): State<Arc<Shared>>,
     Path(app): Path<String>,
-    body: Bytes,
+    Body(body, _): FlyBody<model::CreateMachine>,
 ) -> Answer {
-    let body: model::CreateMachine = parse_body(&body).map_err(FlyError::bad_request)?;
     let config = shared.config();
     let now = Now::new();
     let answer = {
@@ -135,20 +165,13 @@ async fn create_machine(
 async fn list_machines(
     State(shared): State<Arc<Shared>>,
     Path(app): Path<String>,
-    RawQuery(raw): RawQuery,
+    query: Query,
 ) -> Answer {
-    let query = Query::parse(raw.as_deref());
     let failing = shared.config().fly_failing_checks;
-    let now = Now::new();
-    let mut world = shared.world();
-    let app = world.fly.app_mut(&app)?;
-    app.settle(&now);
-    let machines: Vec<Value> = app
-        .list(&query)
-        .into_iter()
-        .map(|m| m.to_json(failing))
-        .collect();
-    ok(Value::Array(machines))
+    read_app(&shared, &app, |app| {
+        let machines = app.list(&query).into_iter().map(|m| m.to_json(failing));
+        ok(Value::Array(machines.collect()))
+    })
 }
 
 async fn get_machine(
@@ -156,29 +179,27 @@ async fn get_machine(
     Path((app, machine_id)): Path<(String, String)>,
 ) -> Answer {
     let failing = shared.config().fly_failing_checks;
-    let now = Now::new();
-    let mut world = shared.world();
-    let app = world.fly.app_mut(&app)?;
-    app.settle(&now);
-    ok(app.machine(&machine_id)?.to_json(failing))
+    read_app(&shared, &app, |app| {
+        ok(app.machine(&machine_id)?.to_json(failing))
+    })
 }
 
 async fn start_machine(
     State(shared): State<Arc<Shared>>,
     Path((app, machine_id)): Path<(String, String)>,
-    headers: HeaderMap,
+    LeaseNonce(nonce): LeaseNonce,
 ) -> Answer {
     let boot = shared.config().boot_duration;
     let now = Now::new();
     let previous = change_app(&shared, &app, |app| {
-        app.start(&now, boot, &machine_id, lease_nonce(&headers))
+        app.start(&now, boot, &machine_id, nonce.as_deref())
     })?;
     ok(json!({"previous_state": previous.as_str(), "migrated": false, "new_host": ""}))
 }
 
 /// The optional `StopRequest` body: `signal` and `timeout` (a Go
-/// duration string). The fake checks their shape; a stop takes the boot
-/// duration whatever they say.
+/// duration string). The fake checks their shape (the handler takes the
+/// body only for that); a stop takes the boot duration whatever they say.
 #[derive(Debug, Default, serde::Deserialize)]
 struct StopRequest {
     #[allow(dead_code)]
@@ -190,14 +211,13 @@ struct StopRequest {
 async fn stop_machine(
     State(shared): State<Arc<Shared>>,
     Path((app, machine_id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
+    LeaseNonce(nonce): LeaseNonce,
+    Body(_, _): FlyBody<StopRequest>,
 ) -> Answer {
-    let _: StopRequest = parse_body(&body).map_err(FlyError::bad_request)?;
     let boot = shared.config().boot_duration;
     let now = Now::new();
     change_app(&shared, &app, |app| {
-        app.stop(&now, boot, &machine_id, lease_nonce(&headers))
+        app.stop(&now, boot, &machine_id, nonce.as_deref())
     })?;
     ok(json!({"ok": true}))
 }
@@ -207,14 +227,13 @@ async fn stop_machine(
 async fn destroy_machine(
     State(shared): State<Arc<Shared>>,
     Path((app, machine_id)): Path<(String, String)>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
+    query: Query,
+    LeaseNonce(nonce): LeaseNonce,
 ) -> Answer {
-    let query = Query::parse(raw.as_deref());
     let force = query.flag("force") || query.flag("kill");
     let now = Now::new();
     change_app(&shared, &app, |app| {
-        app.destroy(&now, &machine_id, force, lease_nonce(&headers))
+        app.destroy(&now, &machine_id, force, nonce.as_deref())
     })?;
     ok(json!({"ok": true}))
 }
@@ -224,10 +243,9 @@ async fn destroy_machine(
 async fn acquire_lease(
     State(shared): State<Arc<Shared>>,
     Path((app, machine_id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
+    LeaseNonce(nonce): LeaseNonce,
+    Body(body, _): FlyBody<model::CreateLease>,
 ) -> Answer {
-    let body: model::CreateLease = parse_body(&body).map_err(FlyError::bad_request)?;
     let now = Now::new();
     let mut world = shared.world();
     let world = &mut *world;
@@ -235,7 +253,7 @@ async fn acquire_lease(
         &mut world.ids,
         &now,
         &machine_id,
-        lease_nonce(&headers),
+        nonce.as_deref(),
         body,
     )?;
     ok(lease.to_json())
@@ -254,14 +272,14 @@ async fn show_lease(
 async fn release_lease(
     State(shared): State<Arc<Shared>>,
     Path((app, machine_id)): Path<(String, String)>,
-    headers: HeaderMap,
+    LeaseNonce(nonce): LeaseNonce,
 ) -> Answer {
     let now = Now::new();
     let mut world = shared.world();
     world
         .fly
         .app_mut(&app)?
-        .release_lease(&now, &machine_id, lease_nonce(&headers))?;
+        .release_lease(&now, &machine_id, nonce.as_deref())?;
     ok(json!({"ok": true}))
 }
 
@@ -319,9 +337,8 @@ fn parse_seconds(raw: &str) -> Option<Duration> {
 async fn wait(
     State(shared): State<Arc<Shared>>,
     Path((app, machine_id)): Path<(String, String)>,
-    RawQuery(raw): RawQuery,
+    query: Query,
 ) -> Answer {
-    let query = Query::parse(raw.as_deref());
     let wait = WaitFor::parse(&query)?;
     let deadline = Instant::now() + wait.timeout;
     loop {
@@ -366,22 +383,20 @@ fn look(
     machine_id: &str,
     wait: &WaitFor,
 ) -> Result<model::WaitVerdict, FlyError> {
-    let now = Now::new();
-    let mut world = shared.world();
-    let app = world.fly.app_mut(app)?;
-    app.settle(&now);
-    let Ok(machine) = app.machine(machine_id) else {
-        if wait.target == MachineState::Destroyed {
-            return Ok(model::WaitVerdict::Reached);
+    read_app(shared, app, |app| {
+        let Ok(machine) = app.machine(machine_id) else {
+            if wait.target == MachineState::Destroyed {
+                return Ok(model::WaitVerdict::Reached);
+            }
+            return Err(FlyError::not_found("machine not found"));
+        };
+        if let Some(version) = &wait.version {
+            if version != &machine.instance_id {
+                return Err(FlyError::bad_request(format!(
+                    "instance_id {version} is not the machine's current version"
+                )));
+            }
         }
-        return Err(FlyError::not_found("machine not found"));
-    };
-    if let Some(version) = &wait.version {
-        if version != &machine.instance_id {
-            return Err(FlyError::bad_request(format!(
-                "instance_id {version} is not the machine's current version"
-            )));
-        }
-    }
-    Ok(machine.wait_verdict(wait.target))
+        Ok(machine.wait_verdict(wait.target))
+    })
 }

@@ -11,15 +11,14 @@ mod requests;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 
-use crate::http::{parse_body, NeonError, Now, Query};
+use crate::http::{Body, NeonError, Now, Query};
 use crate::ids::Ids;
 use crate::Shared;
 
@@ -27,6 +26,9 @@ pub(crate) use model::{Neon, Project, TenantBranch, DEFAULT_REGION};
 pub(crate) use render::connection_uri as render_connection_uri;
 
 type Answer = Result<Response, NeonError>;
+
+/// A request body of type `T`, refused in Neon's error shape.
+type NeonBody<T> = Body<T, NeonError>;
 
 pub(crate) fn routes() -> Router<Arc<Shared>> {
     let project = "/projects/{project_id}";
@@ -80,6 +82,28 @@ fn created(body: Value) -> Answer {
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+/// A delete of something already gone: Neon answers 204 with no body.
+fn nothing_to_delete() -> Answer {
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `value`, or a 400 saying what the request lacks.
+fn required<T>(value: Option<T>, message: &str) -> Result<T, NeonError> {
+    value.ok_or_else(|| NeonError::bad_request(message))
+}
+
+/// Runs `read` on one project under the state lock, with the request's
+/// clock: the shared part of every handler that only looks.
+fn read_project(
+    shared: &Shared,
+    project_id: &str,
+    read: impl FnOnce(&Project, &Now) -> Answer,
+) -> Answer {
+    let now = Now::new();
+    let world = shared.world();
+    read(world.neon.project(project_id)?, &now)
+}
+
 /// One change to a project under the state lock: the project, the id
 /// source, the request's clock and the configured operation duration.
 struct Change<'w> {
@@ -97,6 +121,28 @@ impl Change<'_> {
             key: value,
             "operations": render::operations(self.project, operations, &self.now),
         })
+    }
+
+    /// The answer of a change that gave a role `password` (create, reset):
+    /// the role with that password, and the operations.
+    fn role_answer(
+        &self,
+        branch_id: &str,
+        role_name: &str,
+        password: &str,
+        operations: &[usize],
+    ) -> Result<Value, NeonError> {
+        let role = self.project.branch(branch_id)?.role(role_name, branch_id)?;
+        let role = render::role(branch_id, role, Some(password));
+        Ok(self.answer("role", role, operations))
+    }
+
+    /// The answer of a change that made or changed an endpoint: the
+    /// endpoint as it is now, and the operations.
+    fn endpoint_answer(&self, endpoint_id: &str, operations: &[usize]) -> Result<Value, NeonError> {
+        let endpoint =
+            render::endpoint(self.project, self.project.endpoint(endpoint_id)?, &self.now);
+        Ok(self.answer("endpoint", endpoint, operations))
     }
 }
 
@@ -121,8 +167,10 @@ fn change_project(
     })
 }
 
-async fn create_project(State(shared): State<Arc<Shared>>, body: Bytes) -> Answer {
-    let body: requests::CreateProject = parse_body(&body).map_err(NeonError::bad_request)?;
+async fn create_project(
+    State(shared): State<Arc<Shared>>,
+    Body(body, _): NeonBody<requests::CreateProject>,
+) -> Answer {
     let op = shared.config().op_duration;
     let now = Now::new();
     let mut world = shared.world();
@@ -139,9 +187,9 @@ async fn create_project(State(shared): State<Arc<Shared>>, body: Bytes) -> Answe
 }
 
 async fn get_project(State(shared): State<Arc<Shared>>, Path(project_id): Path<String>) -> Answer {
-    let world = shared.world();
-    let project = world.neon.project(&project_id)?;
-    ok(json!({"project": render::project(project)}))
+    read_project(&shared, &project_id, |project, _| {
+        ok(json!({"project": render::project(project)}))
+    })
 }
 
 /// The body of a create-project or create-branch answer. `with_passwords`:
@@ -153,28 +201,16 @@ fn created_branch(
     with_passwords: bool,
 ) -> Result<Value, NeonError> {
     let branch = project.branch(&made.branch_id)?;
-    let endpoints: Vec<Value> = made
+    let endpoints = made
         .endpoint_ids
         .iter()
-        .filter_map(|id| project.endpoints.get(id))
-        .map(|e| render::endpoint(project, e, now))
-        .collect();
-    let roles: Vec<Value> = branch
-        .roles
-        .values()
-        .map(|r| render::role(&branch.id, r, with_passwords.then(|| r.password(now.at))))
-        .collect();
-    let databases: Vec<Value> = branch
-        .databases
-        .values()
-        .map(|d| render::database(&branch.id, d))
-        .collect();
+        .filter_map(|id| project.endpoints.get(id));
     let mut answer = json!({
         "branch": render::branch(&project.id, branch, now),
-        "endpoints": endpoints,
+        "endpoints": render::endpoints(project, endpoints, now),
         "operations": render::operations(project, &made.operations, now),
-        "roles": roles,
-        "databases": databases,
+        "roles": render::roles(branch, with_passwords.then_some(now.at)),
+        "databases": render::databases(branch),
     });
     if made.offer_uris {
         let role = branch.roles.values().next();
@@ -198,13 +234,47 @@ fn created_branch(
 async fn create_branch(
     State(shared): State<Arc<Shared>>,
     Path(project_id): Path<String>,
-    body: Bytes,
+    Body(body, _): NeonBody<requests::CreateBranch>,
 ) -> Answer {
-    let body: requests::CreateBranch = parse_body(&body).map_err(NeonError::bad_request)?;
     change_project(&shared, &project_id, |c| {
         let made = c.project.create_branch(c.ids, &c.now, c.op, body)?;
         created(created_branch(c.project, &made, &c.now, false)?)
     })
+}
+
+/// `limit` of a listing: 1 to `max`, or `None` when absent.
+fn page_limit(query: &Query, max: usize) -> Result<Option<usize>, NeonError> {
+    let Some(raw) = query.get("limit") else {
+        return Ok(None);
+    };
+    match raw.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(Some(n)),
+        _ => Err(NeonError::bad_request(format!(
+            "limit must be between 1 and {max}"
+        ))),
+    }
+}
+
+/// Where a page of `items` starts: just after the item whose id is
+/// `cursor` (the last of the previous page), or at the top without one.
+fn page_start<T>(
+    items: &[T],
+    cursor: Option<&str>,
+    id: impl Fn(&T) -> &str,
+) -> Result<usize, NeonError> {
+    let Some(cursor) = cursor else {
+        return Ok(0);
+    };
+    items
+        .iter()
+        .position(|item| id(item) == cursor)
+        .map(|i| i + 1)
+        .ok_or_else(|| NeonError::bad_request("invalid cursor"))
+}
+
+/// `cursor` of a listing; an empty one is none.
+fn page_cursor(query: &Query) -> Option<&str> {
+    query.get("cursor").filter(|c| !c.is_empty())
 }
 
 /// `sort_by`, `sort_order`, `limit`, `cursor` and `search` of a branch list.
@@ -228,19 +298,12 @@ impl<'a> BranchListing<'a> {
         if !matches!(sort_order, "asc" | "desc") {
             return Err(NeonError::bad_request("sort_order must be asc or desc"));
         }
-        let limit = match query.get("limit") {
-            None => None,
-            Some(raw) => match raw.parse::<usize>() {
-                Ok(n @ 1..=10_000) => Some(n),
-                _ => return Err(NeonError::bad_request("limit must be between 1 and 10000")),
-            },
-        };
         Ok(BranchListing {
             search: query.get("search").map(str::to_lowercase),
             sort_by,
             sort_order,
-            limit,
-            cursor: query.get("cursor").filter(|c| !c.is_empty()),
+            limit: page_limit(query, 10_000)?,
+            cursor: page_cursor(query),
         })
     }
 
@@ -274,69 +337,59 @@ impl<'a> BranchListing<'a> {
 async fn list_branches(
     State(shared): State<Arc<Shared>>,
     Path(project_id): Path<String>,
-    RawQuery(raw): RawQuery,
+    query: Query,
 ) -> Answer {
-    let query = Query::parse(raw.as_deref());
     let listing = BranchListing::parse(&query)?;
-    let now = Now::new();
-    let world = shared.world();
-    let project = world.neon.project(&project_id)?;
-    let branches = listing.matching(project);
-    let start = match listing.cursor {
-        None => 0,
-        Some(cursor) => match branches.iter().position(|b| b.id == cursor) {
-            Some(i) => i + 1,
-            None => return Err(NeonError::bad_request("invalid cursor")),
-        },
-    };
-    let end = listing
-        .limit
-        .map_or(branches.len(), |limit| (start + limit).min(branches.len()));
-    let page = branches.get(start..end).unwrap_or_default();
-    let mut annotations = Map::new();
-    for b in page.iter().filter(|b| !b.annotation.is_empty()) {
-        annotations.insert(b.id.clone(), render::annotation(b));
-    }
-    let mut pagination = json!({"sort_by": listing.sort_by, "sort_order": listing.sort_order});
-    if let (Some(last), true, Some(object)) = (
-        page.last(),
-        end < branches.len(),
-        pagination.as_object_mut(),
-    ) {
-        object.insert("next".into(), json!(last.id));
-    }
-    let rendered: Vec<Value> = page
-        .iter()
-        .map(|b| render::branch(&project.id, b, &now))
-        .collect();
-    ok(json!({"branches": rendered, "annotations": annotations, "pagination": pagination}))
+    read_project(&shared, &project_id, |project, now| {
+        let branches = listing.matching(project);
+        let start = page_start(&branches, listing.cursor, |b| &b.id)?;
+        let end = listing
+            .limit
+            .map_or(branches.len(), |limit| (start + limit).min(branches.len()));
+        let page = branches.get(start..end).unwrap_or_default();
+        let mut annotations = Map::new();
+        for b in page.iter().filter(|b| !b.annotation.is_empty()) {
+            annotations.insert(b.id.clone(), render::annotation(b));
+        }
+        let mut pagination = json!({"sort_by": listing.sort_by, "sort_order": listing.sort_order});
+        if let (Some(last), true, Some(object)) = (
+            page.last(),
+            end < branches.len(),
+            pagination.as_object_mut(),
+        ) {
+            object.insert("next".into(), json!(last.id));
+        }
+        let rendered: Vec<Value> = page
+            .iter()
+            .map(|b| render::branch(&project.id, b, now))
+            .collect();
+        ok(json!({"branches": rendered, "annotations": annotations, "pagination": pagination}))
+    })
 }
 
 async fn count_branches(
     State(shared): State<Arc<Shared>>,
     Path(project_id): Path<String>,
-    RawQuery(raw): RawQuery,
+    query: Query,
 ) -> Answer {
-    let query = Query::parse(raw.as_deref());
     let listing = BranchListing::parse(&query)?;
-    let world = shared.world();
-    let project = world.neon.project(&project_id)?;
-    ok(json!({"count": listing.matching(project).len()}))
+    read_project(&shared, &project_id, |project, _| {
+        ok(json!({"count": listing.matching(project).len()}))
+    })
 }
 
 async fn get_branch(
     State(shared): State<Arc<Shared>>,
     Path((project_id, branch_id)): Path<(String, String)>,
 ) -> Answer {
-    let now = Now::new();
-    let world = shared.world();
-    let project = world.neon.project(&project_id)?;
-    let branch = project.branch(&branch_id)?;
-    // AnnotationResponse requires `annotation`, annotated or not.
-    ok(json!({
-        "branch": render::branch(&project.id, branch, &now),
-        "annotation": render::annotation(branch),
-    }))
+    read_project(&shared, &project_id, |project, now| {
+        let branch = project.branch(&branch_id)?;
+        // AnnotationResponse requires `annotation`, annotated or not.
+        ok(json!({
+            "branch": render::branch(&project.id, branch, now),
+            "annotation": render::annotation(branch),
+        }))
+    })
 }
 
 async fn delete_branch(
@@ -347,7 +400,7 @@ async fn delete_branch(
         let Some((branch, operations)) =
             c.project.delete_branch(c.ids, &c.now, c.op, &branch_id)?
         else {
-            return Ok(StatusCode::NO_CONTENT.into_response());
+            return nothing_to_delete();
         };
         let branch = render::branch(&c.project.id, &branch, &c.now);
         ok(c.answer("branch", branch, &operations))
@@ -358,32 +411,22 @@ async fn list_roles(
     State(shared): State<Arc<Shared>>,
     Path((project_id, branch_id)): Path<(String, String)>,
 ) -> Answer {
-    let world = shared.world();
-    let branch = world.neon.project(&project_id)?.branch(&branch_id)?;
-    let roles: Vec<Value> = branch
-        .roles
-        .values()
-        .map(|r| render::role(&branch.id, r, None))
-        .collect();
-    ok(json!({"roles": roles}))
+    read_project(&shared, &project_id, |project, _| {
+        ok(json!({"roles": render::roles(project.branch(&branch_id)?, None)}))
+    })
 }
 
 async fn create_role(
     State(shared): State<Arc<Shared>>,
     Path((project_id, branch_id)): Path<(String, String)>,
-    body: Bytes,
+    Body(body, _): NeonBody<requests::CreateRole>,
 ) -> Answer {
-    let body: requests::CreateRole = parse_body(&body).map_err(NeonError::bad_request)?;
-    let spec = body
-        .role
-        .ok_or_else(|| NeonError::bad_request("role with a name is required"))?;
+    let spec = required(body.role, "role with a name is required")?;
     change_project(&shared, &project_id, |c| {
         let (password, operations) = c
             .project
             .create_role(c.ids, &c.now, c.op, &branch_id, &spec.name)?;
-        let role = c.project.branch(&branch_id)?.role(&spec.name, &branch_id)?;
-        let role = render::role(&branch_id, role, Some(&password));
-        created(c.answer("role", role, &operations))
+        created(c.role_answer(&branch_id, &spec.name, &password, &operations)?)
     })
 }
 
@@ -395,9 +438,7 @@ async fn reset_password(
         let (password, operations) = c
             .project
             .reset_password(c.ids, &c.now, c.op, &branch_id, &role_name)?;
-        let role = c.project.branch(&branch_id)?.role(&role_name, &branch_id)?;
-        let role = render::role(&branch_id, role, Some(&password));
-        ok(c.answer("role", role, &operations))
+        ok(c.role_answer(&branch_id, &role_name, &password, &operations)?)
     })
 }
 
@@ -407,80 +448,67 @@ async fn reveal_password(
     State(shared): State<Arc<Shared>>,
     Path((project_id, branch_id, role_name)): Path<(String, String, String)>,
 ) -> Answer {
-    let now = Now::new();
-    let world = shared.world();
-    let project = world.neon.project(&project_id)?;
-    let role = project.branch(&branch_id)?.role(&role_name, &branch_id)?;
-    if !project.store_passwords {
-        return Err(passwords_not_stored());
-    }
-    ok(json!({"password": role.password(now.at)}))
+    read_project(&shared, &project_id, |project, now| {
+        let role = project.branch(&branch_id)?.role(&role_name, &branch_id)?;
+        check_passwords_stored(project)?;
+        ok(json!({"password": role.password(now.at)}))
+    })
 }
 
-fn passwords_not_stored() -> NeonError {
-    NeonError::new(
+/// Passwords can be revealed (or put in a URI) only for a project that
+/// stores them; otherwise 412.
+fn check_passwords_stored(project: &Project) -> Result<(), NeonError> {
+    if project.store_passwords {
+        return Ok(());
+    }
+    Err(NeonError::new(
         StatusCode::PRECONDITION_FAILED,
         "passwords are not stored for this project",
-    )
+    ))
 }
 
 async fn list_databases(
     State(shared): State<Arc<Shared>>,
     Path((project_id, branch_id)): Path<(String, String)>,
 ) -> Answer {
-    let world = shared.world();
-    let branch = world.neon.project(&project_id)?.branch(&branch_id)?;
-    let databases: Vec<Value> = branch
-        .databases
-        .values()
-        .map(|d| render::database(&branch.id, d))
-        .collect();
-    ok(json!({"databases": databases}))
+    read_project(&shared, &project_id, |project, _| {
+        ok(json!({"databases": render::databases(project.branch(&branch_id)?)}))
+    })
 }
 
 async fn list_branch_endpoints(
     State(shared): State<Arc<Shared>>,
     Path((project_id, branch_id)): Path<(String, String)>,
 ) -> Answer {
-    let now = Now::new();
-    let world = shared.world();
-    let project = world.neon.project(&project_id)?;
-    project.branch(&branch_id)?;
-    let endpoints: Vec<Value> = project
-        .branch_endpoints(&branch_id)
-        .map(|e| render::endpoint(project, e, &now))
-        .collect();
-    ok(json!({"endpoints": endpoints}))
+    read_project(&shared, &project_id, |project, now| {
+        project.branch(&branch_id)?;
+        let endpoints = project.branch_endpoints(&branch_id);
+        ok(json!({"endpoints": render::endpoints(project, endpoints, now)}))
+    })
 }
 
 async fn list_endpoints(
     State(shared): State<Arc<Shared>>,
     Path(project_id): Path<String>,
 ) -> Answer {
-    let now = Now::new();
-    let world = shared.world();
-    let project = world.neon.project(&project_id)?;
-    let endpoints: Vec<Value> = project
-        .endpoints
-        .values()
-        .map(|e| render::endpoint(project, e, &now))
-        .collect();
-    ok(json!({"endpoints": endpoints}))
+    read_project(&shared, &project_id, |project, now| {
+        let endpoints = project.endpoints.values();
+        ok(json!({"endpoints": render::endpoints(project, endpoints, now)}))
+    })
 }
 
 async fn create_endpoint(
     State(shared): State<Arc<Shared>>,
     Path(project_id): Path<String>,
-    body: Bytes,
+    Body(body, _): NeonBody<requests::CreateEndpoint>,
 ) -> Answer {
-    let body: requests::CreateEndpoint = parse_body(&body).map_err(NeonError::bad_request)?;
-    let spec = body
-        .endpoint
-        .ok_or_else(|| NeonError::bad_request("endpoint with branch_id and type is required"))?;
+    let spec = required(
+        body.endpoint,
+        "endpoint with branch_id and type is required",
+    )?;
     change_project(&shared, &project_id, |c| {
         let (endpoint_id, operations) = c.project.create_endpoint(c.ids, &c.now, c.op, spec)?;
-        let endpoint = render::endpoint(c.project, c.project.endpoint(&endpoint_id)?, &c.now);
-        created(c.answer("endpoint", endpoint, &operations))
+        created(c.endpoint_answer(&endpoint_id, &operations)?)
     })
 }
 
@@ -488,25 +516,22 @@ async fn get_endpoint(
     State(shared): State<Arc<Shared>>,
     Path((project_id, endpoint_id)): Path<(String, String)>,
 ) -> Answer {
-    let now = Now::new();
-    let world = shared.world();
-    let project = world.neon.project(&project_id)?;
-    let endpoint = project.endpoint(&endpoint_id)?;
-    ok(json!({"endpoint": render::endpoint(project, endpoint, &now)}))
+    read_project(&shared, &project_id, |project, now| {
+        let endpoint = project.endpoint(&endpoint_id)?;
+        ok(json!({"endpoint": render::endpoint(project, endpoint, now)}))
+    })
 }
 
 async fn update_endpoint(
     State(shared): State<Arc<Shared>>,
     Path((project_id, endpoint_id)): Path<(String, String)>,
-    body: Bytes,
+    Body(body, _): NeonBody<requests::UpdateEndpoint>,
 ) -> Answer {
-    let body: requests::UpdateEndpoint = parse_body(&body).map_err(NeonError::bad_request)?;
     change_project(&shared, &project_id, |c| {
         let operations =
             c.project
                 .update_endpoint(c.ids, &c.now, c.op, &endpoint_id, body.endpoint)?;
-        let endpoint = render::endpoint(c.project, c.project.endpoint(&endpoint_id)?, &c.now);
-        ok(c.answer("endpoint", endpoint, &operations))
+        ok(c.endpoint_answer(&endpoint_id, &operations)?)
     })
 }
 
@@ -519,7 +544,7 @@ async fn delete_endpoint(
             c.project
                 .delete_endpoint(c.ids, &c.now, c.op, &endpoint_id)?
         else {
-            return Ok(StatusCode::NO_CONTENT.into_response());
+            return nothing_to_delete();
         };
         let endpoint = render::endpoint(c.project, &endpoint, &c.now);
         ok(c.answer("endpoint", endpoint, &operations))
@@ -530,11 +555,10 @@ async fn get_operation(
     State(shared): State<Arc<Shared>>,
     Path((project_id, operation_id)): Path<(String, String)>,
 ) -> Answer {
-    let now = Now::new();
-    let world = shared.world();
-    let project = world.neon.project(&project_id)?;
-    let operation = project.operation(&operation_id)?;
-    ok(json!({"operation": render::operation(&project.id, operation, &now)}))
+    read_project(&shared, &project_id, |project, now| {
+        let operation = project.operation(&operation_id)?;
+        ok(json!({"operation": render::operation(&project.id, operation, now)}))
+    })
 }
 
 /// Newest first; `cursor` is the id of the last operation of the previous
@@ -542,37 +566,24 @@ async fn get_operation(
 async fn list_operations(
     State(shared): State<Arc<Shared>>,
     Path(project_id): Path<String>,
-    RawQuery(raw): RawQuery,
+    query: Query,
 ) -> Answer {
-    let query = Query::parse(raw.as_deref());
-    let limit = match query.get("limit") {
-        None => 10,
-        Some(raw) => match raw.parse::<usize>() {
-            Ok(n @ 1..=1000) => n,
-            _ => return Err(NeonError::bad_request("limit must be between 1 and 1000")),
-        },
-    };
-    let now = Now::new();
-    let world = shared.world();
-    let project = world.neon.project(&project_id)?;
-    let newest_first: Vec<&model::Operation> = project.operations.iter().rev().collect();
-    let start = match query.get("cursor").filter(|c| !c.is_empty()) {
-        None => 0,
-        Some(cursor) => match newest_first.iter().position(|op| op.id == cursor) {
-            Some(i) => i + 1,
-            None => return Err(NeonError::bad_request("invalid cursor")),
-        },
-    };
-    let page: Vec<&model::Operation> = newest_first.into_iter().skip(start).take(limit).collect();
-    let mut pagination = json!({});
-    if let (Some(last), Some(object)) = (page.last(), pagination.as_object_mut()) {
-        object.insert("cursor".into(), json!(last.id));
-    }
-    let rendered: Vec<Value> = page
-        .iter()
-        .map(|op| render::operation(&project.id, op, &now))
-        .collect();
-    ok(json!({"operations": rendered, "pagination": pagination}))
+    let limit = page_limit(&query, 1000)?.unwrap_or(10);
+    read_project(&shared, &project_id, |project, now| {
+        let newest_first: Vec<&model::Operation> = project.operations.iter().rev().collect();
+        let start = page_start(&newest_first, page_cursor(&query), |op| &op.id)?;
+        let page: Vec<&model::Operation> =
+            newest_first.into_iter().skip(start).take(limit).collect();
+        let mut pagination = json!({});
+        if let (Some(last), Some(object)) = (page.last(), pagination.as_object_mut()) {
+            object.insert("cursor".into(), json!(last.id));
+        }
+        let rendered: Vec<Value> = page
+            .iter()
+            .map(|op| render::operation(&project.id, op, now))
+            .collect();
+        ok(json!({"operations": rendered, "pagination": pagination}))
+    })
 }
 
 /// `postgresql://role:password@host/db?sslmode=require` for a branch's
@@ -581,44 +592,35 @@ async fn list_operations(
 async fn connection_uri(
     State(shared): State<Arc<Shared>>,
     Path(project_id): Path<String>,
-    RawQuery(raw): RawQuery,
+    query: Query,
 ) -> Answer {
-    let query = Query::parse(raw.as_deref());
-    let database_name = query
-        .get("database_name")
-        .ok_or_else(|| NeonError::bad_request("database_name is required"))?;
-    let role_name = query
-        .get("role_name")
-        .ok_or_else(|| NeonError::bad_request("role_name is required"))?;
-    let now = Now::new();
-    let world = shared.world();
-    let project = world.neon.project(&project_id)?;
-    let branch_id = query.get("branch_id").unwrap_or(&project.default_branch);
-    let branch = project.branch(branch_id)?;
-    let role = branch.role(role_name, branch_id)?;
-    if !branch.databases.contains_key(database_name) {
-        return Err(NeonError::not_found(format!(
-            "database not found for branch; database_name:{database_name:?}, branch_id:{branch_id:?}"
-        )));
-    }
-    let endpoint = match query.get("endpoint_id") {
-        Some(id) => Some(project.endpoint(id)?).filter(|e| e.branch_id == branch.id),
-        None => project.read_write_endpoint(branch_id),
-    }
-    .ok_or_else(|| {
-        NeonError::not_found(format!(
-            "no read_write endpoint found for branch {branch_id}"
-        ))
-    })?;
-    if !project.store_passwords {
-        return Err(passwords_not_stored());
-    }
-    let host = if query.flag("pooled") {
-        endpoint.pooler_host()
-    } else {
-        endpoint.host.clone()
-    };
-    ok(
-        json!({"uri": render::connection_uri(role_name, role.password(now.at), &host, database_name)}),
-    )
+    let database_name = required(query.get("database_name"), "database_name is required")?;
+    let role_name = required(query.get("role_name"), "role_name is required")?;
+    read_project(&shared, &project_id, |project, now| {
+        let branch_id = query.get("branch_id").unwrap_or(&project.default_branch);
+        let branch = project.branch(branch_id)?;
+        let role = branch.role(role_name, branch_id)?;
+        if !branch.databases.contains_key(database_name) {
+            return Err(NeonError::not_found(format!(
+                "database not found for branch; database_name:{database_name:?}, branch_id:{branch_id:?}"
+            )));
+        }
+        let endpoint = match query.get("endpoint_id") {
+            Some(id) => Some(project.endpoint(id)?).filter(|e| e.branch_id == branch.id),
+            None => project.read_write_endpoint(branch_id),
+        }
+        .ok_or_else(|| {
+            NeonError::not_found(format!(
+                "no read_write endpoint found for branch {branch_id}"
+            ))
+        })?;
+        check_passwords_stored(project)?;
+        let host = if query.flag("pooled") {
+            endpoint.pooler_host()
+        } else {
+            endpoint.host.clone()
+        };
+        let uri = render::connection_uri(role_name, role.password(now.at), &host, database_name);
+        ok(json!({ "uri": uri }))
+    })
 }

@@ -5,6 +5,7 @@
 //! consistent with itself. Rules and state live in `model`.
 
 use serde_json::{json, Value};
+use tokio::time::Instant;
 
 use crate::http::{timestamp, Now};
 use crate::neon::model::{Branch, Database, Endpoint, Operation, Project, Role};
@@ -87,6 +88,17 @@ pub(crate) fn role(branch_id: &str, r: &Role, password: Option<&str>) -> Value {
     value
 }
 
+/// A branch's roles, each with the password it answers to at
+/// `passwords_at` when that is given (create project), without otherwise.
+pub(crate) fn roles(b: &Branch, passwords_at: Option<Instant>) -> Value {
+    Value::Array(
+        b.roles
+            .values()
+            .map(|r| role(&b.id, r, passwords_at.map(|at| r.password(at))))
+            .collect(),
+    )
+}
+
 pub(crate) fn database(branch_id: &str, d: &Database) -> Value {
     json!({
         "id": d.id,
@@ -96,6 +108,20 @@ pub(crate) fn database(branch_id: &str, d: &Database) -> Value {
         "created_at": timestamp(d.created_at),
         "updated_at": timestamp(d.created_at),
     })
+}
+
+/// A branch's databases.
+pub(crate) fn databases(b: &Branch) -> Value {
+    Value::Array(b.databases.values().map(|d| database(&b.id, d)).collect())
+}
+
+/// `endpoints` of the project, as a JSON array.
+pub(crate) fn endpoints<'e>(
+    p: &Project,
+    endpoints: impl Iterator<Item = &'e Endpoint>,
+    now: &Now,
+) -> Value {
+    Value::Array(endpoints.map(|e| endpoint(p, e, now)).collect())
 }
 
 pub(crate) fn endpoint(p: &Project, e: &Endpoint, now: &Now) -> Value {

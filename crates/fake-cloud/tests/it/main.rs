@@ -9,6 +9,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use fake_cloud::{FakeCloud, FakeConfig};
@@ -44,20 +45,88 @@ async fn fast_cloud() -> Cloud {
     cloud(FakeConfig::default()).await
 }
 
+/// A fast fake holding one new project; returns it with the project's id
+/// and its default branch's.
+async fn cloud_with_project() -> (Cloud, String, String) {
+    let cloud = fast_cloud().await;
+    let (project, main) = cloud.project().await;
+    (cloud, project, main)
+}
+
+/// A fast fake with the Fly app `tenant-1`.
+async fn cloud_with_app() -> Cloud {
+    let cloud = fast_cloud().await;
+    cloud.app("tenant-1").await;
+    cloud
+}
+
+/// A fast fake with the app `tenant-1` and one started `nginx` machine in
+/// it; returns it with the machine's id.
+async fn cloud_with_machine() -> (Cloud, String) {
+    let cloud = cloud_with_app().await;
+    let id = cloud.nginx_machine("tenant-1").await;
+    (cloud, id)
+}
+
+/// The default configuration, but Neon operations take `ms`.
+fn operations_taking(ms: u64) -> FakeConfig {
+    FakeConfig {
+        op_duration: millis(ms),
+        ..FakeConfig::default()
+    }
+}
+
+/// The default configuration, but Fly machines take `ms` to boot or stop.
+fn boots_taking(ms: u64) -> FakeConfig {
+    FakeConfig {
+        boot_duration: millis(ms),
+        ..FakeConfig::default()
+    }
+}
+
+/// The default configuration with this id seed.
+fn seeded(seed: u64) -> FakeConfig {
+    FakeConfig {
+        seed,
+        ..FakeConfig::default()
+    }
+}
+
+/// The default configuration with a token bucket per API of `per_second`
+/// and `burst`; `retry_after`: whether its 429s say when to come back.
+fn rate_limited(per_second: u32, burst: u32, retry_after: bool) -> FakeConfig {
+    FakeConfig {
+        rate_limit: Some((per_second, burst)),
+        retry_after,
+        ..FakeConfig::default()
+    }
+}
+
+/// The path of a machine of the app `tenant-1`.
+fn machine_path(id: &str) -> String {
+    format!("/apps/tenant-1/machines/{id}")
+}
+
+/// The path of a branch.
+fn branch_path(project: &str, branch: &str) -> String {
+    format!("/projects/{project}/branches/{branch}")
+}
+
 impl Cloud {
+    /// One request; `header` is an extra `(name, value)` to send.
     async fn call(
         &self,
         method: Method,
         url: String,
         body: Option<Value>,
-        auth: Option<&str>,
+        header: Option<(&str, &str)>,
     ) -> Reply {
         let mut request = self.http.request(method, &url);
         if let Some(body) = body {
             request = request.json(&body);
         }
-        if let Some(auth) = auth {
-            request = request.header("Authorization", auth);
+        if let Some((name, value)) = header {
+            request = request.header(name, value);
         }
         let response = request
             .send()
@@ -86,14 +155,16 @@ impl Cloud {
         }
     }
 
+    /// A Neon call with `Authorization: <auth>`.
+    async fn neon_as(&self, auth: &str, method: Method, path: &str) -> Reply {
+        let url = format!("{}{path}", self.fake.neon_url());
+        self.call(method, url, None, Some(("Authorization", auth)))
+            .await
+    }
+
     async fn neon(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
-        self.call(
-            method,
-            format!("{}{path}", self.fake.neon_url()),
-            body,
-            None,
-        )
-        .await
+        let url = format!("{}{path}", self.fake.neon_url());
+        self.call(method, url, body, None).await
     }
 
     async fn fly(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
@@ -105,12 +176,20 @@ impl Cloud {
         self.neon(Method::GET, path, None).await
     }
 
+    async fn neon_post(&self, path: &str, body: Value) -> Reply {
+        self.neon(Method::POST, path, Some(body)).await
+    }
+
     async fn neon_delete(&self, path: &str) -> Reply {
         self.neon(Method::DELETE, path, None).await
     }
 
     async fn fly_get(&self, path: &str) -> Reply {
         self.fly(Method::GET, path, None).await
+    }
+
+    async fn fly_post(&self, path: &str, body: Option<Value>) -> Reply {
+        self.fly(Method::POST, path, body).await
     }
 
     async fn fly_delete(&self, path: &str) -> Reply {
@@ -120,6 +199,29 @@ impl Cloud {
     async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
         let url = format!("http://{}/_fake{path}", self.fake.addr());
         self.call(method, url, body, None).await
+    }
+
+    /// `POST /_fake/config` with `patch`.
+    async fn configure(&self, patch: Value) -> Reply {
+        self.admin(Method::POST, "/config", Some(patch)).await
+    }
+
+    /// `POST /_fake/tenants` with `body`.
+    async fn register(&self, body: Value) -> Reply {
+        self.admin(Method::POST, "/tenants", Some(body)).await
+    }
+
+    /// A POST of `body` as it is, not necessarily JSON; returns the status.
+    async fn post_raw(&self, url: String, body: &'static str) -> StatusCode {
+        let response = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        response.status()
     }
 
     /// `POST /projects`; returns (project id, default branch id).
@@ -145,12 +247,15 @@ impl Cloud {
 
     /// `POST /projects/{project}/branches` with `body`, as given.
     async fn create_branch(&self, project: &str, body: Value) -> Reply {
-        self.neon(
-            Method::POST,
-            &format!("/projects/{project}/branches"),
-            Some(body),
-        )
-        .await
+        self.neon_post(&format!("/projects/{project}/branches"), body)
+            .await
+    }
+
+    /// `POST /projects/{project}/branches` of a branch named `name` under
+    /// `parent`, without endpoints.
+    async fn bare_branch(&self, project: &str, parent: &str, name: &str) -> Reply {
+        let body = json!({"branch": {"parent_id": parent, "name": name}});
+        self.create_branch(project, body).await
     }
 
     /// `reset_password` of `role` on a branch.
@@ -180,43 +285,56 @@ impl Cloud {
         }
     }
 
-    async fn connection_uri(&self, project: &str, branch: &str) -> String {
+    /// `GET …/connection_uri` of `neondb_owner` on `neondb` of a branch;
+    /// `more` is added to the query string.
+    async fn connection_uri_reply(&self, project: &str, branch: &str, more: &str) -> Reply {
         let path = format!(
-            "/projects/{project}/connection_uri?branch_id={branch}&database_name=neondb&role_name=neondb_owner"
+            "/projects/{project}/connection_uri?branch_id={branch}&database_name=neondb&role_name=neondb_owner{more}"
         );
-        let reply = self.neon_get(&path).await;
+        self.neon_get(&path).await
+    }
+
+    async fn connection_uri(&self, project: &str, branch: &str) -> String {
+        let reply = self.connection_uri_reply(project, branch, "").await;
         assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
         text(&reply.body["uri"])
     }
 
     /// `reveal_password` of `neondb_owner` on a branch.
     async fn password(&self, project: &str, branch: &str) -> String {
-        let path =
-            format!("/projects/{project}/branches/{branch}/roles/neondb_owner/reveal_password");
+        let path = format!(
+            "{}/roles/neondb_owner/reveal_password",
+            branch_path(project, branch)
+        );
         let reply = self.neon_get(&path).await;
         assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
         text(&reply.body["password"])
     }
 
+    /// `POST /apps` of `name` in the `personal` org.
+    async fn create_app(&self, name: &str) -> Reply {
+        let body = json!({"app_name": name, "org_slug": "personal"});
+        self.fly_post("/apps", Some(body)).await
+    }
+
     async fn app(&self, name: &str) {
-        let reply = self
-            .fly(
-                Method::POST,
-                "/apps",
-                Some(json!({"app_name": name, "org_slug": "personal"})),
-            )
-            .await;
+        let reply = self.create_app(name).await;
         assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
     }
 
     /// Create a machine that runs plain `nginx`; returns its id.
     async fn nginx_machine(&self, app: &str) -> String {
-        text(
-            &self
-                .machine(app, json!({"config": {"image": "nginx"}}))
-                .await
-                .body["id"],
-        )
+        let created = self
+            .machine(app, json!({"config": {"image": "nginx"}}))
+            .await;
+        text(&created.body["id"])
+    }
+
+    /// A machine of `tenant-1` created with `skip_launch`: it stays
+    /// `created`. Returns its id.
+    async fn unlaunched_machine(&self) -> String {
+        let body = json!({"skip_launch": true, "config": {"image": "nginx"}});
+        text(&self.machine("tenant-1", body).await.body["id"])
     }
 
     /// A Fly call carrying `fly-machine-lease-nonce: <nonce>`.
@@ -228,33 +346,19 @@ impl Cloud {
         nonce: &str,
     ) -> Reply {
         let url = format!("{}{path}", self.fake.fly_url());
-        let mut request = self
-            .http
-            .request(method, &url)
-            .header("fly-machine-lease-nonce", nonce);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request
-            .send()
+        self.call(method, url, body, Some(("fly-machine-lease-nonce", nonce)))
             .await
-            .unwrap_or_else(|e| panic!("{url}: {e}"));
-        let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .unwrap_or_else(|e| panic!("{url}: {e}"));
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Reply {
-            status,
-            retry_after: None,
-            body,
-        }
     }
 
     /// Create a machine; returns the reply.
     async fn machine(&self, app: &str, body: Value) -> Reply {
-        self.fly(Method::POST, &format!("/apps/{app}/machines"), Some(body))
+        self.fly_post(&format!("/apps/{app}/machines"), Some(body))
+            .await
+    }
+
+    /// `GET …/wait?<query>` on a machine of `tenant-1`.
+    async fn wait(&self, id: &str, query: &str) -> Reply {
+        self.fly_get(&format!("{}/wait?{query}", machine_path(id)))
             .await
     }
 }
@@ -268,6 +372,27 @@ fn text(value: &Value) -> String {
 
 fn millis(ms: u64) -> Duration {
     Duration::from_millis(ms)
+}
+
+/// `reply` is a Neon error: `status`, `{"code": "", "message": message}`,
+/// and the `request_id` Neon adds.
+fn assert_neon_error(reply: &Reply, status: StatusCode, message: &str) {
+    assert_eq!(reply.status, status);
+    assert_eq!(reply.body["code"], "");
+    assert_eq!(reply.body["message"], message);
+    assert!(reply.body["request_id"].is_string());
+}
+
+/// `key` of every element of the JSON array `list`, as text.
+fn texts(list: &Value, key: &str) -> Vec<String> {
+    list.as_array()
+        .map(|items| items.iter().map(|item| text(&item[key])).collect())
+        .unwrap_or_default()
+}
+
+/// How many elements the JSON array `list` has (`None`: not an array).
+fn len(list: &Value) -> Option<usize> {
+    list.as_array().map(Vec::len)
 }
 
 // ---------------------------------------------------------------- Neon
@@ -295,39 +420,27 @@ async fn a_new_project_has_a_main_branch_owner_role_database_and_endpoint() {
 
 #[tokio::test]
 async fn a_branch_inherits_its_parents_roles_passwords_and_databases() {
-    let cloud = fast_cloud().await;
-    let (project, main) = cloud.project().await;
+    let (cloud, project, main) = cloud_with_project().await;
     let child = cloud.branch(&project, &main, "rekey-1").await;
-    let roles = cloud
-        .neon_get(&format!("/projects/{project}/branches/{child}/roles"))
-        .await;
+    let child_path = branch_path(&project, &child);
+    let roles = cloud.neon_get(&format!("{child_path}/roles")).await;
     assert_eq!(roles.body["roles"][0]["name"], "neondb_owner");
-    let databases = cloud
-        .neon_get(&format!("/projects/{project}/branches/{child}/databases"))
-        .await;
+    let databases = cloud.neon_get(&format!("{child_path}/databases")).await;
     assert_eq!(databases.body["databases"][0]["name"], "neondb");
     assert_eq!(databases.body["databases"][0]["owner_name"], "neondb_owner");
     assert_eq!(
         cloud.password(&project, &main).await,
         cloud.password(&project, &child).await
     );
-    let branch = cloud
-        .neon_get(&format!("/projects/{project}/branches/{child}"))
-        .await;
+    let branch = cloud.neon_get(&child_path).await;
     assert_eq!(branch.body["branch"]["parent_id"], json!(main));
 }
 
 #[tokio::test]
 async fn a_duplicate_branch_name_is_refused_with_409() {
-    let cloud = fast_cloud().await;
-    let (project, main) = cloud.project().await;
+    let (cloud, project, main) = cloud_with_project().await;
     cloud.branch(&project, &main, "rekey-1").await;
-    let again = cloud
-        .create_branch(
-            &project,
-            json!({"branch": {"parent_id": main, "name": "rekey-1"}}),
-        )
-        .await;
+    let again = cloud.bare_branch(&project, &main, "rekey-1").await;
     assert_eq!(again.status, StatusCode::CONFLICT);
     assert_eq!(again.body["code"], "");
     assert!(text(&again.body["message"]).contains("already exists"));
@@ -335,45 +448,31 @@ async fn a_duplicate_branch_name_is_refused_with_409() {
 
 #[tokio::test]
 async fn a_second_read_write_endpoint_on_a_branch_is_refused_with_409() {
-    let cloud = fast_cloud().await;
-    let (project, main) = cloud.project().await;
+    let (cloud, project, main) = cloud_with_project().await;
+    let endpoint = json!({"endpoint": {"branch_id": main, "type": "read_write"}});
     let reply = cloud
-        .neon(
-            Method::POST,
-            &format!("/projects/{project}/endpoints"),
-            Some(json!({"endpoint": {"branch_id": main, "type": "read_write"}})),
-        )
+        .neon_post(&format!("/projects/{project}/endpoints"), endpoint)
         .await;
     assert_eq!(reply.status, StatusCode::CONFLICT, "{:?}", reply.body);
 }
 
 #[tokio::test]
 async fn deleting_a_branch_with_children_is_refused() {
-    let cloud = fast_cloud().await;
-    let (project, main) = cloud.project().await;
+    let (cloud, project, main) = cloud_with_project().await;
     let parent = cloud.branch(&project, &main, "parent").await;
     let child = cloud.branch(&project, &parent, "child").await;
-    let refused = cloud
-        .neon_delete(&format!("/projects/{project}/branches/{parent}"))
-        .await;
+    let refused = cloud.neon_delete(&branch_path(&project, &parent)).await;
     assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(text(&refused.body["message"]).contains("child"));
-    let deleted = cloud
-        .neon_delete(&format!("/projects/{project}/branches/{child}"))
-        .await;
+    let deleted = cloud.neon_delete(&branch_path(&project, &child)).await;
     assert_eq!(deleted.status, StatusCode::OK);
     assert_eq!(deleted.body["branch"]["id"], json!(child));
-    let actions: Vec<String> = deleted.body["operations"]
-        .as_array()
-        .map(|ops| ops.iter().map(|op| text(&op["action"])).collect())
-        .unwrap_or_default();
+    let actions = texts(&deleted.body["operations"], "action");
     assert!(
         actions.contains(&"delete_timeline".to_owned()),
         "{actions:?}"
     );
-    let parent_now = cloud
-        .neon_delete(&format!("/projects/{project}/branches/{parent}"))
-        .await;
+    let parent_now = cloud.neon_delete(&branch_path(&project, &parent)).await;
     assert_eq!(
         parent_now.status,
         StatusCode::OK,
@@ -383,10 +482,9 @@ async fn deleting_a_branch_with_children_is_refused() {
 
 #[tokio::test]
 async fn deleting_a_leaf_branch_twice_answers_204_the_second_time() {
-    let cloud = fast_cloud().await;
-    let (project, main) = cloud.project().await;
+    let (cloud, project, main) = cloud_with_project().await;
     let leaf = cloud.branch(&project, &main, "leaf").await;
-    let path = format!("/projects/{project}/branches/{leaf}");
+    let path = branch_path(&project, &leaf);
     assert_eq!(cloud.neon_delete(&path).await.status, StatusCode::OK);
     let again = cloud.neon_delete(&path).await;
     assert_eq!(again.status, StatusCode::NO_CONTENT);
@@ -396,7 +494,7 @@ async fn deleting_a_leaf_branch_twice_answers_204_the_second_time() {
         .neon_get(&format!("/projects/{project}/endpoints"))
         .await;
     assert_eq!(
-        endpoints.body["endpoints"].as_array().map(Vec::len),
+        len(&endpoints.body["endpoints"]),
         Some(1),
         "the leaf's endpoint went with it"
     );
@@ -406,11 +504,10 @@ async fn deleting_a_leaf_branch_twice_answers_204_the_second_time() {
 async fn deleting_an_endpoint_that_is_already_gone_answers_204() {
     // deleteProjectEndpoint: 204 "if the endpoint doesn't exist or has
     // already been deleted".
-    let cloud = fast_cloud().await;
-    let (project, main) = cloud.project().await;
+    let (cloud, project, main) = cloud_with_project().await;
     let leaf = cloud.branch(&project, &main, "leaf").await;
     let listed = cloud
-        .neon_get(&format!("/projects/{project}/branches/{leaf}/endpoints"))
+        .neon_get(&format!("{}/endpoints", branch_path(&project, &leaf)))
         .await;
     let endpoint = text(&listed.body["endpoints"][0]["id"]);
     let path = format!("/projects/{project}/endpoints/{endpoint}");
@@ -422,39 +519,25 @@ async fn deleting_an_endpoint_that_is_already_gone_answers_204() {
     let again = cloud.neon_delete(&path).await;
     assert_eq!(again.status, StatusCode::NO_CONTENT, "{:?}", again.body);
     assert_eq!(again.body, Value::Null);
-    let never = cloud
-        .neon_delete(&format!(
-            "/projects/{project}/endpoints/ep-never-was-12345678"
-        ))
-        .await;
-    assert_eq!(never.status, StatusCode::NO_CONTENT);
+    let never = format!("/projects/{project}/endpoints/ep-never-was-12345678");
+    assert_eq!(
+        cloud.neon_delete(&never).await.status,
+        StatusCode::NO_CONTENT
+    );
 }
 
 #[tokio::test]
 async fn deleting_the_default_branch_is_refused() {
-    let cloud = fast_cloud().await;
-    let (project, main) = cloud.project().await;
-    let reply = cloud
-        .neon_delete(&format!("/projects/{project}/branches/{main}"))
-        .await;
+    let (cloud, project, main) = cloud_with_project().await;
+    let reply = cloud.neon_delete(&branch_path(&project, &main)).await;
     assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
 }
 
 #[tokio::test]
 async fn mutations_get_423_while_an_operation_runs_and_succeed_after_it_finishes() {
-    let cloud = cloud(FakeConfig {
-        op_duration: millis(400),
-        ..FakeConfig::default()
-    })
-    .await;
+    let cloud = cloud(operations_taking(400)).await;
     let (project, main) = cloud.project().await;
-    let create = |name: &'static str| {
-        let body = json!({"branch": {"parent_id": main, "name": name}});
-        let path = format!("/projects/{project}/branches");
-        let cloud = &cloud;
-        async move { cloud.neon(Method::POST, &path, Some(body)).await }
-    };
-    let locked = create("too-early").await;
+    let locked = cloud.bare_branch(&project, &main, "too-early").await;
     assert_eq!(locked.status, StatusCode::LOCKED);
     assert_eq!(
         locked.body["message"],
@@ -464,7 +547,7 @@ async fn mutations_get_423_while_an_operation_runs_and_succeed_after_it_finishes
         .neon_get(&format!("/projects/{project}/operations"))
         .await;
     cloud.finish(&project, &created.body).await;
-    let after = create("in-time").await;
+    let after = cloud.bare_branch(&project, &main, "in-time").await;
     assert_eq!(after.status, StatusCode::CREATED, "{:?}", after.body);
     let reads = cloud
         .neon_get(&format!("/projects/{project}/branches"))
@@ -474,38 +557,23 @@ async fn mutations_get_423_while_an_operation_runs_and_succeed_after_it_finishes
 
 #[tokio::test]
 async fn operations_go_from_running_to_finished() {
-    let cloud = cloud(FakeConfig {
-        op_duration: millis(300),
-        ..FakeConfig::default()
-    })
-    .await;
+    let cloud = cloud(operations_taking(300)).await;
     let reply = cloud.neon(Method::POST, "/projects", None).await;
     let project = text(&reply.body["project"]["id"]);
-    let statuses: Vec<String> = reply.body["operations"]
-        .as_array()
-        .map(|ops| ops.iter().map(|op| text(&op["status"])).collect())
-        .unwrap_or_default();
+    let statuses = texts(&reply.body["operations"], "status");
     assert_eq!(statuses, ["running", "scheduling"]);
     cloud.finish(&project, &reply.body).await;
     let listed = cloud
         .neon_get(&format!("/projects/{project}/operations"))
         .await;
-    for op in listed.body["operations"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-    {
-        assert_eq!(op["status"], "finished");
+    for status in texts(&listed.body["operations"], "status") {
+        assert_eq!(status, "finished");
     }
 }
 
 #[tokio::test]
 async fn a_password_reset_takes_effect_when_its_operations_finish() {
-    let cloud = cloud(FakeConfig {
-        op_duration: millis(400),
-        ..FakeConfig::default()
-    })
-    .await;
+    let cloud = cloud(operations_taking(400)).await;
     let created = cloud.neon(Method::POST, "/projects", None).await;
     let project = text(&created.body["project"]["id"]);
     let main = text(&created.body["branch"]["id"]);
@@ -529,8 +597,7 @@ async fn a_password_reset_takes_effect_when_its_operations_finish() {
 
 #[tokio::test]
 async fn a_password_reset_leaves_the_parent_and_child_branches_alone() {
-    let cloud = fast_cloud().await;
-    let (project, main) = cloud.project().await;
+    let (cloud, project, main) = cloud_with_project().await;
     let child = cloud.branch(&project, &main, "rekey-1").await;
     let before = cloud.connection_uri(&project, &main).await;
     let reset = cloud.reset_password(&project, &child, "neondb_owner").await;
@@ -541,43 +608,30 @@ async fn a_password_reset_leaves_the_parent_and_child_branches_alone() {
 
 #[tokio::test]
 async fn connection_uri_is_404_for_a_branch_without_a_read_write_endpoint() {
-    let cloud = fast_cloud().await;
-    let (project, main) = cloud.project().await;
-    let bare = cloud
-        .create_branch(
-            &project,
-            json!({"branch": {"parent_id": main, "name": "no-compute"}}),
-        )
-        .await;
+    let (cloud, project, main) = cloud_with_project().await;
+    let bare = cloud.bare_branch(&project, &main, "no-compute").await;
     let branch = text(&bare.body["branch"]["id"]);
     assert!(bare.body.get("connection_uris").is_none());
-    let path = format!(
-        "/projects/{project}/connection_uri?branch_id={branch}&database_name=neondb&role_name=neondb_owner"
-    );
-    assert_eq!(cloud.neon_get(&path).await.status, StatusCode::NOT_FOUND);
+    let reply = cloud.connection_uri_reply(&project, &branch, "").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
 async fn connection_uri_uses_the_pooler_host_when_pooled() {
-    let cloud = fast_cloud().await;
-    let (project, main) = cloud.project().await;
-    let path = format!(
-        "/projects/{project}/connection_uri?branch_id={main}&database_name=neondb&role_name=neondb_owner&pooled=true"
-    );
-    let uri = text(&cloud.neon_get(&path).await.body["uri"]);
+    let (cloud, project, main) = cloud_with_project().await;
+    let pooled = cloud
+        .connection_uri_reply(&project, &main, "&pooled=true")
+        .await;
+    let uri = text(&pooled.body["uri"]);
     assert!(uri.contains("-pooler."), "{uri}");
 }
 
 #[tokio::test]
 async fn create_branch_omits_connection_uris_when_the_parent_has_two_roles() {
-    let cloud = fast_cloud().await;
-    let (project, main) = cloud.project().await;
+    let (cloud, project, main) = cloud_with_project().await;
+    let roles = format!("{}/roles", branch_path(&project, &main));
     let role = cloud
-        .neon(
-            Method::POST,
-            &format!("/projects/{project}/branches/{main}/roles"),
-            Some(json!({"role": {"name": "app"}})),
-        )
+        .neon_post(&roles, json!({"role": {"name": "app"}}))
         .await;
     assert_eq!(role.status, StatusCode::CREATED, "{:?}", role.body);
     let reply = cloud
@@ -585,27 +639,24 @@ async fn create_branch_omits_connection_uris_when_the_parent_has_two_roles() {
         .await;
     assert_eq!(reply.status, StatusCode::CREATED);
     assert!(reply.body.get("connection_uris").is_none());
-    assert_eq!(reply.body["roles"].as_array().map(Vec::len), Some(2));
+    assert_eq!(len(&reply.body["roles"]), Some(2));
 }
 
 #[tokio::test]
 async fn branch_search_matches_name_or_id_and_pages_with_a_cursor() {
-    let cloud = fast_cloud().await;
-    let (project, main) = cloud.project().await;
+    let (cloud, project, main) = cloud_with_project().await;
     let mut ids = Vec::new();
     for i in 0..5 {
-        ids.push(
-            cloud
-                .branch(&project, &main, &format!("rekey-run-{i}"))
-                .await,
-        );
+        let name = format!("rekey-run-{i}");
+        ids.push(cloud.branch(&project, &main, &name).await);
     }
+    let branches = format!("/projects/{project}/branches");
     let search = cloud
-        .neon_get(&format!("/projects/{project}/branches?search=REKEY-RUN-3"))
+        .neon_get(&format!("{branches}?search=REKEY-RUN-3"))
         .await;
-    assert_eq!(search.body["branches"].as_array().map(Vec::len), Some(1));
+    assert_eq!(len(&search.body["branches"]), Some(1));
     let by_id = cloud
-        .neon_get(&format!("/projects/{project}/branches?search={}", ids[2]))
+        .neon_get(&format!("{branches}?search={}", ids[2]))
         .await;
     assert_eq!(by_id.body["branches"][0]["name"], "rekey-run-2");
 
@@ -613,17 +664,11 @@ async fn branch_search_matches_name_or_id_and_pages_with_a_cursor() {
     let mut cursor = String::new();
     loop {
         let path = format!(
-            "/projects/{project}/branches?search=rekey-run&sort_by=name&sort_order=asc&limit=2&cursor={cursor}"
+            "{branches}?search=rekey-run&sort_by=name&sort_order=asc&limit=2&cursor={cursor}"
         );
         let page = cloud.neon_get(&path).await;
         assert_eq!(page.status, StatusCode::OK, "{:?}", page.body);
-        for b in page.body["branches"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-        {
-            seen.push(text(&b["name"]));
-        }
+        seen.extend(texts(&page.body["branches"], "name"));
         match page.body["pagination"]["next"].as_str() {
             Some(next) => cursor = next.to_owned(),
             None => break,
@@ -643,15 +688,12 @@ async fn branch_search_matches_name_or_id_and_pages_with_a_cursor() {
 
 #[tokio::test]
 async fn annotations_are_returned_with_the_branch() {
-    let cloud = fast_cloud().await;
-    let (project, main) = cloud.project().await;
+    let (cloud, project, main) = cloud_with_project().await;
     let reply = cloud
         .create_branch(&project, json!({"branch": {"parent_id": main, "name": "tagged"}, "annotation_value": {"rekey_run": "r1"}}))
         .await;
     let branch = text(&reply.body["branch"]["id"]);
-    let got = cloud
-        .neon_get(&format!("/projects/{project}/branches/{branch}"))
-        .await;
+    let got = cloud.neon_get(&branch_path(&project, &branch)).await;
     assert_eq!(got.body["annotation"]["value"]["rekey_run"], "r1");
     let listed = cloud
         .neon_get(&format!("/projects/{project}/branches?search=tagged"))
@@ -667,16 +709,14 @@ async fn get_branch_always_carries_the_required_annotation_object() {
     // getProjectBranch answers BranchResponse + AnnotationResponse, and
     // AnnotationResponse requires `annotation` (AnnotationData: required
     // `object` and `value`), annotated or not.
-    let cloud = fast_cloud().await;
-    let (project, main) = cloud.project().await;
+    let (cloud, project, main) = cloud_with_project().await;
     let plain = cloud.branch(&project, &main, "plain").await;
-    let got = cloud
-        .neon_get(&format!("/projects/{project}/branches/{plain}"))
-        .await;
+    let got = cloud.neon_get(&branch_path(&project, &plain)).await;
     assert_eq!(got.status, StatusCode::OK);
-    assert_eq!(got.body["annotation"]["value"], json!({}));
-    assert_eq!(got.body["annotation"]["object"]["id"], plain.as_str());
-    assert_eq!(got.body["annotation"]["object"]["type"], "console/branch");
+    let annotation = &got.body["annotation"];
+    assert_eq!(annotation["value"], json!({}));
+    assert_eq!(annotation["object"]["id"], plain.as_str());
+    assert_eq!(annotation["object"]["type"], "console/branch");
     let listed = cloud
         .neon_get(&format!("/projects/{project}/branches"))
         .await;
@@ -691,10 +731,7 @@ async fn get_branch_always_carries_the_required_annotation_object() {
 async fn unknown_things_are_404_in_neons_error_shape_with_a_request_id() {
     let cloud = fast_cloud().await;
     let reply = cloud.neon_get("/projects/no-such-project").await;
-    assert_eq!(reply.status, StatusCode::NOT_FOUND);
-    assert_eq!(reply.body["code"], "");
-    assert_eq!(reply.body["message"], "project not found");
-    assert!(reply.body["request_id"].is_string());
+    assert_neon_error(&reply, StatusCode::NOT_FOUND, "project not found");
     let (project, main) = cloud.project().await;
     let role = cloud.reset_password(&project, &main, "nobody").await;
     assert_eq!(role.status, StatusCode::NOT_FOUND);
@@ -703,29 +740,17 @@ async fn unknown_things_are_404_in_neons_error_shape_with_a_request_id() {
 
 #[tokio::test]
 async fn a_malformed_body_is_400_not_a_crash() {
-    let cloud = fast_cloud().await;
-    let (project, _) = cloud.project().await;
+    let (cloud, project, _) = cloud_with_project().await;
     let url = format!("{}/projects/{project}/branches", cloud.fake.neon_url());
-    let response = cloud
-        .http
-        .post(url)
-        .header("content-type", "application/json")
-        .body("{not json")
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let status = cloud.post_raw(url, "{not json").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
 // ---------------------------------------------------------------- Fly
 
 #[tokio::test]
 async fn a_machine_is_created_then_started_and_wait_says_ok() {
-    let cloud = cloud(FakeConfig {
-        boot_duration: millis(300),
-        ..FakeConfig::default()
-    })
-    .await;
+    let cloud = cloud(boots_taking(300)).await;
     cloud.app("tenant-1").await;
     let created = cloud
         .machine(
@@ -740,35 +765,23 @@ async fn a_machine_is_created_then_started_and_wait_says_ok() {
     assert_eq!(id.len(), 14);
     let instance = text(&created.body["instance_id"]);
     let wait = cloud
-        .fly_get(&format!(
-            "/apps/tenant-1/machines/{id}/wait?state=started&timeout=10&instance_id={instance}"
-        ))
+        .wait(
+            &id,
+            &format!("state=started&timeout=10&instance_id={instance}"),
+        )
         .await;
     assert_eq!(wait.status, StatusCode::OK, "{:?}", wait.body);
     assert_eq!(wait.body, json!({"ok": true}));
-    let got = cloud
-        .fly_get(&format!("/apps/tenant-1/machines/{id}"))
-        .await;
+    let got = cloud.fly_get(&machine_path(&id)).await;
     assert_eq!(got.body["state"], "started");
 }
 
 #[tokio::test]
 async fn a_machine_created_with_skip_launch_stays_created_and_wait_times_out_with_408() {
-    let cloud = fast_cloud().await;
-    cloud.app("tenant-1").await;
-    let created = cloud
-        .machine(
-            "tenant-1",
-            json!({"skip_launch": true, "config": {"image": "nginx"}}),
-        )
-        .await;
-    let id = text(&created.body["id"]);
+    let cloud = cloud_with_app().await;
+    let id = cloud.unlaunched_machine().await;
     let started = Instant::now();
-    let wait = cloud
-        .fly_get(&format!(
-            "/apps/tenant-1/machines/{id}/wait?state=started&timeout=1"
-        ))
-        .await;
+    let wait = cloud.wait(&id, "state=started&timeout=1").await;
     assert_eq!(wait.status, StatusCode::REQUEST_TIMEOUT);
     assert!(started.elapsed() >= millis(900));
     assert!(wait.body["error"].is_string());
@@ -776,24 +789,19 @@ async fn a_machine_created_with_skip_launch_stays_created_and_wait_times_out_wit
 
 #[tokio::test]
 async fn a_machine_create_without_an_image_is_400() {
-    let cloud = fast_cloud().await;
-    cloud.app("tenant-1").await;
-    let reply = cloud
-        .machine("tenant-1", json!({"config": {"env": {"A": "b"}}}))
-        .await;
+    let cloud = cloud_with_app().await;
+    let without_image = json!({"config": {"env": {"A": "b"}}});
+    let reply = cloud.machine("tenant-1", without_image).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert!(reply.body["error"].is_string());
 }
 
 #[tokio::test]
 async fn a_duplicate_machine_name_is_refused_with_409() {
-    let cloud = fast_cloud().await;
-    cloud.app("tenant-1").await;
+    let cloud = cloud_with_app().await;
     let body = json!({"name": "web-rekey", "config": {"image": "nginx"}});
-    assert_eq!(
-        cloud.machine("tenant-1", body.clone()).await.status,
-        StatusCode::OK
-    );
+    let first = cloud.machine("tenant-1", body.clone()).await;
+    assert_eq!(first.status, StatusCode::OK);
     let again = cloud.machine("tenant-1", body).await;
     assert_eq!(again.status, StatusCode::CONFLICT);
     assert_eq!(again.body["status"], "name_taken");
@@ -808,19 +816,17 @@ async fn duplicate_machine_names_are_accepted_when_configured() {
     .await;
     cloud.app("tenant-1").await;
     let body = json!({"name": "web-rekey", "config": {"image": "nginx"}});
-    assert_eq!(
-        cloud.machine("tenant-1", body.clone()).await.status,
-        StatusCode::OK
-    );
-    assert_eq!(cloud.machine("tenant-1", body).await.status, StatusCode::OK);
+    for _ in 0..2 {
+        let created = cloud.machine("tenant-1", body.clone()).await;
+        assert_eq!(created.status, StatusCode::OK);
+    }
     let listed = cloud.fly_get("/apps/tenant-1/machines").await;
-    assert_eq!(listed.body.as_array().map(Vec::len), Some(2));
+    assert_eq!(len(&listed.body), Some(2));
 }
 
 #[tokio::test]
 async fn machines_are_listed_by_metadata_and_region() {
-    let cloud = fast_cloud().await;
-    cloud.app("tenant-1").await;
+    let cloud = cloud_with_app().await;
     let tagged =
         json!({"region": "ord", "config": {"image": "nginx", "metadata": {"rekey_run": "r1"}}});
     let other =
@@ -830,12 +836,7 @@ async fn machines_are_listed_by_metadata_and_region() {
     let by_tag = cloud
         .fly_get("/apps/tenant-1/machines?metadata.rekey_run=r1")
         .await;
-    let ids: Vec<String> = by_tag
-        .body
-        .as_array()
-        .map(|ms| ms.iter().map(|m| text(&m["id"])).collect())
-        .unwrap_or_default();
-    assert_eq!(ids, [id]);
+    assert_eq!(texts(&by_tag.body, "id"), [id]);
     let by_region = cloud.fly_get("/apps/tenant-1/machines?region=ams").await;
     assert_eq!(by_region.body[0]["config"]["metadata"]["rekey_run"], "r2");
     let none = cloud
@@ -846,10 +847,8 @@ async fn machines_are_listed_by_metadata_and_region() {
 
 #[tokio::test]
 async fn destroying_a_running_machine_needs_force() {
-    let cloud = fast_cloud().await;
-    cloud.app("tenant-1").await;
-    let id = cloud.nginx_machine("tenant-1").await;
-    let path = format!("/apps/tenant-1/machines/{id}");
+    let (cloud, id) = cloud_with_machine().await;
+    let path = machine_path(&id);
     let refused = cloud.fly_delete(&path).await;
     assert_eq!(refused.status, StatusCode::PRECONDITION_FAILED);
     assert!(refused.body["error"].is_string());
@@ -866,12 +865,12 @@ async fn destroying_a_running_machine_needs_force() {
     let with_deleted = cloud
         .fly_get("/apps/tenant-1/machines?include_deleted=true")
         .await;
-    assert_eq!(with_deleted.body.as_array().map(Vec::len), Some(1));
+    assert_eq!(len(&with_deleted.body), Some(1));
     let got = cloud.fly_get(&path).await;
     assert_eq!(got.body["state"], "destroyed");
-    let wait = cloud.fly_get(&format!("{path}/wait?state=destroyed")).await;
+    let wait = cloud.wait(&id, "state=destroyed").await;
     assert_eq!(wait.status, StatusCode::OK);
-    let hopeless = cloud.fly_get(&format!("{path}/wait?state=started")).await;
+    let hopeless = cloud.wait(&id, "state=started").await;
     assert_eq!(
         hopeless.status,
         StatusCode::BAD_REQUEST,
@@ -881,111 +880,67 @@ async fn destroying_a_running_machine_needs_force() {
 
 #[tokio::test]
 async fn kill_true_is_accepted_like_force_true() {
-    let cloud = fast_cloud().await;
-    cloud.app("tenant-1").await;
-    let id = cloud.nginx_machine("tenant-1").await;
-    let reply = cloud
-        .fly_delete(&format!("/apps/tenant-1/machines/{id}?kill=true"))
+    let (cloud, id) = cloud_with_machine().await;
+    let killed = cloud
+        .fly_delete(&format!("{}?kill=true", machine_path(&id)))
         .await;
-    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(killed.status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn a_stopped_machine_can_be_destroyed_without_force_and_started_again_before() {
-    let cloud = cloud(FakeConfig {
-        boot_duration: millis(100),
-        ..FakeConfig::default()
-    })
-    .await;
+    let cloud = cloud(boots_taking(100)).await;
     cloud.app("tenant-1").await;
     let created = cloud
         .machine("tenant-1", json!({"config": {"image": "nginx"}}))
         .await;
     let id = text(&created.body["id"]);
     let instance = text(&created.body["instance_id"]);
-    let path = format!("/apps/tenant-1/machines/{id}");
-    assert_eq!(
-        cloud
-            .fly(Method::POST, &format!("{path}/stop"), None)
-            .await
-            .status,
-        StatusCode::OK
-    );
-    let stopped = cloud
-        .fly_get(&format!(
-            "{path}/wait?state=stopped&instance_id={instance}&timeout=10"
-        ))
-        .await;
+    let path = machine_path(&id);
+    let until_stopped = format!("state=stopped&instance_id={instance}&timeout=10");
+    let stop = cloud.fly_post(&format!("{path}/stop"), None).await;
+    assert_eq!(stop.status, StatusCode::OK);
+    let stopped = cloud.wait(&id, &until_stopped).await;
     assert_eq!(stopped.status, StatusCode::OK, "{:?}", stopped.body);
-    let start = cloud
-        .fly(Method::POST, &format!("{path}/start"), None)
-        .await;
+    let start = cloud.fly_post(&format!("{path}/start"), None).await;
     assert_eq!(start.body["previous_state"], "stopped");
-    let started = cloud
-        .fly_get(&format!("{path}/wait?state=started&timeout=10"))
-        .await;
+    let started = cloud.wait(&id, "state=started&timeout=10").await;
     assert_eq!(started.status, StatusCode::OK);
-    cloud.fly(Method::POST, &format!("{path}/stop"), None).await;
-    cloud
-        .fly_get(&format!(
-            "{path}/wait?state=stopped&instance_id={instance}&timeout=10"
-        ))
-        .await;
+    cloud.fly_post(&format!("{path}/stop"), None).await;
+    cloud.wait(&id, &until_stopped).await;
     assert_eq!(cloud.fly_delete(&path).await.status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn waiting_for_stopped_without_instance_id_is_400() {
-    let cloud = fast_cloud().await;
-    cloud.app("tenant-1").await;
-    let id = cloud.nginx_machine("tenant-1").await;
-    let reply = cloud
-        .fly_get(&format!("/apps/tenant-1/machines/{id}/wait?state=stopped"))
-        .await;
+    let (cloud, id) = cloud_with_machine().await;
+    let reply = cloud.wait(&id, "state=stopped").await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]
 async fn wait_on_an_unknown_machine_is_404_unless_waiting_for_destroyed() {
-    let cloud = fast_cloud().await;
-    cloud.app("tenant-1").await;
-    let unknown = cloud
-        .fly_get("/apps/tenant-1/machines/00000000000000/wait?state=started")
-        .await;
+    let cloud = cloud_with_app().await;
+    let unknown = cloud.wait("00000000000000", "state=started").await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     assert_eq!(unknown.body["error"], "machine not found");
-    let gone = cloud
-        .fly_get("/apps/tenant-1/machines/00000000000000/wait?state=destroyed")
-        .await;
+    let gone = cloud.wait("00000000000000", "state=destroyed").await;
     assert_eq!(gone.status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn stop_takes_an_optional_signal_and_timeout_body() {
     // Machines_stop: optional StopRequest {signal, timeout}.
-    let cloud = fast_cloud().await;
-    cloud.app("tenant-1").await;
-    let id = cloud.nginx_machine("tenant-1").await;
-    let stop = format!("/apps/tenant-1/machines/{id}/stop");
+    let (cloud, id) = cloud_with_machine().await;
+    let stop = format!("{}/stop", machine_path(&id));
     let stopped = cloud
-        .fly(
-            Method::POST,
-            &stop,
-            Some(json!({"signal": "SIGTERM", "timeout": "10s"})),
-        )
+        .fly_post(&stop, Some(json!({"signal": "SIGTERM", "timeout": "10s"})))
         .await;
     assert_eq!(stopped.status, StatusCode::OK, "{:?}", stopped.body);
     assert_eq!(stopped.body, json!({"ok": true}));
     let url = format!("{}{stop}", cloud.fake.fly_url());
-    let malformed = cloud
-        .http
-        .post(url)
-        .header("content-type", "application/json")
-        .body("{\"signal\": 9")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+    let malformed = cloud.post_raw(url, "{\"signal\": 9").await;
+    assert_eq!(malformed, StatusCode::BAD_REQUEST);
 }
 
 // ---------------------------------------------------------------- Fly leases
@@ -994,12 +949,9 @@ async fn stop_takes_an_optional_signal_and_timeout_body() {
 async fn leased_machine(cloud: &Cloud, ttl: u64) -> (String, String) {
     cloud.app("tenant-1").await;
     let id = cloud.nginx_machine("tenant-1").await;
+    let body = json!({"ttl": ttl, "description": "rekey run 7"});
     let lease = cloud
-        .fly(
-            Method::POST,
-            &format!("/apps/tenant-1/machines/{id}/lease"),
-            Some(json!({"ttl": ttl, "description": "rekey run 7"})),
-        )
+        .fly_post(&format!("{}/lease", machine_path(&id)), Some(body))
         .await;
     assert_eq!(lease.status, StatusCode::OK, "{:?}", lease.body);
     (id, text(&lease.body["nonce"]))
@@ -1010,7 +962,7 @@ async fn a_lease_is_taken_shown_and_released_only_with_its_nonce() {
     let cloud = fast_cloud().await;
     let before = chrono_now();
     let (id, nonce) = leased_machine(&cloud, 30).await;
-    let path = format!("/apps/tenant-1/machines/{id}/lease");
+    let path = format!("{}/lease", machine_path(&id));
     let shown = cloud.fly_get(&path).await;
     assert_eq!(shown.status, StatusCode::OK);
     // The OpenAPI `Lease`: nonce, expires_at (Unix seconds), owner, description.
@@ -1048,9 +1000,9 @@ fn chrono_now() -> i64 {
 async fn a_leased_machine_refuses_changes_without_the_lease_nonce() {
     let cloud = fast_cloud().await;
     let (id, nonce) = leased_machine(&cloud, 30).await;
-    let machine = format!("/apps/tenant-1/machines/{id}");
+    let machine = machine_path(&id);
     let stop = format!("{machine}/stop");
-    let refused = cloud.fly(Method::POST, &stop, None).await;
+    let refused = cloud.fly_post(&stop, None).await;
     assert_eq!(refused.status, StatusCode::CONFLICT, "{:?}", refused.body);
     assert!(
         !text(&refused.body["error"]).contains(&nonce),
@@ -1063,11 +1015,7 @@ async fn a_leased_machine_refuses_changes_without_the_lease_nonce() {
     let force = format!("{machine}?force=true");
     assert_eq!(cloud.fly_delete(&force).await.status, StatusCode::CONFLICT);
     let steal = cloud
-        .fly(
-            Method::POST,
-            &format!("{machine}/lease"),
-            Some(json!({"ttl": 5})),
-        )
+        .fly_post(&format!("{machine}/lease"), Some(json!({"ttl": 5})))
         .await;
     assert_eq!(
         steal.status,
@@ -1085,7 +1033,7 @@ async fn a_leased_machine_refuses_changes_without_the_lease_nonce() {
 async fn a_lease_is_renewed_by_taking_it_again_with_its_nonce() {
     let cloud = fast_cloud().await;
     let (id, nonce) = leased_machine(&cloud, 5).await;
-    let path = format!("/apps/tenant-1/machines/{id}/lease");
+    let path = format!("{}/lease", machine_path(&id));
     let first = cloud.fly_get(&path).await.body["expires_at"]
         .as_i64()
         .unwrap();
@@ -1101,22 +1049,18 @@ async fn a_lease_is_renewed_by_taking_it_again_with_its_nonce() {
 async fn a_lease_lapses_after_its_ttl() {
     let cloud = fast_cloud().await;
     let (id, _nonce) = leased_machine(&cloud, 1).await;
-    let path = format!("/apps/tenant-1/machines/{id}/lease");
     tokio::time::sleep(millis(1100)).await;
-    assert_eq!(cloud.fly_get(&path).await.status, StatusCode::NOT_FOUND);
-    let stop = format!("/apps/tenant-1/machines/{id}/stop");
-    assert_eq!(
-        cloud.fly(Method::POST, &stop, None).await.status,
-        StatusCode::OK
-    );
+    let lease = cloud.fly_get(&format!("{}/lease", machine_path(&id))).await;
+    assert_eq!(lease.status, StatusCode::NOT_FOUND);
+    let stop = format!("{}/stop", machine_path(&id));
+    assert_eq!(cloud.fly_post(&stop, None).await.status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn a_lease_taken_at_create_returns_its_nonce_on_the_machine() {
     // Machine.nonce: "only ever returned on machine creation if a
     // lease_duration was provided".
-    let cloud = fast_cloud().await;
-    cloud.app("tenant-1").await;
+    let cloud = cloud_with_app().await;
     let created = cloud
         .machine(
             "tenant-1",
@@ -1126,21 +1070,14 @@ async fn a_lease_taken_at_create_returns_its_nonce_on_the_machine() {
     assert_eq!(created.status, StatusCode::OK);
     let nonce = text(&created.body["nonce"]);
     let id = text(&created.body["id"]);
-    let got = cloud
-        .fly_get(&format!("/apps/tenant-1/machines/{id}"))
-        .await;
+    let got = cloud.fly_get(&machine_path(&id)).await;
     assert!(
         got.body.get("nonce").is_none(),
         "only the create answer has it"
     );
-    let force = format!("/apps/tenant-1/machines/{id}?force=true");
+    let force = format!("{}?force=true", machine_path(&id));
     assert_eq!(cloud.fly_delete(&force).await.status, StatusCode::CONFLICT);
-    let plain = text(
-        &cloud
-            .machine("tenant-1", json!({"config": {"image": "nginx"}}))
-            .await
-            .body["id"],
-    );
+    let plain = cloud.nginx_machine("tenant-1").await;
     assert_ne!(plain, id);
     let destroyed = cloud.fly_leased(Method::DELETE, &force, None, &nonce).await;
     assert_eq!(destroyed.status, StatusCode::OK);
@@ -1157,31 +1094,20 @@ fn machine_with_checks() -> Value {
 
 #[tokio::test]
 async fn health_checks_are_critical_until_the_machine_is_started_then_passing() {
-    let cloud = cloud(FakeConfig {
-        boot_duration: millis(300),
-        ..FakeConfig::default()
-    })
-    .await;
+    let cloud = cloud(boots_taking(300)).await;
     cloud.app("tenant-1").await;
     let created = cloud.machine("tenant-1", machine_with_checks()).await;
     assert_eq!(created.status, StatusCode::OK, "{:?}", created.body);
     let checks = created.body["checks"].as_array().cloned().unwrap();
-    let names: Vec<String> = checks.iter().map(|c| text(&c["name"])).collect();
-    assert_eq!(names, ["alive", "health"]);
+    assert_eq!(texts(&created.body["checks"], "name"), ["alive", "health"]);
     assert!(
         checks.iter().all(|c| c["status"] == "critical"),
         "{checks:?}"
     );
     let id = text(&created.body["id"]);
-    let wait = cloud
-        .fly_get(&format!(
-            "/apps/tenant-1/machines/{id}/wait?state=started&timeout=10"
-        ))
-        .await;
+    let wait = cloud.wait(&id, "state=started&timeout=10").await;
     assert_eq!(wait.status, StatusCode::OK);
-    let got = cloud
-        .fly_get(&format!("/apps/tenant-1/machines/{id}"))
-        .await;
+    let got = cloud.fly_get(&machine_path(&id)).await;
     let checks = got.body["checks"].as_array().cloned().unwrap();
     assert_eq!(checks.len(), 2);
     for check in &checks {
@@ -1190,9 +1116,7 @@ async fn health_checks_are_critical_until_the_machine_is_started_then_passing() 
         assert!(check["output"].is_string() && check["updated_at"].is_string());
     }
     let plain = cloud.nginx_machine("tenant-1").await;
-    let got = cloud
-        .fly_get(&format!("/apps/tenant-1/machines/{plain}"))
-        .await;
+    let got = cloud.fly_get(&machine_path(&plain)).await;
     assert_eq!(
         got.body["checks"],
         json!([]),
@@ -1203,54 +1127,33 @@ async fn health_checks_are_critical_until_the_machine_is_started_then_passing() 
 #[tokio::test]
 async fn health_checks_stay_critical_when_the_fake_is_told_they_fail() {
     let cloud = fast_cloud().await;
-    let set = cloud
-        .admin(
-            Method::POST,
-            "/config",
-            Some(json!({"failing_checks": true})),
-        )
-        .await;
+    let set = cloud.configure(json!({"failing_checks": true})).await;
     assert_eq!(set.status, StatusCode::OK);
     assert_eq!(set.body["failing_checks"], true);
     cloud.app("tenant-1").await;
     let id = text(&cloud.machine("tenant-1", machine_with_checks()).await.body["id"]);
-    let got = cloud
-        .fly_get(&format!("/apps/tenant-1/machines/{id}"))
-        .await;
+    let got = cloud.fly_get(&machine_path(&id)).await;
     assert_eq!(got.body["state"], "started");
-    let statuses: Vec<Value> = got.body["checks"]
-        .as_array()
-        .map(|cs| cs.iter().map(|c| c["status"].clone()).collect())
-        .unwrap_or_default();
-    assert_eq!(statuses, [json!("critical"), json!("critical")]);
+    assert_eq!(
+        texts(&got.body["checks"], "status"),
+        ["critical", "critical"]
+    );
     let listed = cloud.fly_get("/apps/tenant-1/machines").await;
     assert_eq!(listed.body[0]["checks"][0]["status"], "critical");
 }
 
 #[tokio::test]
 async fn config_checks_must_be_an_object_of_named_checks() {
-    let cloud = fast_cloud().await;
-    cloud.app("tenant-1").await;
-    let reply = cloud
-        .machine(
-            "tenant-1",
-            json!({"config": {"image": "nginx", "checks": ["tcp"]}}),
-        )
-        .await;
+    let cloud = cloud_with_app().await;
+    let checks_as_a_list = json!({"config": {"image": "nginx", "checks": ["tcp"]}});
+    let reply = cloud.machine("tenant-1", checks_as_a_list).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]
 async fn a_taken_app_name_is_422_name_taken() {
-    let cloud = fast_cloud().await;
-    cloud.app("tenant-1").await;
-    let again = cloud
-        .fly(
-            Method::POST,
-            "/apps",
-            Some(json!({"app_name": "tenant-1", "org_slug": "personal"})),
-        )
-        .await;
+    let cloud = cloud_with_app().await;
+    let again = cloud.create_app("tenant-1").await;
     assert_eq!(again.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(again.body["status"], "name_taken");
     let missing = cloud.fly_get("/apps/no-such-app").await;
@@ -1272,21 +1175,11 @@ async fn calls_without_the_configured_credentials_get_401_in_each_apis_shape() {
     assert_eq!(neon.status, StatusCode::UNAUTHORIZED);
     assert!(neon.body["message"].is_string() && neon.body["code"].is_string());
     let wrong = cloud
-        .call(
-            Method::POST,
-            format!("{}/projects", cloud.fake.neon_url()),
-            None,
-            Some("Bearer nope"),
-        )
+        .neon_as("Bearer nope", Method::POST, "/projects")
         .await;
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
     let right = cloud
-        .call(
-            Method::POST,
-            format!("{}/projects", cloud.fake.neon_url()),
-            None,
-            Some("Bearer napi_test"),
-        )
+        .neon_as("Bearer napi_test", Method::POST, "/projects")
         .await;
     assert_eq!(right.status, StatusCode::CREATED);
 
@@ -1300,7 +1193,7 @@ async fn calls_without_the_configured_credentials_get_401_in_each_apis_shape() {
             Method::POST,
             apps.clone(),
             Some(body),
-            Some("FlyV1 fm2_test"),
+            Some(("Authorization", "FlyV1 fm2_test")),
         )
         .await;
     assert_eq!(flyv1.status, StatusCode::CREATED);
@@ -1309,34 +1202,65 @@ async fn calls_without_the_configured_credentials_get_401_in_each_apis_shape() {
             Method::GET,
             format!("{apps}/a1"),
             None,
-            Some("Bearer fm2_test"),
+            Some(("Authorization", "Bearer fm2_test")),
         )
         .await;
     assert_eq!(bearer.status, StatusCode::OK);
 }
 
+/// `n` calls made one after another by `call`: their replies, and how
+/// long they took together.
+async fn calls<F, R>(n: usize, mut call: F) -> (Vec<Reply>, Duration)
+where
+    F: FnMut() -> R,
+    R: Future<Output = Reply>,
+{
+    let started = Instant::now();
+    let mut replies = Vec::with_capacity(n);
+    for _ in 0..n {
+        replies.push(call().await);
+    }
+    (replies, started.elapsed())
+}
+
+/// The status codes of `replies`, in order.
+fn statuses(replies: &[Reply]) -> Vec<u16> {
+    replies.iter().map(|r| r.status.as_u16()).collect()
+}
+
+/// How many of `statuses` are 429.
+fn refused(statuses: &[u16]) -> usize {
+    statuses.iter().filter(|&&s| s == 429).count()
+}
+
+/// The 429s among `replies`: the `Retry-After` of the last one (`None`
+/// when there is none, or it had none), after checking that each 429 has
+/// the body `check` wants.
+fn last_retry_after(replies: &[Reply], check: impl Fn(&Value)) -> Option<String> {
+    let limited: Vec<&Reply> = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    for reply in &limited {
+        check(&reply.body);
+    }
+    limited.last().and_then(|r| r.retry_after.clone())
+}
+
+/// Neon's body for a 429.
+fn neon_rate_limit_message(body: &Value) {
+    assert_eq!(body["message"], "rate limit exceeded");
+}
+
 #[tokio::test]
 async fn beyond_the_rate_limit_calls_get_429_with_retry_after() {
-    let cloud = cloud(FakeConfig {
-        rate_limit: Some((1, 3)),
-        retry_after: true,
-        ..FakeConfig::default()
-    })
-    .await;
-    let mut statuses = Vec::new();
-    let mut retry_after = None;
-    for _ in 0..10 {
-        let reply = cloud.neon_get("/projects/p-1").await;
-        if reply.status == StatusCode::TOO_MANY_REQUESTS {
-            retry_after = reply.retry_after.clone();
-            assert_eq!(reply.body["message"], "rate limit exceeded");
-        }
-        statuses.push(reply.status.as_u16());
-    }
+    let cloud = cloud(rate_limited(1, 3, true)).await;
+    let (replies, _) = calls(10, || cloud.neon_get("/projects/p-1")).await;
+    let statuses = statuses(&replies);
     assert_eq!(statuses[..3], [404, 404, 404], "the burst passes");
     // One token a second comes back: ten quick calls cannot all pass.
-    let limited = statuses.iter().filter(|&&s| s == 429).count();
-    assert!(limited >= 5, "{statuses:?}");
+    assert!(refused(&statuses) >= 5, "{statuses:?}");
+    let retry_after = last_retry_after(&replies, neon_rate_limit_message);
     assert_eq!(retry_after.as_deref(), Some("1"));
     let fly = cloud.fly_get("/apps/a").await;
     assert_eq!(
@@ -1348,12 +1272,7 @@ async fn beyond_the_rate_limit_calls_get_429_with_retry_after() {
 
 #[tokio::test]
 async fn a_429_carries_no_retry_after_when_switched_off() {
-    let cloud = cloud(FakeConfig {
-        rate_limit: Some((1, 1)),
-        retry_after: false,
-        ..FakeConfig::default()
-    })
-    .await;
+    let cloud = cloud(rate_limited(1, 1, false)).await;
     cloud.fly_get("/apps/a").await;
     let limited = cloud.fly_get("/apps/a").await;
     assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
@@ -1376,6 +1295,28 @@ fn vendor_limited(limits: fake_cloud::VendorLimits) -> FakeConfig {
     }
 }
 
+/// A fake with the vendors' default limits on.
+async fn vendor_limited_cloud() -> Cloud {
+    cloud(vendor_limited(fake_cloud::VendorLimits::default())).await
+}
+
+/// A fake with the vendors' default limits on and the app `tenant-1`.
+async fn vendor_limited_app() -> Cloud {
+    let cloud = vendor_limited_cloud().await;
+    cloud.app("tenant-1").await;
+    cloud
+}
+
+/// `reply` answers a call that another bucket than the one the test
+/// emptied counts (another `whose`'s): it passed.
+fn assert_own_bucket(reply: &Reply, whose: &str) {
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "another {whose} has its own bucket"
+    );
+}
+
 /// At least how many of `beyond` calls past a burst a bucket refilling
 /// `per_second` must have refused within `elapsed`.
 fn must_refuse(beyond: usize, per_second: f64, elapsed: Duration) -> usize {
@@ -1385,47 +1326,30 @@ fn must_refuse(beyond: usize, per_second: f64, elapsed: Duration) -> usize {
 
 #[tokio::test]
 async fn vendor_limits_are_off_by_default() {
-    let cloud = fast_cloud().await;
-    cloud.app("tenant-1").await;
-    let id = cloud.nginx_machine("tenant-1").await;
-    for _ in 0..10 {
-        let stop = cloud
-            .fly(
-                Method::POST,
-                &format!("/apps/tenant-1/machines/{id}/stop"),
-                None,
-            )
-            .await;
-        assert_eq!(stop.status, StatusCode::OK);
-    }
+    let (cloud, id) = cloud_with_machine().await;
+    let stop = format!("{}/stop", machine_path(&id));
+    let (replies, _) = calls(10, || cloud.fly_post(&stop, None)).await;
+    assert_eq!(statuses(&replies), [200; 10]);
 }
 
 #[tokio::test]
 async fn neon_limits_bursts_to_40_requests_a_second_per_route() {
-    let cloud = cloud(vendor_limited(fake_cloud::VendorLimits::default())).await;
+    let cloud = vendor_limited_cloud().await;
     let (project, main) = cloud.project().await;
-    let path = format!("/projects/{project}/branches/{main}");
-    let started = Instant::now();
-    let mut statuses = Vec::new();
-    for _ in 0..120 {
-        statuses.push(cloud.neon_get(&path).await.status.as_u16());
-    }
-    let elapsed = started.elapsed();
+    let path = branch_path(&project, &main);
+    let (replies, elapsed) = calls(120, || cloud.neon_get(&path)).await;
+    let statuses = statuses(&replies);
     assert!(
         statuses[..40].iter().all(|&s| s == 200),
         "the burst passes: {statuses:?}"
     );
-    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    let limited = refused(&statuses);
     assert!(
         limited >= must_refuse(80, 40.0, elapsed),
         "{limited} in {elapsed:?}"
     );
     let other = cloud.neon_get(&format!("/projects/{project}")).await;
-    assert_eq!(
-        other.status,
-        StatusCode::OK,
-        "another route has its own bucket"
-    );
+    assert_own_bucket(&other, "route");
 }
 
 #[tokio::test]
@@ -1436,117 +1360,69 @@ async fn neon_limits_requests_per_minute_per_account_across_routes() {
     }))
     .await;
     let (project, main) = cloud.project().await;
-    let routes = [
-        format!("/projects/{project}"),
-        format!("/projects/{project}/branches/{main}"),
-    ];
-    let started = Instant::now();
-    let mut statuses = Vec::new();
-    let mut retry_after = None;
-    for i in 0..69 {
-        let reply = cloud.neon_get(&routes[i % 2]).await;
-        if reply.status == StatusCode::TOO_MANY_REQUESTS {
-            retry_after = reply.retry_after.clone();
-            assert_eq!(reply.body["message"], "rate limit exceeded");
-        }
-        statuses.push(reply.status.as_u16());
-    }
-    let elapsed = started.elapsed();
+    let routes = [format!("/projects/{project}"), branch_path(&project, &main)];
+    let mut route = routes.iter().cycle();
+    let (replies, elapsed) = calls(69, || cloud.neon_get(route.next().unwrap())).await;
+    let statuses = statuses(&replies);
     // 1 create + 59 gets spend the minute; no route is past its 40 burst.
     assert!(statuses[..59].iter().all(|&s| s == 200), "{statuses:?}");
-    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    let limited = refused(&statuses);
     assert!(
         limited >= must_refuse(10, 1.0, elapsed),
         "{limited} in {elapsed:?}"
     );
-    assert!(retry_after.is_some());
+    assert!(last_retry_after(&replies, neon_rate_limit_message).is_some());
 }
 
 #[tokio::test]
 async fn fly_limits_each_action_to_1_a_second_with_bursts_of_3_per_machine() {
-    let cloud = cloud(vendor_limited(fake_cloud::VendorLimits::default())).await;
-    cloud.app("tenant-1").await;
+    let cloud = vendor_limited_app().await;
     let first = cloud.nginx_machine("tenant-1").await;
     let second = cloud.nginx_machine("tenant-1").await;
-    let stop = |id: &str| format!("/apps/tenant-1/machines/{id}/stop");
-    let started = Instant::now();
-    let mut statuses = Vec::new();
-    let mut retry_after = None;
-    for _ in 0..10 {
-        let reply = cloud.fly(Method::POST, &stop(&first), None).await;
-        if reply.status == StatusCode::TOO_MANY_REQUESTS {
-            retry_after = reply.retry_after.clone();
-            assert!(reply.body["error"].is_string());
-        }
-        statuses.push(reply.status.as_u16());
-    }
-    let elapsed = started.elapsed();
+    let stop = |id: &str| format!("{}/stop", machine_path(id));
+    let stop_first = stop(&first);
+    let (replies, elapsed) = calls(10, || cloud.fly_post(&stop_first, None)).await;
+    let statuses = statuses(&replies);
     assert_eq!(statuses[..3], [200, 200, 200], "the burst passes");
-    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    let limited = refused(&statuses);
     assert!(
         limited >= must_refuse(7, 1.0, elapsed),
         "{statuses:?} in {elapsed:?}"
     );
     assert!(limited > 0 || elapsed > Duration::from_secs(5));
+    let retry_after = last_retry_after(&replies, |body| assert!(body["error"].is_string()));
     if limited > 0 {
         assert_eq!(retry_after.as_deref(), Some("1"));
     }
-    let other = cloud.fly(Method::POST, &stop(&second), None).await;
-    assert_eq!(
-        other.status,
-        StatusCode::OK,
-        "another machine has its own bucket"
-    );
+    let other = cloud.fly_post(&stop(&second), None).await;
+    assert_own_bucket(&other, "machine");
 }
 
 #[tokio::test]
 async fn fly_limits_creates_to_1_a_second_with_bursts_of_3_per_app() {
-    let cloud = cloud(vendor_limited(fake_cloud::VendorLimits::default())).await;
-    cloud.app("tenant-1").await;
+    let cloud = vendor_limited_app().await;
     cloud.app("tenant-2").await;
     let body = json!({"config": {"image": "nginx"}});
-    let started = Instant::now();
-    let mut statuses = Vec::new();
-    for _ in 0..8 {
-        statuses.push(
-            cloud
-                .machine("tenant-1", body.clone())
-                .await
-                .status
-                .as_u16(),
-        );
-    }
-    let elapsed = started.elapsed();
+    let (replies, elapsed) = calls(8, || cloud.machine("tenant-1", body.clone())).await;
+    let statuses = statuses(&replies);
     assert_eq!(statuses[..3], [200, 200, 200]);
-    let limited = statuses.iter().filter(|&&s| s == 429).count();
     assert!(
-        limited >= must_refuse(5, 1.0, elapsed),
+        refused(&statuses) >= must_refuse(5, 1.0, elapsed),
         "{statuses:?} in {elapsed:?}"
     );
     let other = cloud.machine("tenant-2", body).await;
-    assert_eq!(
-        other.status,
-        StatusCode::OK,
-        "another app has its own bucket"
-    );
+    assert_own_bucket(&other, "app");
 }
 
 #[tokio::test]
 async fn fly_limits_get_machine_to_5_a_second_with_bursts_of_10() {
-    let cloud = cloud(vendor_limited(fake_cloud::VendorLimits::default())).await;
-    cloud.app("tenant-1").await;
-    let id = cloud.nginx_machine("tenant-1").await;
-    let path = format!("/apps/tenant-1/machines/{id}");
-    let started = Instant::now();
-    let mut statuses = Vec::new();
-    for _ in 0..30 {
-        statuses.push(cloud.fly_get(&path).await.status.as_u16());
-    }
-    let elapsed = started.elapsed();
+    let cloud = vendor_limited_app().await;
+    let path = machine_path(&cloud.nginx_machine("tenant-1").await);
+    let (replies, elapsed) = calls(30, || cloud.fly_get(&path)).await;
+    let statuses = statuses(&replies);
     assert!(statuses[..10].iter().all(|&s| s == 200), "{statuses:?}");
-    let limited = statuses.iter().filter(|&&s| s == 429).count();
     assert!(
-        limited >= must_refuse(20, 5.0, elapsed),
+        refused(&statuses) >= must_refuse(20, 5.0, elapsed),
         "{statuses:?} in {elapsed:?}"
     );
 }
@@ -1554,39 +1430,22 @@ async fn fly_limits_get_machine_to_5_a_second_with_bursts_of_10() {
 #[tokio::test]
 async fn vendor_limits_can_be_switched_on_over_http() {
     let cloud = fast_cloud().await;
-    let on = cloud
-        .admin(
-            Method::POST,
-            "/config",
-            Some(json!({"vendor_limits": true})),
-        )
-        .await;
+    let on = cloud.configure(json!({"vendor_limits": true})).await;
     assert_eq!(on.body["vendor_limits"], true);
     cloud.app("tenant-1").await;
-    let id = cloud.nginx_machine("tenant-1").await;
-    let stop = format!("/apps/tenant-1/machines/{id}/stop");
-    let mut statuses = Vec::new();
-    let started = Instant::now();
-    for _ in 0..6 {
-        statuses.push(cloud.fly(Method::POST, &stop, None).await.status.as_u16());
-    }
-    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    let stop = format!(
+        "{}/stop",
+        machine_path(&cloud.nginx_machine("tenant-1").await)
+    );
+    let (replies, elapsed) = calls(6, || cloud.fly_post(&stop, None)).await;
+    let statuses = statuses(&replies);
     assert!(
-        limited >= must_refuse(3, 1.0, started.elapsed()),
+        refused(&statuses) >= must_refuse(3, 1.0, elapsed),
         "{statuses:?}"
     );
-    let off = cloud
-        .admin(
-            Method::POST,
-            "/config",
-            Some(json!({"vendor_limits": false})),
-        )
-        .await;
+    let off = cloud.configure(json!({"vendor_limits": false})).await;
     assert_eq!(off.body["vendor_limits"], false);
-    assert_eq!(
-        cloud.fly(Method::POST, &stop, None).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(cloud.fly_post(&stop, None).await.status, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -1598,43 +1457,33 @@ async fn injected_errors_come_at_roughly_the_configured_share() {
     })
     .await;
     let total = 400;
+    let (replies, _) = calls(total, || cloud.neon_get("/projects/p-1")).await;
     let mut failures = 0;
-    for _ in 0..total {
-        let reply = cloud.neon_get("/projects/p-1").await;
-        match reply.status.as_u16() {
+    for status in statuses(&replies) {
+        match status {
             500 | 503 => failures += 1,
             404 => {}
             other => panic!("unexpected status {other}"),
         }
     }
-    let share = f64::from(failures) / f64::from(total);
+    let share = f64::from(failures) / total as f64;
     assert!((0.2..=0.4).contains(&share), "share of 5xx was {share}");
 }
 
 #[tokio::test]
 async fn an_error_after_commit_still_applies_the_change() {
-    let cloud = fast_cloud().await;
-    let (project, main) = cloud.project().await;
+    let (cloud, project, main) = cloud_with_project().await;
     cloud.fake.set_config(FakeConfig {
         error_after_commit_rate: 1.0,
         ..FakeConfig::default()
     });
-    let reply = cloud
-        .create_branch(
-            &project,
-            json!({"branch": {"parent_id": main, "name": "ambiguous"}}),
-        )
-        .await;
+    let reply = cloud.bare_branch(&project, &main, "ambiguous").await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     let reads = cloud
         .neon_get(&format!("/projects/{project}/branches?search=ambiguous"))
         .await;
     assert_eq!(reads.status, StatusCode::OK, "reads are not affected");
-    assert_eq!(
-        reads.body["branches"].as_array().map(Vec::len),
-        Some(1),
-        "the branch exists"
-    );
+    assert_eq!(len(&reads.body["branches"]), Some(1), "the branch exists");
 }
 
 #[tokio::test]
@@ -1671,9 +1520,7 @@ async fn bulk_registration_creates_ten_thousand_tenants_under_their_exact_ids() 
         })
         .collect();
     let started = Instant::now();
-    let reply = cloud
-        .admin(Method::POST, "/tenants", Some(json!({"tenants": tenants})))
-        .await;
+    let reply = cloud.register(json!({"tenants": tenants})).await;
     let took = started.elapsed();
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body["error"]);
     assert_eq!(reply.body["registered"], 10_000);
@@ -1701,18 +1548,12 @@ async fn bulk_registration_creates_ten_thousand_tenants_under_their_exact_ids() 
 async fn bulk_registration_refuses_a_taken_id_and_registers_nothing() {
     let cloud = fast_cloud().await;
     let first = json!({"tenants": [{"project_id": "p-one", "branch_id": "br-one", "app": "a-one", "machine_id": "m1"}]});
-    assert_eq!(
-        cloud
-            .admin(Method::POST, "/tenants", Some(first))
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(cloud.register(first).await.status, StatusCode::OK);
     let second = json!({"tenants": [
         {"project_id": "p-two", "branch_id": "br-two"},
         {"project_id": "p-three", "branch_id": "br-one"},
     ]});
-    let reply = cloud.admin(Method::POST, "/tenants", Some(second)).await;
+    let reply = cloud.register(second).await;
     assert_eq!(reply.status, StatusCode::CONFLICT);
     assert!(reply.body["problems"][0]
         .as_str()
@@ -1728,7 +1569,7 @@ async fn a_registered_tenant_keeps_the_endpoint_its_stored_uri_names() {
         "project_id": "proj-0000001", "branch_id": "br-seed-0000001",
         "endpoint_id": "ep-cool-0000abcd", "password": "pw",
     }]});
-    let reply = cloud.admin(Method::POST, "/tenants", Some(body)).await;
+    let reply = cloud.register(body).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     let uri = cloud
         .connection_uri("proj-0000001", "br-seed-0000001")
@@ -1746,13 +1587,7 @@ async fn tenants_sharing_a_project_get_branches_under_its_default_branch() {
         {"project_id": "shared", "branch_id": "br-a", "password": "pa"},
         {"project_id": "shared", "branch_id": "br-b", "password": "pb"},
     ]});
-    assert_eq!(
-        cloud
-            .admin(Method::POST, "/tenants", Some(body))
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(cloud.register(body).await.status, StatusCode::OK);
     let b = cloud.neon_get("/projects/shared/branches/br-b").await;
     assert_eq!(b.body["branch"]["parent_id"], "br-a");
     assert_eq!(b.body["branch"]["default"], false);
@@ -1760,8 +1595,7 @@ async fn tenants_sharing_a_project_get_branches_under_its_default_branch() {
 
 #[tokio::test]
 async fn state_lists_everything_held_and_counts_requests() {
-    let cloud = fast_cloud().await;
-    let (project, main) = cloud.project().await;
+    let (cloud, project, main) = cloud_with_project().await;
     let child = cloud.branch(&project, &main, "rekey-1").await;
     cloud.app("tenant-1").await;
     cloud
@@ -1790,7 +1624,7 @@ async fn state_lists_everything_held_and_counts_requests() {
         .unwrap_or_else(|| panic!("child branch missing from state"));
     assert_eq!(child_state["parent_id"], json!(main));
     assert!(child_state["roles"][0]["password"].is_string());
-    assert_eq!(child_state["endpoints"].as_array().map(Vec::len), Some(1));
+    assert_eq!(len(&child_state["endpoints"]), Some(1));
     let machine = &state["fly"]["apps"][0]["machines"][0];
     assert_eq!(machine["metadata"]["k"], "v");
     assert_eq!(machine["state"], "started");
@@ -1802,11 +1636,7 @@ async fn state_lists_everything_held_and_counts_requests() {
 async fn config_can_be_changed_over_http() {
     let cloud = fast_cloud().await;
     let set = cloud
-        .admin(
-            Method::POST,
-            "/config",
-            Some(json!({"error_rate": 1.0, "neon_api_key": "secret-key"})),
-        )
+        .configure(json!({"error_rate": 1.0, "neon_api_key": "secret-key"}))
         .await;
     assert_eq!(set.status, StatusCode::OK);
     assert_eq!(set.body["neon_api_key_set"], true);
@@ -1816,18 +1646,12 @@ async fn config_can_be_changed_over_http() {
     );
     let refused = cloud.neon_get("/projects/p").await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
-    cloud
-        .admin(Method::POST, "/config", Some(json!({"neon_api_key": null})))
-        .await;
+    cloud.configure(json!({"neon_api_key": null})).await;
     let failing = cloud.neon_get("/projects/p").await;
     assert!(failing.status.is_server_error());
-    let bad = cloud
-        .admin(Method::POST, "/config", Some(json!({"error_rate": 2})))
-        .await;
+    let bad = cloud.configure(json!({"error_rate": 2})).await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
-    cloud
-        .admin(Method::POST, "/config", Some(json!({"error_rate": 0})))
-        .await;
+    cloud.configure(json!({"error_rate": 0})).await;
     assert_eq!(
         cloud.neon_get("/projects/p").await.status,
         StatusCode::NOT_FOUND
@@ -1836,33 +1660,19 @@ async fn config_can_be_changed_over_http() {
 
 #[tokio::test]
 async fn the_same_seed_gives_the_same_ids() {
-    let first = cloud(FakeConfig {
-        seed: 9,
-        ..FakeConfig::default()
-    })
-    .await;
-    let second = cloud(FakeConfig {
-        seed: 9,
-        ..FakeConfig::default()
-    })
-    .await;
+    let first = cloud(seeded(9)).await;
+    let second = cloud(seeded(9)).await;
     assert_eq!(first.project().await, second.project().await);
 }
 
 #[tokio::test]
 async fn shutdown_ends_a_pending_wait_promptly() {
-    let cloud = fast_cloud().await;
-    cloud.app("tenant-1").await;
-    let created = cloud
-        .machine(
-            "tenant-1",
-            json!({"skip_launch": true, "config": {"image": "nginx"}}),
-        )
-        .await;
+    let cloud = cloud_with_app().await;
+    let id = cloud.unlaunched_machine().await;
     let url = format!(
-        "{}/apps/tenant-1/machines/{}/wait?timeout=60",
+        "{}{}/wait?timeout=60",
         cloud.fake.fly_url(),
-        text(&created.body["id"])
+        machine_path(&id)
     );
     let waiting = tokio::spawn(reqwest::get(url));
     tokio::time::sleep(millis(200)).await;
