@@ -396,6 +396,12 @@ pub fn args_with_keys(args: &[&str], keys: &Keys) -> Vec<String> {
     all
 }
 
+/// The words of a command line written out as one, for arguments without
+/// spaces: `words("run --mode reencrypt --workers 2")`.
+pub fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
 /// `--old-key-file OLD --new-key-file NEW` for the binary.
 pub fn key_args(keys: &Keys) -> Vec<String> {
     vec![

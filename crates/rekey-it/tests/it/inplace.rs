@@ -319,16 +319,7 @@ async fn run_reencrypt_converts_exactly_the_old_fields_and_lists_undecryptable_r
     let out = rekey_with_keys(
         &url,
         &keys,
-        &[
-            "run",
-            "--mode",
-            "reencrypt",
-            "--json",
-            "--workers",
-            "2",
-            "--batch-size",
-            "7",
-        ],
+        &words("run --mode reencrypt --json --workers 2 --batch-size 7"),
     );
     assert_eq!(
         out.status.code(),
@@ -406,15 +397,7 @@ async fn writes_of_another_connection_during_a_run_are_never_lost(pool: PgPool) 
     // apart that the writer often lands in between, so an engine without
     // row locks and compare-and-swap fails this test.
     let args = args_with_keys(
-        &[
-            "run",
-            "--mode",
-            "reencrypt",
-            "--workers",
-            "1",
-            "--batch-size",
-            "100",
-        ],
+        &words("run --mode reencrypt --workers 1 --batch-size 100"),
         &keys,
     );
     let args = strs(&args);
@@ -688,21 +671,8 @@ async fn limit_acts_on_exactly_n_rows_even_when_batches_hold_current_rows(pool: 
     let mut total = 0;
     for limit in [37, 1, 50] {
         let before = snapshot(&pool).await;
-        let out = rekey_with_keys(
-            &url,
-            &keys,
-            &[
-                "run",
-                "--mode",
-                "reencrypt",
-                "--workers",
-                "2",
-                "--batch-size",
-                "10",
-                "--limit",
-                &limit.to_string(),
-            ],
-        );
+        let line = format!("run --mode reencrypt --workers 2 --batch-size 10 --limit {limit}");
+        let out = rekey_with_keys(&url, &keys, &words(&line));
         assert_eq!(out.status.code(), Some(1), "rows remain: {}", text(&out));
         let after = snapshot(&pool).await;
         let changed = changed_ids(&before, &after);

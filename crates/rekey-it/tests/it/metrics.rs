@@ -529,20 +529,9 @@ async fn metrics_file_counters_match_the_run_report(pool: PgPool) {
 async fn metrics_file_exists_and_parses_throughout_the_run(pool: PgPool) {
     let OldKeyFleet { keys, url, .. } = old_key_fleet(&pool, 30_000).await;
     let file = keys.dir.path().join("progress.prom");
-    let args = args_with_keys(
-        &[
-            "run",
-            "--mode",
-            "reencrypt",
-            "--workers",
-            "1",
-            "--batch-size",
-            "50",
-            "--metrics-file",
-            path_str(&file),
-        ],
-        &keys,
-    );
+    let mut run = words("run --mode reencrypt --workers 1 --batch-size 50 --metrics-file");
+    run.push(path_str(&file));
+    let args = args_with_keys(&run, &keys);
     let mut child = spawn_piped(&url, &args);
 
     let started = Instant::now();
