@@ -333,7 +333,8 @@ async fn a_metrics_file_replaces_only_a_metrics_file_rekey_wrote(pool: PgPool) {
     assert_exit(&out, 0, "the rest, into the same metrics file");
     let written = std::fs::read_to_string(&prom).unwrap();
     assert!(
-        written.contains("rekey_run_state{run=\"1\",state=\"finished\"} 1"),
+        written.contains("rekey_run_state{state=\"finished\"} 1")
+            && written.contains("rekey_run_info{run=\"1\","),
         "{written}"
     );
 }
@@ -477,11 +478,11 @@ async fn sigterm_finishes_the_batch_in_flight_and_ends_the_run_open_with_its_rep
     assert_eq!(summary["report"]["state"], "running", "{summary}");
     let written = std::fs::read_to_string(&metrics).unwrap();
     assert!(
-        written.contains("rekey_run_finished{run=\"1\"} 1"),
+        written.contains("rekey_run_finished 1") && written.contains("rekey_run_info{run=\"1\","),
         "{written}"
     );
     assert!(
-        written.contains("rekey_run_state{run=\"1\",state=\"running\"} 1"),
+        written.contains("rekey_run_state{state=\"running\"} 1"),
         "{written}"
     );
 
