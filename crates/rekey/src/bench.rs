@@ -78,6 +78,17 @@ pub struct BenchOptions {
     pub db_rtt_ms: Vec<u64>,
     /// The cap `--workers auto` respects on connections.
     pub max_connections: usize,
+    /// `--quiet`: no progress lines, only warnings and the final report.
+    pub quiet: bool,
+}
+
+impl BenchOptions {
+    /// One `fleet-bench:` progress line on stderr, unless `--quiet`.
+    fn progress(&self, line: std::fmt::Arguments<'_>) {
+        if !self.quiet {
+            eprintln!("fleet-bench: {line}");
+        }
+    }
 }
 
 /// One worker count's measurement.
@@ -192,7 +203,7 @@ pub async fn fleet_bench(opts: &BenchOptions) -> Result<BenchReport, BenchError>
         .execute(&mut admin)
         .await?;
     let scratch_url = replace_database(admin_url, &scratch)?;
-    eprintln!("fleet-bench: scratch database {scratch}");
+    opts.progress(format_args!("scratch database {scratch}"));
     let result = measure(&scratch_url, opts).await;
     if !opts.keep {
         let drop = sqlx::query(&format!("DROP DATABASE IF EXISTS {scratch} WITH (FORCE)"))
@@ -230,7 +241,10 @@ async fn measure(url: &str, args: &BenchOptions) -> Result<BenchReport, BenchErr
     });
     let mut key = fresh_fleet(&pool, &table, &tenants).await?;
     let seed_secs = seed_started.elapsed().as_secs_f64();
-    eprintln!("fleet-bench: seeded {} rows in {seed_secs:.1} s", args.rows);
+    args.progress(format_args!(
+        "seeded {} rows in {seed_secs:.1} s",
+        args.rows
+    ));
 
     // Every measurement starts from the same state: a freshly loaded
     // (densely packed) table under a fresh old key, as on the incident day.
@@ -252,8 +266,8 @@ async fn measure(url: &str, args: &BenchOptions) -> Result<BenchReport, BenchErr
             args.batch_size,
         )
         .await?;
-        eprintln!(
-            "fleet-bench: {workers} workers: {:.0} rows/s, batch p50 {:.1} ms p99 {:.1} ms, verified {}; \
+        args.progress(format_args!(
+            "{workers} workers: {:.0} rows/s, batch p50 {:.1} ms p99 {:.1} ms, verified {}; \
              batch time: claim {:.2}s crypto {:.2}s write {:.2}s commit {:.2}s; WAL {:.0} B/row",
             f.rows_per_sec,
             f.batch_p50_ms,
@@ -264,7 +278,7 @@ async fn measure(url: &str, args: &BenchOptions) -> Result<BenchReport, BenchErr
             f.phase_secs.write,
             f.phase_secs.commit,
             f.wal_bytes_per_row,
-        );
+        ));
         figures.push(f);
     }
     let best = figures.iter().map(|f| f.rows_per_sec).fold(0.0, f64::max);
@@ -289,7 +303,7 @@ async fn measure(url: &str, args: &BenchOptions) -> Result<BenchReport, BenchErr
         );
     }
     fresh_fleet(&pool, &table, &tenants).await?;
-    let floor = measure_floor(&pool, &table).await?;
+    let floor = measure_floor(&pool, &table, args).await?;
     let key = fresh_fleet(&pool, &table, &tenants).await?;
     let naive_rows_per_sec = naive_loop(&pool, &table, &key, args.naive_sample).await?;
     let reprovision = if args.provision_tenants > 0 {
@@ -332,7 +346,11 @@ async fn measure(url: &str, args: &BenchOptions) -> Result<BenchReport, BenchErr
 /// index entries and full-page images), which is the server-side work the
 /// engine cannot avoid. Two connections, one per key-range half, as the
 /// reference machine has two cores.
-async fn measure_floor(pool: &PgPool, table: &db::Table) -> Result<FloorFigure, BenchError> {
+async fn measure_floor(
+    pool: &PgPool,
+    table: &db::Table,
+    args: &BenchOptions,
+) -> Result<FloorFigure, BenchError> {
     let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}", table.name))
         .fetch_one(pool)
         .await?;
@@ -388,11 +406,11 @@ async fn measure_floor(pool: &PgPool, table: &db::Table) -> Result<FloorFigure, 
             .fetch_one(pool)
             .await?;
     let rows_per_sec = written as f64 / secs.max(1e-9);
-    eprintln!(
-        "fleet-bench: floor (UPDATE of every row on 2 connections): {rows_per_sec:.0} rows/s, \
+    args.progress(format_args!(
+        "floor (UPDATE of every row on 2 connections): {rows_per_sec:.0} rows/s, \
          WAL {:.0} B/row",
         wal_bytes / written.max(1) as f64
-    );
+    ));
     Ok(FloorFigure {
         connections: 2,
         rows: written,
@@ -526,8 +544,8 @@ async fn measure_rtt(
     )
     .await?;
     run_pool.close().await;
-    eprintln!(
-        "fleet-bench: across {rtt_ms} ms RTT: {best_workers} workers x {}: {:.0} rows/s ({:.2}x loopback); \
+    args.progress(format_args!(
+        "across {rtt_ms} ms RTT: {best_workers} workers x {}: {:.0} rows/s ({:.2}x loopback); \
          auto (measured {:.1} ms, {} free connections) {} workers x {}: {:.0} rows/s ({:.2}x loopback)",
         args.batch_size,
         fixed.rows_per_sec,
@@ -538,7 +556,7 @@ async fn measure_rtt(
         tuning.batch_size,
         auto.rows_per_sec,
         auto.rows_per_sec / loopback.max(1e-9),
-    );
+    ));
     Ok(RttFigure {
         rtt_ms,
         fixed_over_loopback: fixed.rows_per_sec / loopback.max(1e-9),
@@ -639,13 +657,13 @@ async fn measure_reprovision(
     let bound = args.provision_concurrency as f64
         / (calls_per_tenant * args.cloud_latency.as_secs_f64()).max(1e-9);
     let rate = r.reprovisioned as f64 / secs.max(1e-9);
-    eprintln!(
-        "fleet-bench: re-provisioned {}/{} tenants in {secs:.1} s: {rate:.2} tenants/s, {calls_per_tenant:.1} calls \
+    args.progress(format_args!(
+        "re-provisioned {}/{} tenants in {secs:.1} s: {rate:.2} tenants/s, {calls_per_tenant:.1} calls \
          per tenant, bound {bound:.2} tenants/s ({:.0}%)",
         r.reprovisioned,
         args.provision_tenants,
         100.0 * rate / bound
-    );
+    ));
     Ok(ProvisionFigure {
         tenants: args.provision_tenants,
         done: r.reprovisioned,

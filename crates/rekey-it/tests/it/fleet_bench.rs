@@ -140,3 +140,23 @@ async fn fleet_bench_refuses_an_unreachable_server_with_exit_2() {
     assert!(all.contains("127.0.0.1:1"), "names the server: {all}");
     assert!(!all.contains("panicked"), "{all}");
 }
+
+/// `--quiet` holds back the progress lines; the report still comes.
+#[tokio::test]
+async fn fleet_bench_quiet_prints_only_the_report() {
+    let out = rekey(
+        &admin_url(),
+        &words(
+            "fleet-bench --quiet --rows 300 --batch-size 100 --workers 1 --naive-sample 10 \
+             --provision-tenants 0",
+        ),
+    );
+    assert_exit(&out, 0, "fleet-bench --quiet");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("fleet-bench:"),
+        "progress under --quiet: {stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("fleet-bench: 300 rows"), "{stdout}");
+}

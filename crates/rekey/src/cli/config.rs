@@ -263,6 +263,7 @@ pub fn bench_options(global: &Global, args: &BenchArgs) -> Result<BenchOptions, 
             .unwrap_or_else(installed_fake_cloud),
         db_rtt_ms: args.db_rtt_ms.clone(),
         max_connections: args.max_connections.max(1),
+        quiet: global.quiet,
     })
 }
 
