@@ -80,6 +80,18 @@ pub struct BenchOptions {
     pub max_connections: usize,
     /// `--quiet`: no progress lines, only warnings and the final report.
     pub quiet: bool,
+    /// The pacing a real re-provision runs at, for the projection at the
+    /// vendors' limits.
+    pub api_pacing: ApiPacing,
+}
+
+/// Requests per second a real run sends to each cloud API: `run`'s
+/// `--neon-rps` and `--fly-rps`, which stay under the vendors' documented
+/// limits (docs/cloud-apis.md).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ApiPacing {
+    pub neon_rps: u32,
+    pub fly_rps: u32,
 }
 
 impl BenchOptions {
@@ -148,6 +160,20 @@ pub struct BenchReport {
     /// Peak resident memory of this process (VmHWM), in bytes; `None`
     /// where `/proc/self/status` is not readable.
     pub peak_rss_bytes: Option<u64>,
+    /// When, and on what, these figures were measured.
+    pub measured_on: MachineFacts,
+}
+
+/// What a reader of the figures needs to know to compare them with their
+/// own machine: the date, the CPUs this process could use and the server.
+#[derive(Debug, Clone, Serialize)]
+pub struct MachineFacts {
+    /// UTC, RFC 3339, to the second.
+    pub date: String,
+    pub cpus: usize,
+    /// PostgreSQL's `server_version`.
+    pub server_version: String,
+    pub rekey_version: &'static str,
 }
 
 /// The server's floor for rewriting every row once: one `UPDATE` of the
@@ -171,13 +197,69 @@ pub struct ProvisionFigure {
     pub latency_ms: u64,
     pub secs: f64,
     pub tenants_per_sec: f64,
-    /// API calls per tenant, counted by the fake cloud.
+    /// API calls per tenant, counted by the fake cloud, and of those Neon's and Fly's.
     pub calls_per_tenant: f64,
+    pub neon_calls_per_tenant: f64,
+    pub fly_calls_per_tenant: f64,
     /// concurrency / (calls per tenant x latency): what the latency allows.
     pub bound_tenants_per_sec: f64,
     /// tenants_per_sec / bound.
     pub efficiency: f64,
+    /// At the fake's latency, with no rate limits.
     pub projection: Vec<(u64, f64)>,
+    /// The same calls per tenant at a real run's pacing: what bounds a
+    /// fleet-wide re-provision on the incident day.
+    pub at_api_limits: ApiLimitFigure,
+}
+
+/// Re-provisioning projected at the pacing a real run uses: the measured
+/// rate, or the rate the API pacing allows at the measured calls per
+/// tenant, whichever is lower.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiLimitFigure {
+    pub neon_rps: u32,
+    pub fly_rps: u32,
+    pub tenants_per_sec: f64,
+    /// What sets that rate: `neon`, `fly` (the API's pacing) or `latency`
+    /// (the measured rate is already lower).
+    pub binding: &'static str,
+    pub projection: Vec<(u64, f64)>,
+}
+
+impl ApiLimitFigure {
+    /// tenants/s = min(measured, neon_rps / Neon calls, fly_rps / Fly calls).
+    pub fn new(pacing: ApiPacing, measured: f64, neon_calls: f64, fly_calls: f64) -> Self {
+        let per_tenant = |rps: u32, calls: f64| {
+            if calls > 0.0 {
+                f64::from(rps) / calls
+            } else {
+                f64::INFINITY
+            }
+        };
+        let (tenants_per_sec, binding) = [
+            (measured, "latency"),
+            (per_tenant(pacing.neon_rps, neon_calls), "neon"),
+            (per_tenant(pacing.fly_rps, fly_calls), "fly"),
+        ]
+        .into_iter()
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .unwrap_or((measured, "latency"));
+        ApiLimitFigure {
+            neon_rps: pacing.neon_rps,
+            fly_rps: pacing.fly_rps,
+            tenants_per_sec,
+            binding,
+            projection: project(tenants_per_sec),
+        }
+    }
+}
+
+/// Projected wall seconds per fleet size at a rate per second.
+fn project(per_sec: f64) -> Vec<(u64, f64)> {
+    PROJECTED_FLEETS
+        .iter()
+        .map(|&n| (n, n as f64 / per_sec.max(1e-9)))
+        .collect()
 }
 
 /// Makes the scratch database, measures, and drops it (unless kept).
@@ -231,6 +313,7 @@ async fn measure(url: &str, args: &BenchOptions) -> Result<BenchReport, BenchErr
     sqlx::raw_sql(SCHEMA).execute(&pool).await?;
     db::migrate(&pool).await?;
     let table = db::resolve_table(&pool, &db::TableSpec::default()).await?;
+    let measured_on = machine_facts(&pool).await?;
     let seed_started = Instant::now();
     let tenants = db::seed::tenants(&db::seed::SeedSpec {
         rows: args.rows,
@@ -325,18 +408,13 @@ async fn measure(url: &str, args: &BenchOptions) -> Result<BenchReport, BenchErr
         } else {
             0.0
         },
-        projection: PROJECTED_FLEETS
-            .iter()
-            .map(|&n| (n, n as f64 / best.max(1e-9)))
-            .collect(),
-        naive_projection: PROJECTED_FLEETS
-            .iter()
-            .map(|&n| (n, n as f64 / naive_rows_per_sec.max(1e-9)))
-            .collect(),
+        projection: project(best),
+        naive_projection: project(naive_rows_per_sec),
         reprovision,
         in_place_over_floor: best / floor.rows_per_sec.max(1e-9),
         floor,
         peak_rss_bytes: peak_rss_bytes(),
+        measured_on,
     })
 }
 
@@ -604,7 +682,7 @@ async fn measure_reprovision(
     let lost = Key::generate().map_err(|_| RunError::NoRandomness)?;
     db::seed::seed(pool, table, &lost, &tenants).await?;
     crate::cloud::register::register_fake_tenants(fake.base_url(), &tenants).await?;
-    let before = fake.total_requests().await?;
+    let before = fake.requests_by_api().await?;
     let latency_ms = u64::try_from(args.cloud_latency.as_millis()).unwrap_or(u64::MAX);
     fake.configure(&serde_json::json!({ "latency_ms": latency_ms }))
         .await?;
@@ -651,9 +729,12 @@ async fn measure_reprovision(
     let started = Instant::now();
     let r = run::run(&ctx, &opts).await?;
     let secs = started.elapsed().as_secs_f64();
-    let calls = fake.total_requests().await?.saturating_sub(before) as f64;
+    let after = fake.requests_by_api().await?;
     fake.stop().await;
-    let calls_per_tenant = calls / (r.reprovisioned.max(1)) as f64;
+    let done = r.reprovisioned.max(1) as f64;
+    let neon_calls_per_tenant = after.neon.saturating_sub(before.neon) as f64 / done;
+    let fly_calls_per_tenant = after.fly.saturating_sub(before.fly) as f64 / done;
+    let calls_per_tenant = neon_calls_per_tenant + fly_calls_per_tenant;
     let bound = args.provision_concurrency as f64
         / (calls_per_tenant * args.cloud_latency.as_secs_f64()).max(1e-9);
     let rate = r.reprovisioned as f64 / secs.max(1e-9);
@@ -664,6 +745,19 @@ async fn measure_reprovision(
         args.provision_tenants,
         100.0 * rate / bound
     ));
+    let at_api_limits = ApiLimitFigure::new(
+        args.api_pacing,
+        rate,
+        neon_calls_per_tenant,
+        fly_calls_per_tenant,
+    );
+    args.progress(format_args!(
+        "at the APIs' pacing (Neon {} req/s, Fly {} req/s): {:.2} tenants/s, bound by {}",
+        at_api_limits.neon_rps,
+        at_api_limits.fly_rps,
+        at_api_limits.tenants_per_sec,
+        at_api_limits.binding
+    ));
     Ok(ProvisionFigure {
         tenants: args.provision_tenants,
         done: r.reprovisioned,
@@ -672,12 +766,25 @@ async fn measure_reprovision(
         secs,
         tenants_per_sec: rate,
         calls_per_tenant,
+        neon_calls_per_tenant,
+        fly_calls_per_tenant,
         bound_tenants_per_sec: bound,
         efficiency: rate / bound,
-        projection: PROJECTED_FLEETS
-            .iter()
-            .map(|&n| (n, n as f64 / rate.max(1e-9)))
-            .collect(),
+        projection: project(rate),
+        at_api_limits,
+    })
+}
+
+/// The date, the CPUs this process may use and the server's version.
+async fn machine_facts(pool: &PgPool) -> Result<MachineFacts, BenchError> {
+    let server_version: String = sqlx::query_scalar("SHOW server_version")
+        .fetch_one(pool)
+        .await?;
+    Ok(MachineFacts {
+        date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        cpus: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        server_version,
+        rekey_version: env!("CARGO_PKG_VERSION"),
     })
 }
 

@@ -15,6 +15,24 @@ fn scratch_name(stderr: &str) -> String {
         .to_string()
 }
 
+/// The text of every `<text>` element of an SVG, trimmed and unescaped.
+fn svg_texts(svg: &str) -> Vec<String> {
+    svg.split("<text")
+        .skip(1)
+        .filter_map(|t| {
+            let body = &t[t.find('>')? + 1..t.find("</text>")?];
+            Some(
+                body.trim()
+                    .replace("&apos;", "'")
+                    .replace("&quot;", "\"")
+                    .replace("&lt;", "<")
+                    .replace("&gt;", ">")
+                    .replace("&amp;", "&"),
+            )
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn fleet_bench_measures_verifies_charts_and_drops_its_scratch_database() {
     let dir = tempfile::tempdir().unwrap();
@@ -37,6 +55,8 @@ async fn fleet_bench_measures_verifies_charts_and_drops_its_scratch_database() {
             "2",
             "--cloud-latency-ms",
             "2",
+            "--neon-rps",
+            "7",
             "--db-rtt-ms",
             "4",
             "--chart",
@@ -115,7 +135,50 @@ async fn fleet_bench_measures_verifies_charts_and_drops_its_scratch_database() {
     );
     let provision = &report["reprovision"];
     assert_eq!(provision["done"], 4, "{provision}");
-    assert!(provision["calls_per_tenant"].as_f64().unwrap() >= 10.0);
+    let calls = provision["calls_per_tenant"].as_f64().unwrap();
+    assert!(calls >= 10.0, "{provision}");
+    let neon_calls = provision["neon_calls_per_tenant"].as_f64().unwrap();
+    let fly_calls = provision["fly_calls_per_tenant"].as_f64().unwrap();
+    assert!(neon_calls > 0.0 && fly_calls > 0.0, "{provision}");
+    assert!((neon_calls + fly_calls - calls).abs() < 1e-9, "{provision}");
+    // The projection at a real run's pacing: --neon-rps as given, Fly at
+    // run's default, whichever of the two (or the measured rate) is lowest.
+    let limits = &provision["at_api_limits"];
+    assert_eq!(limits["neon_rps"], 7, "{limits}");
+    assert_eq!(limits["fly_rps"], 20, "{limits}");
+    let measured = provision["tenants_per_sec"].as_f64().unwrap();
+    let candidates = [
+        (measured, "latency"),
+        (7.0 / neon_calls, "neon"),
+        (20.0 / fly_calls, "fly"),
+    ];
+    let (rate, binding) = candidates
+        .into_iter()
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .unwrap();
+    let at_limits = limits["tenants_per_sec"].as_f64().unwrap();
+    assert!((at_limits - rate).abs() < 1e-9 * rate, "{limits}");
+    assert_eq!(limits["binding"], binding, "{limits}");
+    let million = limits["projection"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p[0] == 1_000_000)
+        .expect("the projection covers a million tenants");
+    assert!((million[1].as_f64().unwrap() - 1e6 / rate).abs() < 1e-6 * (1e6 / rate));
+    // When and on what: the date, the CPUs and the server's version.
+    let on = &report["measured_on"];
+    let date = on["date"].as_str().unwrap();
+    assert!(
+        date.len() == 20 && date.ends_with('Z') && date.as_bytes()[10] == b'T',
+        "RFC 3339 UTC to the second: {on}"
+    );
+    assert!(on["cpus"].as_u64().unwrap() >= 1, "{on}");
+    let server_version = on["server_version"].as_str().unwrap();
+    assert!(
+        server_version.starts_with(|c: char| c.is_ascii_digit()),
+        "{on}"
+    );
 
     let svg = std::fs::read_to_string(&chart).expect("the chart was written");
     assert!(
@@ -127,6 +190,34 @@ async fn fleet_bench_measures_verifies_charts_and_drops_its_scratch_database() {
         svg.contains("server floor"),
         "the floor is drawn as the reference"
     );
+    // Durations, not raw seconds, with guide lines an outage is planned by;
+    // the projections reach past a day (a million tenants at 7 Neon req/s).
+    let texts = svg_texts(&svg);
+    for guide in ["1 min", "10 min", "1 h", "1 day"] {
+        assert!(
+            texts.iter().any(|t| t == guide),
+            "no {guide} guide line on the y axis: {texts:?}"
+        );
+    }
+    assert!(
+        texts
+            .iter()
+            .any(|t| t == "re-provision at the APIs' pacing (Neon 7 req/s, Fly 20 req/s)"),
+        "the re-provision line at the pacing a real run uses: {texts:?}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.starts_with(&format!("Measured {date} on ")) && t.contains(server_version)),
+        "the footer says when and on what: {texts:?}"
+    );
+    // Colours told apart without red against green: the Okabe-Ito palette.
+    for (colour, name) in [("#FF0000", "red"), ("#00FF00", "green")] {
+        assert!(!svg.contains(colour), "{name} on the chart");
+    }
+    for okabe_ito in ["#0072B2", "#D55E00", "#CC79A7"] {
+        assert!(svg.contains(okabe_ito), "{okabe_ito} missing");
+    }
 }
 
 #[tokio::test]

@@ -685,6 +685,12 @@ pub struct BenchArgs {
     /// Fixed latency of every fake-cloud call, in milliseconds.
     #[arg(long, default_value_t = 50, value_name = "MS")]
     pub cloud_latency_ms: u64,
+    /// Neon requests/s the projection at the APIs' limits assumes (a real run's --neon-rps).
+    #[arg(long, default_value_t = DEFAULT_NEON_RPS, value_name = "N")]
+    pub neon_rps: u32,
+    /// Fly requests/s that projection assumes (a real run's --fly-rps).
+    #[arg(long, default_value_t = DEFAULT_FLY_RPS, value_name = "N")]
+    pub fly_rps: u32,
     /// The fake-cloud binary the re-provision measurement starts (default: the one installed
     /// beside rekey).
     #[arg(long, env = "REKEY_FAKE_CLOUD_BIN", value_name = "FILE")]

@@ -10,7 +10,7 @@ use super::args::{
     BenchArgs, Cli, Global, OnOff, ProvisionArgs, RunArgs, TableArgs, VerifyArgs, Workers,
 };
 use super::CliError;
-use crate::bench::BenchOptions;
+use crate::bench::{ApiPacing, BenchOptions};
 use crate::cloud::Secret;
 use crate::db::TableSpec;
 use crate::envelope::Keyring;
@@ -238,9 +238,9 @@ pub fn connect_options(args: &VerifyArgs) -> ConnectOptions {
 }
 
 pub fn bench_options(global: &Global, args: &BenchArgs) -> Result<BenchOptions, CliError> {
-    if args.batch_size < 1 || args.workers.contains(&0) {
+    if args.batch_size < 1 || args.workers.contains(&0) || args.neon_rps == 0 || args.fly_rps == 0 {
         return Err(CliError::Usage(
-            "--workers and --batch-size must be at least 1".into(),
+            "--workers, --batch-size, --neon-rps and --fly-rps must be at least 1".into(),
         ));
     }
     Ok(BenchOptions {
@@ -264,6 +264,10 @@ pub fn bench_options(global: &Global, args: &BenchArgs) -> Result<BenchOptions, 
         db_rtt_ms: args.db_rtt_ms.clone(),
         max_connections: args.max_connections.max(1),
         quiet: global.quiet,
+        api_pacing: ApiPacing {
+            neon_rps: args.neon_rps,
+            fly_rps: args.fly_rps,
+        },
     })
 }
 

@@ -179,6 +179,13 @@ async fn post_tenants(
     })
 }
 
+/// Requests a fake cloud answered, by API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApiRequests {
+    pub neon: u64,
+    pub fly: u64,
+}
+
 /// A `fake-cloud` process this tool started (fleet-bench measures the
 /// re-provision path against one), killed when dropped. The product never
 /// links the fake: it runs the binary built beside it and drives it over
@@ -261,12 +268,23 @@ impl FakeCloudProcess {
         .map(drop)
     }
 
-    /// Every API request it has answered so far.
-    pub async fn total_requests(&self) -> Result<u64, RegisterError> {
+    /// The API requests it has answered so far, Neon's and Fly's, whatever
+    /// their status.
+    pub async fn requests_by_api(&self) -> Result<ApiRequests, RegisterError> {
         let state = self
             .admin(self.client.get(format!("{}/_fake/state", self.base)))
             .await?;
-        Ok(state["requests"]["total"].as_u64().unwrap_or(0))
+        let sum = |api: &str| -> u64 {
+            state["requests"]["by_api"][api]
+                .as_object()
+                .map_or(0, |by_status| {
+                    by_status.values().filter_map(Value::as_u64).sum()
+                })
+        };
+        Ok(ApiRequests {
+            neon: sum("neon"),
+            fly: sum("fly"),
+        })
     }
 
     async fn admin(&self, request: reqwest::RequestBuilder) -> Result<Value, RegisterError> {

@@ -14,7 +14,9 @@ pub async fn fleet_bench(global: &Global, args: &BenchArgs) -> Result<Outcome, C
     let bench = bench::fleet_bench(&opts).await?;
     if let Some(path) = &args.chart {
         chart::write_chart(path, &bench)?;
-        eprintln!("fleet-bench: chart written to {}", path.display());
+        if !global.quiet {
+            eprintln!("fleet-bench: chart written to {}", path.display());
+        }
     }
     if global.json {
         report::print_json(&bench);

@@ -38,8 +38,10 @@ pub fn duration(secs: f64) -> String {
         format!("{secs:.1} s")
     } else if secs < 7200.0 {
         format!("{:.1} min", secs / 60.0)
-    } else {
+    } else if secs < 172_800.0 {
         format!("{:.1} h", secs / 3600.0)
+    } else {
+        format!("{:.1} days", secs / 86_400.0)
     }
 }
 
@@ -627,40 +629,40 @@ pub fn bench_text(b: &crate::bench::BenchReport) -> String {
         out,
         "  projected wall time (= outage) for the in-place path:"
     );
-    let _ = writeln!(
-        out,
-        "  {:>10} {:>14} {:>14}",
-        "tenants", "engine", "naive loop"
+    projection_table(
+        &mut out,
+        ["engine", "naive loop"],
+        &b.projection,
+        &b.naive_projection,
     );
-    for ((n, secs), (_, naive)) in b.projection.iter().zip(&b.naive_projection) {
-        let _ = writeln!(
-            out,
-            "  {:>10} {:>14} {:>14}",
-            n,
-            duration(*secs),
-            duration(*naive)
-        );
-    }
     if let Some(p) = &b.reprovision {
+        let a = &p.at_api_limits;
         let _ = writeln!(
             out,
-            "  re-provision ({} tenants, concurrency {}, {} ms per call): {:.2} tenants/s, {:.1} calls per tenant, \
-             {:.0}% of the latency bound {:.2} tenants/s",
+            "  re-provision ({} tenants, concurrency {}, {} ms per call): {:.2} tenants/s, {:.1} calls per tenant \
+             (Neon {:.1}, Fly {:.1}), {:.0}% of the latency bound {:.2} tenants/s",
             p.done,
             p.concurrency,
             p.latency_ms,
             p.tenants_per_sec,
             p.calls_per_tenant,
+            p.neon_calls_per_tenant,
+            p.fly_calls_per_tenant,
             100.0 * p.efficiency,
             p.bound_tenants_per_sec
         );
         let _ = writeln!(
             out,
-            "  projected wall time for the re-provision path (same latency and concurrency):"
+            "  at a real run's pacing (Neon {} req/s, Fly {} req/s): {:.2} tenants/s, bound by {}",
+            a.neon_rps, a.fly_rps, a.tenants_per_sec, a.binding
         );
-        for (n, secs) in &p.projection {
-            let _ = writeln!(out, "  {:>10} {:>14}", n, duration(*secs));
-        }
+        let _ = writeln!(out, "  projected wall time for the re-provision path:");
+        projection_table(
+            &mut out,
+            ["API pacing", "fake, no limits"],
+            &a.projection,
+            &p.projection,
+        );
     }
     if let Some(bytes) = b.peak_rss_bytes {
         let _ = writeln!(
@@ -669,7 +671,31 @@ pub fn bench_text(b: &crate::bench::BenchReport) -> String {
             bytes as f64 / (1024.0 * 1024.0)
         );
     }
+    let m = &b.measured_on;
+    let _ = writeln!(
+        out,
+        "  measured {} on {} CPUs, PostgreSQL {}, rekey {}",
+        m.date, m.cpus, m.server_version, m.rekey_version
+    );
     out
+}
+
+/// Two projections side by side: fleet size, then each path's wall time.
+fn projection_table(
+    out: &mut String,
+    columns: [&str; 2],
+    first: &[(u64, f64)],
+    second: &[(u64, f64)],
+) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "  {:>10} {:>14} {:>18}",
+        "tenants", columns[0], columns[1]
+    );
+    for ((n, a), (_, b)) in first.iter().zip(second) {
+        let _ = writeln!(out, "  {n:>10} {:>14} {:>18}", duration(*a), duration(*b));
+    }
 }
 
 #[cfg(test)]
@@ -712,6 +738,20 @@ mod tests {
             earlier,
             tenants_pending: pending,
             outcome: Outcome::Incomplete,
+        }
+    }
+
+    #[test]
+    fn durations_read_in_the_unit_an_outage_is_planned_in() {
+        let cases = [
+            (0.013, "13 ms"),
+            (64.5, "64.5 s"),
+            (642.0, "10.7 min"),
+            (159_840.0, "44.4 h"),
+            (1_600_000.0, "18.5 days"),
+        ];
+        for (secs, text) in cases {
+            assert_eq!(duration(secs), text, "{secs} s");
         }
     }
 
