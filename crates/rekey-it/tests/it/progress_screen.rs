@@ -105,9 +105,9 @@ fn tenants_all_given_up_leave_an_empty_bar_that_says_so_and_each_is_printed() {
         let printed = format!("tenant org-{i:02}: given up at step branch: neon 500");
         assert!(s.contains(&printed), "{printed:?} not printed:\n{s}");
     }
-    let bar = line_with(&s, "reprov");
+    let bar = line_with(&s, "tenants [");
     assert!(
-        bar.contains("done 0/20 tenants, given up 20, pending 0, run failed"),
+        bar.contains("done 0/20, given up 20, pending 0, run failed"),
         "{bar}"
     );
     assert!(!bar.contains("20/20"), "{bar}");
@@ -130,17 +130,19 @@ fn an_interrupted_run_shows_the_notice_once_and_the_tenants_still_pending() {
         1,
         "{s}"
     );
-    assert_eq!(s.matches("reprov").count(), 1, "the bars drawn once:\n{s}");
+    assert_eq!(
+        s.matches("tenants [").count(),
+        1,
+        "the bars drawn once:\n{s}"
+    );
     assert_eq!(
         s.matches("in place").count(),
         1,
         "the bars drawn once:\n{s}"
     );
-    let bar = line_with(&s, "reprov");
+    let bar = line_with(&s, "tenants [");
     assert!(
-        bar.contains(
-            "done 129/503 tenants, given up 0, pending 374, interrupted; run left open to resume"
-        ),
+        bar.contains("done 129/503, given up 0, pending 374, interrupted; run left open to resume"),
         "{bar}"
     );
     assert!(!bar.contains("503/503"), "{bar}");
@@ -162,8 +164,40 @@ fn at_80_columns_every_line_fits_and_failures_come_before_the_rest() {
     }
     let rows = line_with(&s, "in place");
     assert!(rows.contains("10000/10000 rows, left 38"), "{rows}");
-    let tenants = line_with(&s, "reprov");
+    let tenants = line_with(&s, "tenants [");
     assert!(tenants.contains("given up 40, pending 0"), "{tenants}");
+}
+
+/// Mid-run at 80 columns the tenants bar keeps, after the failures, how
+/// fast tenants settle and when they will all have (the re-provision pass
+/// is most of an outage's wall time).
+#[test]
+fn at_80_columns_the_tenants_bar_mid_run_shows_its_rate_and_eta() {
+    let mut events = walked_in_place(300_000, 0, 101);
+    events.extend(tenants(
+        3,
+        "machine",
+        TenantOutcome::GivenUp,
+        Some("fly 503"),
+    ));
+    for i in 10..27 {
+        let org = format!("org-{i:02}");
+        events.push(tenant(&org, "queued", TenantOutcome::Started, None));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        events.push(tenant(&org, "done", TenantOutcome::Done, None));
+    }
+    events.push(tenant("org-90", "branch", TenantOutcome::Started, None));
+    let s = screen(80, &events);
+    let bar = line_with(&s, "tenants [");
+    assert!(bar.chars().count() <= 80, "{bar:?} is wider than 80");
+    assert!(
+        bar.contains("done 17/101, given up 3, pending 81, "),
+        "{bar}"
+    );
+    assert!(
+        bar.contains("/s, ETA "),
+        "no rate or ETA at 80 columns: {bar}"
+    );
 }
 
 #[test]
@@ -179,7 +213,7 @@ fn nothing_is_drawn_before_the_run_starts_and_no_empty_rows_bar_ever() {
         ],
     );
     assert!(!s.contains("in place"), "{s}");
-    assert!(line_with(&s, "reprov").contains("done 1/2 tenants"), "{s}");
+    assert!(line_with(&s, "tenants [").contains("done 1/2,"), "{s}");
 }
 
 #[test]

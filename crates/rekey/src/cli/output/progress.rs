@@ -313,7 +313,7 @@ struct BarsState {
     ended: bool,
 }
 
-/// The prefix's width ("in place", "reprov").
+/// The prefix's width ("in place", "tenants").
 const PREFIX: usize = 8;
 
 impl Bars {
@@ -343,7 +343,7 @@ impl Bars {
         let rows = ProgressBar::hidden();
         rows.set_prefix("in place");
         let tenants = ProgressBar::hidden();
-        tenants.set_prefix("reprov");
+        tenants.set_prefix("tenants");
         let core = Arc::new(BarsCore {
             multi,
             rows,
@@ -407,7 +407,8 @@ impl BarsCore {
         self.tenants.set_style(Self::style(bar));
         self.tenants.set_length(t.tenants_total());
         self.tenants.set_position(t.tenants_done_all());
-        self.tenants.set_message(fit(&t.tenants_parts(now), room));
+        self.tenants
+            .set_message(fit(&t.tenants_bar_parts(now), room));
         let ending = matches!(event, Some(Event::RunFinished { .. }));
         if show_rows && !state.rows_shown {
             state.rows_shown = true;

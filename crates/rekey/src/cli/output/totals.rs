@@ -291,9 +291,20 @@ impl Totals {
     /// The re-provision counts, most important first: done, given up and
     /// pending (they add up to the total), how fast, then what is in flight.
     pub fn tenants_parts(&self, now: Instant) -> Vec<String> {
+        self.tenants_parts_in(now, " tenants")
+    }
+
+    /// The same, for a line whose prefix already says "tenants" (the bar):
+    /// "done 17/101" and "0.95/s", so that at 80 columns the rate and the
+    /// ETA still fit beside the failures.
+    pub fn tenants_bar_parts(&self, now: Instant) -> Vec<String> {
+        self.tenants_parts_in(now, "")
+    }
+
+    fn tenants_parts_in(&self, now: Instant, unit: &str) -> Vec<String> {
         let mut parts = vec![
             format!(
-                "done {}/{} tenants",
+                "done {}/{}{unit}",
                 self.tenants_done_all(),
                 self.tenants_total()
             ),
@@ -304,7 +315,7 @@ impl Totals {
             parts.push(end);
             return parts;
         }
-        parts.push(format!("{:.2} tenants/s", self.tenants_rate(now)));
+        parts.push(format!("{:.2}{unit}/s", self.tenants_rate(now)));
         if let Some(eta) = self.tenants_eta(now) {
             parts.push(format!("ETA {}", eta_text(eta)));
         }
