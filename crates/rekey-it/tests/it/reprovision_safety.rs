@@ -92,3 +92,64 @@ async fn a_cleanup_that_fails_after_the_swap_is_owed_blocks_finalize_and_a_later
     let finalize = verify_then_finalize(&url, &keys, &run_id, "after the clean-up");
     assert_exit(&finalize, 0, "finalize once nothing is owed");
 }
+
+/// A tenant given up before its row was swapped, whose new branch and
+/// machine were then removed: what it prints names the step that failed,
+/// the one the run's report and the journal name, not the removal that
+/// followed it (`compensate`).
+#[sqlx::test(migrations = false)]
+async fn a_tenant_given_up_is_reported_at_the_step_that_failed_not_at_its_compensation(
+    pool: PgPool,
+) {
+    let (keys, cloud, tenants, url) = cloud_fleet(&pool, fake_config(0, 0), 3).await;
+    // The fake's tenant database URLs open no session: every proof fails,
+    // and the old machines are kept.
+    let args = run_args(
+        &["--max-attempts", "1", "--prove-connect", "on"],
+        &new_key_only(&keys),
+    );
+    let out = rekey_cloud(&url, &cloud, &strs(&args));
+    assert_exit(&out, 1, "every tenant given up at the session proof");
+    let all = text(&out);
+    for t in &tenants {
+        let org = t.org_id.to_string();
+        let printed = all
+            .lines()
+            .find_map(|l| {
+                let at = l.find(&format!("tenant {org}: given up at step "))?;
+                Some(
+                    l[at..]
+                        .split(": ")
+                        .nth(1)?
+                        .trim_start_matches("given up at step ")
+                        .to_string(),
+                )
+            })
+            .unwrap_or_else(|| panic!("no given-up line for {}: {all}", t.org_id));
+        let reported = all
+            .lines()
+            .find_map(|l| {
+                let rest = l.trim_start().strip_prefix(org.as_str())?;
+                let step = rest
+                    .trim_start()
+                    .strip_prefix("re-provision given up at step ")?;
+                Some(step.split(':').next()?.to_string())
+            })
+            .unwrap_or_else(|| panic!("{} not in the report's rows left: {all}", t.org_id));
+        assert_ne!(printed, "compensate", "{all}");
+        assert_eq!(printed, reported, "the line and the report disagree: {all}");
+    }
+    // And what was created for them is gone: only the tenants' own
+    // machines are left running.
+    let view = cloud.view();
+    for t in &tenants {
+        let machines = view.machines_of(&t.fly_app);
+        assert!(
+            machines
+                .iter()
+                .all(|m| m.id == t.fly_machine_id || m.state == "destroyed"),
+            "a new machine was left for {}: {machines:?}",
+            t.org_id
+        );
+    }
+}

@@ -41,21 +41,31 @@ impl Reprovisioner {
             return Ok(TenantOutcome::Stepped);
         }
         item.step = Ok(Step::Compensate);
-        self.settle_compensation(item, Some(reason)).await
+        self.settle_compensation(item, Some((reason, &at))).await
     }
 
     /// Removes what the tenant's saga created; done, it is given up for
     /// good. Failed, it stays at `compensate`: retried after a pause in
     /// this invocation, then parked as owed for the next `rekey run`.
+    /// `failed`: why and at which step the tenant was given up, when this
+    /// invocation gave it up (the given-up event names that step, as the
+    /// journal and the report do, not `compensate`).
     pub(super) async fn settle_compensation(
         &self,
         item: &mut Item,
-        reason: Option<&str>,
+        failed: Option<(&str, &str)>,
     ) -> Result<TenantOutcome, RunError> {
+        let reason = failed.map(|(reason, _)| reason);
         match self.compensate(item).await {
             Ok(()) => {
                 journal::finish_compensation(&self.pool, &item.key(&self.owner)).await?;
-                self.emit(item, TenantOutcome::GivenUp, reason.map(str::to_string));
+                let step = failed.map_or_else(|| item.step_text(), |(_, at)| at.to_string());
+                self.emit_at(
+                    item,
+                    step,
+                    TenantOutcome::GivenUp,
+                    reason.map(str::to_string),
+                );
                 Ok(TenantOutcome::GivenUp)
             }
             Err(e) => {

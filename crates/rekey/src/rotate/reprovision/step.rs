@@ -659,9 +659,20 @@ impl Reprovisioner {
 
     /// Tells the sink where the tenant stands.
     pub(super) fn emit(&self, item: &Item, outcome: TenantOutcome, error: Option<String>) {
+        self.emit_at(item, item.step_text(), outcome, error);
+    }
+
+    /// The same, naming `step` rather than the one the item is at.
+    pub(super) fn emit_at(
+        &self,
+        item: &Item,
+        step: String,
+        outcome: TenantOutcome,
+        error: Option<String>,
+    ) {
         self.sink.emit(&Event::Tenant {
             org_id: item.org_id.clone(),
-            step: item.step_text(),
+            step,
             outcome,
             error,
         });
