@@ -75,6 +75,29 @@ async fn a_cleanup_that_fails_after_the_swap_is_owed_blocks_finalize_and_a_later
         "the leaked password was to be still live here (the defect's premise)"
     );
 
+    // The tenants add up, the owed clean-up among them, and neither the
+    // report nor status sends the operator to finalize.
+    assert_eq!(report["tenants_pending"], 0, "{report}");
+    let status = text(&rekey(&url, &["status"]));
+    assert!(status.contains("0 given up, 1 clean-up owed"), "{status}");
+    let next = status
+        .lines()
+        .find(|l| l.starts_with("next: "))
+        .unwrap_or("");
+    assert!(
+        next.contains("run the same `rekey run` command again")
+            && next.contains("finalize is refused"),
+        "{status}"
+    );
+    let plain = run_cloud(&url, &cloud, &["--max-attempts", "1"], &new_key_only(&keys));
+    assert_exit(&plain, 1, "the run again while Neon still refuses");
+    let plain = text(&plain);
+    assert!(
+        plain.contains("tenants 1 = re-provisioned 0 + clean-up owed 1 + given up 0 + pending 0"),
+        "{plain}"
+    );
+    assert!(!plain.contains("then rekey finalize"), "{plain}");
+
     let run_id = report["run_id"].as_i64().expect("run id").to_string();
     let finalize = verify_then_finalize(&url, &keys, &run_id, "while a clean-up is owed");
     assert_exit(&finalize, 2, "finalize while a clean-up is owed");

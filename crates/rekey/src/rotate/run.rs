@@ -123,7 +123,8 @@ pub struct RunReport {
     /// What earlier invocations of this run did (zero for a new run).
     pub earlier: Earlier,
     /// Tenants of the run neither done nor given up when this invocation
-    /// ended (queued, in flight, in clean-up), from the journal.
+    /// ended, queued or in flight before their clean-up, from the journal
+    /// (those at clean-up are `cleanup_pending`).
     pub tenants_pending: u64,
     #[serde(skip)]
     pub outcome: Outcome,
@@ -302,7 +303,7 @@ async fn run_opened(
         &timing,
     )
     .await?;
-    let tenants_pending = journal::pending_count(&ctx.pool, run.id)
+    let tenants_pending = journal::pending_before_cleanup_count(&ctx.pool, run.id)
         .await
         .map_or(0, |n| u64::try_from(n).unwrap_or(0));
     ctx.sink.emit(&Event::RunFinished {

@@ -139,7 +139,21 @@ pub fn run_text(r: &RunReport) -> String {
             let _ = writeln!(out, "    {}  {}", l.org_id, l.reason);
         }
     }
+    if r.cleanup_pending > 0 {
+        let _ = writeln!(
+            out,
+            "  clean-up owed for {}: {}",
+            tenants(r.cleanup_pending),
+            OWED_MEANS
+        );
+    }
     match r.state.as_str() {
+        "finished" if r.cleanup_pending > 0 => {
+            let _ = writeln!(
+                out,
+                "next: run the same command again once the clouds answer: it finishes the clean-up"
+            );
+        }
         "finished" => {
             let _ = writeln!(
                 out,
@@ -243,10 +257,15 @@ fn counts_lines(out: &mut String, r: &RunReport) {
     );
     let done = r.earlier.tenants_done + r.reprovisioned;
     let given_up = r.earlier.tenants_given_up + r.reprovision_failed;
-    let total = done + given_up + r.tenants_pending;
+    let total = done + r.cleanup_pending + given_up + r.tenants_pending;
+    let owed = if r.cleanup_pending > 0 {
+        format!(" + clean-up owed {}", r.cleanup_pending)
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         out,
-        "  tenants {total} = re-provisioned {done} + given up {given_up} + pending {}{}",
+        "  tenants {total} = re-provisioned {done}{owed} + given up {given_up} + pending {}{}",
         r.tenants_pending,
         if r.earlier.tenants_done + r.earlier.tenants_given_up > 0 {
             format!(
@@ -352,9 +371,12 @@ pub fn status_text(s: &StatusReport) -> String {
     );
     let _ = writeln!(
         out,
-        "  re-provision          {:>10} done, {} pending, {} given up",
-        c.items_done, c.items_pending, c.items_failed
+        "  re-provision          {:>10} done, {} pending, {} given up, {} clean-up owed",
+        c.items_done, c.items_pending, c.items_failed, c.items_owed
     );
+    if c.items_owed > 0 {
+        let _ = writeln!(out, "    clean-up owed: {OWED_MEANS}");
+    }
     for (step, n) in &c.steps {
         let _ = writeln!(out, "    pending at {step:<18} {n:>8}");
     }
@@ -389,7 +411,7 @@ pub fn status_text(s: &StatusReport) -> String {
         }
         (None, None) => {}
     }
-    let _ = writeln!(out, "next: {}", status_next(r));
+    let _ = writeln!(out, "next: {}", status_next(r, c.items_owed));
     out
 }
 
@@ -438,13 +460,22 @@ pub fn confirm_text(f: &ConfirmFacts<'_>) -> String {
     out
 }
 
+/// What an owed clean-up means for the operator, wherever it is counted.
+const OWED_MEANS: &str = "the old credentials or the resources a given-up attempt made are still \
+     there; every later `rekey run` retries the removal, and finalize is refused until it is done";
+
+/// "1 tenant", "3 tenants".
+fn tenants(n: u64) -> String {
+    format!("{n} tenant{}", if n == 1 { "" } else { "s" })
+}
+
 /// "1 attempt", "3 attempts".
 pub fn attempts(n: i64) -> String {
     format!("{n} attempt{}", if n == 1 { "" } else { "s" })
 }
 
 /// What the operator does next with the run `status` shows.
-fn status_next(r: &RunRecord) -> String {
+fn status_next(r: &RunRecord, owed: i64) -> String {
     let verified_after_finish = matches!(
         (r.verified_at, r.finished_at),
         (Some(v), Some(f)) if v >= f
@@ -452,6 +483,11 @@ fn status_next(r: &RunRecord) -> String {
     match r.state.as_str() {
         "running" => format!(
             "run the same `rekey run` command to resume run {} (unless a process is still on it)",
+            r.id
+        ),
+        "finished" if owed > 0 => format!(
+            "run the same `rekey run` command again once the clouds answer: it finishes the clean-up \
+             of run {} (finalize is refused until then)",
             r.id
         ),
         "failed" => format!(
@@ -766,6 +802,27 @@ mod tests {
             text.contains("tenants 60 = re-provisioned 20 + given up 40 + pending 0"),
             "{text}"
         );
+    }
+
+    /// Tenants whose clean-up is owed are neither re-provisioned nor given
+    /// up nor pending: counted apart so that the tenants add up, and the
+    /// next step is the run again, not `finalize` (which refuses them).
+    #[test]
+    fn owed_clean_ups_are_counted_and_the_next_step_is_to_run_again() {
+        let mut r = report(Earlier::default(), 99, 0, 0);
+        r.state = "finished".into();
+        r.cleanup_pending = 2;
+        let text = run_text(&r);
+        assert!(
+            text.contains(
+                "tenants 101 = re-provisioned 99 + clean-up owed 2 + given up 0 + pending 0"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("clean-up owed for 2 tenants: "), "{text}");
+        let next = text.lines().find(|l| l.starts_with("next: ")).unwrap();
+        assert!(!next.contains("finalize"), "{next}");
+        assert!(next.contains("run the same command again"), "{next}");
     }
 
     #[test]

@@ -242,6 +242,19 @@ pub async fn pending_count(pool: &PgPool, run_id: i64) -> Result<i64, sqlx::Erro
     .await
 }
 
+/// Tenants of the run still pending before their clean-up: the report's
+/// `pending`, apart from the clean-ups it counts as owed.
+pub async fn pending_before_cleanup_count(pool: &PgPool, run_id: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM rekey.items
+          WHERE run_id = $1 AND state = 'pending' AND step NOT IN {OWED_STEPS}"
+    ))
+    .bind(run_id)
+    .fetch_one(pool)
+    .bounded()
+    .await
+}
+
 /// Makes the clean-ups and compensations earlier invocations parked as
 /// `owed` claimable again, each with a fresh budget of attempts: every
 /// `rekey run` with cloud access takes them up. Returns how many.

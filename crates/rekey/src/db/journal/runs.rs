@@ -261,6 +261,9 @@ pub struct RunCounts {
     pub items_pending: i64,
     pub items_done: i64,
     pub items_failed: i64,
+    /// Items whose clean-up (revoking the old credentials, or removing
+    /// what a given-up attempt created) failed and is owed to a later run.
+    pub items_owed: i64,
     /// Pending items by step, for progress.
     pub steps: Vec<(String, i64)>,
 }
@@ -293,6 +296,7 @@ pub async fn run_counts(pool: &PgPool, run_id: i64) -> Result<RunCounts, DbError
         items_pending: of("pending"),
         items_done: of("done"),
         items_failed: of("failed"),
+        items_owed: of("owed"),
         steps,
     })
 }
