@@ -41,10 +41,15 @@ fn tenants(n: usize, step: &str, outcome: TenantOutcome, error: Option<&str>) ->
 }
 
 fn finished(state: &str) -> Event {
+    finished_owing(state, 0)
+}
+
+fn finished_owing(state: &str, cleanup_owed: u64) -> Event {
     Event::RunFinished {
         run_id: 3,
         state: state.into(),
         reason: None,
+        cleanup_owed,
     }
 }
 
@@ -197,6 +202,42 @@ fn at_80_columns_the_tenants_bar_mid_run_shows_its_rate_and_eta() {
     assert!(
         bar.contains("/s, ETA "),
         "no rate or ETA at 80 columns: {bar}"
+    );
+}
+
+/// The bar ends with the counts the run's report gives: tenants whose
+/// clean-up is owed are counted as such, not as pending.
+#[test]
+fn the_tenants_bar_ends_with_the_owed_clean_ups_counted_as_the_report_does() {
+    let mut events = walked_in_place(1_000, 0, 101);
+    events.extend(tenants(
+        3,
+        "branch",
+        TenantOutcome::GivenUp,
+        Some("neon 503"),
+    ));
+    for i in 3..99 {
+        events.push(tenant(
+            &format!("org-{i:02}"),
+            "done",
+            TenantOutcome::Done,
+            None,
+        ));
+    }
+    for org in ["org-99", "org-100"] {
+        events.push(tenant(
+            org,
+            "cleanup",
+            TenantOutcome::Retrying,
+            Some("neon 503"),
+        ));
+    }
+    events.push(finished_owing("failed", 2));
+    let s = screen(160, &events);
+    let bar = line_with(&s, "tenants [");
+    assert!(
+        bar.contains("done 96/101, given up 3, clean-up owed 2, pending 0, run failed"),
+        "{bar}"
     );
 }
 

@@ -64,6 +64,9 @@ pub enum Event {
         run_id: i64,
         state: String,
         reason: Option<String>,
+        /// Clean-ups owed when the run concluded (0 when an error stopped
+        /// it before it could count them).
+        cleanup_owed: u64,
     },
 }
 

@@ -190,6 +190,7 @@ pub async fn run(ctx: &RunContext, opts: &RunOptions) -> Result<RunReport, RunEr
                     run_id,
                     state: "running".into(),
                     reason: Some(source.to_string()),
+                    cleanup_owed: 0,
                 });
             }
             Err(e)
@@ -310,6 +311,7 @@ async fn run_opened(
         run_id: run.id,
         state: report.state.clone(),
         reason: report.reason.clone(),
+        cleanup_owed: report.cleanup_pending,
     });
     Ok(RunReport {
         earlier,

@@ -88,6 +88,8 @@ pub struct Totals {
     /// Each tenant in flight and the step it is at.
     pub in_flight: HashMap<String, String>,
     pub interrupted: bool,
+    /// Clean-ups owed when the run concluded (from `RunFinished`).
+    pub cleanup_owed: u64,
     pub ending: Option<Ending>,
     /// When the run started (the first event), for elapsed time.
     started: Option<Instant>,
@@ -178,11 +180,17 @@ impl Totals {
                 );
             }
             Event::Interrupted { .. } => self.interrupted = true,
-            Event::RunFinished { state, reason, .. } => {
+            Event::RunFinished {
+                state,
+                reason,
+                cleanup_owed,
+                ..
+            } => {
                 self.ending = Some(Ending {
                     state: state.clone(),
                     reason: reason.clone(),
                 });
+                self.cleanup_owed = *cleanup_owed;
             }
             Event::Warning { .. } => {}
         }
@@ -309,8 +317,14 @@ impl Totals {
                 self.tenants_total()
             ),
             format!("given up {}", self.tenants_given_up_all()),
-            format!("pending {}", self.tenants_pending()),
         ];
+        // Known once the run ends: the tenants whose clean-up is owed are
+        // not pending in this run any more, as the report counts them.
+        let owed = self.cleanup_owed.min(self.tenants_pending());
+        if owed > 0 {
+            parts.push(format!("clean-up owed {owed}"));
+        }
+        parts.push(format!("pending {}", self.tenants_pending() - owed));
         if let Some(end) = self.ending_text() {
             parts.push(end);
             return parts;
