@@ -40,6 +40,11 @@ fn tenants(n: usize, step: &str, outcome: TenantOutcome, error: Option<&str>) ->
         .collect()
 }
 
+/// `n` tenants given up at `step` with `error`.
+fn given_up(n: usize, step: &str, error: &str) -> Vec<Event> {
+    tenants(n, step, TenantOutcome::GivenUp, Some(error))
+}
+
 fn finished(state: &str) -> Event {
     finished_owing(state, 0)
 }
@@ -179,12 +184,7 @@ fn at_80_columns_every_line_fits_and_failures_come_before_the_rest() {
 #[test]
 fn at_80_columns_the_tenants_bar_mid_run_shows_its_rate_and_eta() {
     let mut events = walked_in_place(300_000, 0, 101);
-    events.extend(tenants(
-        3,
-        "machine",
-        TenantOutcome::GivenUp,
-        Some("fly 503"),
-    ));
+    events.extend(given_up(3, "machine", "fly 503"));
     for i in 10..27 {
         let org = format!("org-{i:02}");
         events.push(tenant(&org, "queued", TenantOutcome::Started, None));
@@ -210,12 +210,7 @@ fn at_80_columns_the_tenants_bar_mid_run_shows_its_rate_and_eta() {
 #[test]
 fn the_tenants_bar_ends_with_the_owed_clean_ups_counted_as_the_report_does() {
     let mut events = walked_in_place(1_000, 0, 101);
-    events.extend(tenants(
-        3,
-        "branch",
-        TenantOutcome::GivenUp,
-        Some("neon 503"),
-    ));
+    events.extend(given_up(3, "branch", "neon 503"));
     for i in 3..99 {
         events.push(tenant(
             &format!("org-{i:02}"),
