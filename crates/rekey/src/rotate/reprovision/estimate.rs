@@ -6,12 +6,16 @@
 
 use super::CloudLimits;
 
-/// API calls one tenant costs on the default path, for estimates: Neon
-/// create branch, op polls, list databases (x2), reset, op polls, URI,
-/// cleanup (get branch, list roles, reset, polls, list endpoints, delete
-/// endpoint, polls); Fly get, list by tag, create, wait, destroy.
-pub const NEON_CALLS_PER_TENANT: f64 = 14.0;
-pub const FLY_CALLS_PER_TENANT: f64 = 5.0;
+/// API calls one tenant costs on the default path (new branch, session
+/// proof off), as fleet-bench's fake cloud counted them with no failures
+/// (docs/fleet-bench.txt: 16.0 Neon and 9.0 Fly): Neon create branch, op
+/// polls, list databases, reset, op polls, URI, then the clean-up (get
+/// branch, list roles, reset, polls, list and delete endpoints, polls);
+/// Fly get, list by tag, create, wait started, get until healthy, stop,
+/// wait stopped, destroy. Retries, 429s and slower operations add to
+/// both.
+pub const NEON_CALLS_PER_TENANT: f64 = 16.0;
+pub const FLY_CALLS_PER_TENANT: f64 = 9.0;
 
 /// The re-provision throughput a configuration allows, with how it was reckoned.
 pub struct ThroughputBound {
