@@ -9,7 +9,7 @@ use sqlx::PgPool;
 
 use super::batch::{ActionCounts, FieldCounts};
 use super::gate::gate_trips;
-use super::scan::scan;
+use super::scan::scan_counts;
 use super::RunError;
 use crate::db::journal::{self, RunRecord};
 use crate::db::org_instances::RowFilter;
@@ -88,7 +88,7 @@ pub async fn plan(
     estimate: &EstimateInputs,
     invocation: &Invocation,
 ) -> Result<PlanReport, RunError> {
-    let result = scan(pool, table, keyring, mode, &RowFilter::default()).await?;
+    let result = scan_counts(pool, table, keyring, mode, &RowFilter::default()).await?;
     let open_run = if crate::db::journal_exists(pool).await? {
         journal::open_run(pool).await?
     } else {

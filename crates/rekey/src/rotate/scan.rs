@@ -36,7 +36,8 @@ pub struct ScanResult {
     pub old_rows: u64,
 }
 
-/// Classifies every row matching `filter`.
+/// Classifies every row matching `filter`, keeping the ids of the rows
+/// that need work.
 pub async fn scan(
     pool: &PgPool,
     table: &Table,
@@ -44,9 +45,34 @@ pub async fn scan(
     mode: Mode,
     filter: &RowFilter,
 ) -> Result<ScanResult, RunError> {
+    walk(pool, table, keyring, mode, filter, true).await
+}
+
+/// The same counts without the ids (`reencrypt_ids` and
+/// `reprovision_ids` stay empty): what `plan` and the confirmation need,
+/// in memory that does not grow with the table (a million ids are ~70 MB).
+pub async fn scan_counts(
+    pool: &PgPool,
+    table: &Table,
+    keyring: &Arc<Keyring>,
+    mode: Mode,
+    filter: &RowFilter,
+) -> Result<ScanResult, RunError> {
+    walk(pool, table, keyring, mode, filter, false).await
+}
+
+async fn walk(
+    pool: &PgPool,
+    table: &Table,
+    keyring: &Arc<Keyring>,
+    mode: Mode,
+    filter: &RowFilter,
+    keep_ids: bool,
+) -> Result<ScanResult, RunError> {
     let mut pages = Pages {
         keyring,
         mode,
+        keep_ids,
         pending: None,
         result: ScanResult::default(),
     };
@@ -81,6 +107,7 @@ pub async fn scan(
 struct Pages<'k> {
     keyring: &'k Arc<Keyring>,
     mode: Mode,
+    keep_ids: bool,
     pending: Option<tokio::task::JoinHandle<ScanResult>>,
     result: ScanResult,
 }
@@ -89,9 +116,9 @@ impl Pages<'_> {
     async fn push(&mut self, rows: Vec<StoredRow>) -> Result<(), RunError> {
         self.merge_pending().await?;
         let keyring = Arc::clone(self.keyring);
-        let mode = self.mode;
+        let (mode, keep_ids) = (self.mode, self.keep_ids);
         self.pending = Some(tokio::task::spawn_blocking(move || {
-            classify_page(&keyring, &rows, mode)
+            classify_page(&keyring, &rows, mode, keep_ids)
         }));
         Ok(())
     }
@@ -112,7 +139,7 @@ impl Pages<'_> {
     }
 }
 
-fn classify_page(keyring: &Keyring, rows: &[StoredRow], mode: Mode) -> ScanResult {
+fn classify_page(keyring: &Keyring, rows: &[StoredRow], mode: Mode, keep_ids: bool) -> ScanResult {
     let classes: Vec<_> = rows
         .par_iter()
         .map(|r| classify_row(keyring, r, mode))
@@ -127,6 +154,7 @@ fn classify_page(keyring: &Keyring, rows: &[StoredRow], mode: Mode) -> ScanResul
         out.undecryptable_rows += u64::from(has(FieldClass::Undecryptable));
         out.old_rows += u64::from(has(FieldClass::Old));
         match c.action {
+            _ if !keep_ids => {}
             RowAction::Skip => {}
             RowAction::Reencrypt => out.reencrypt_ids.push(row.id.clone()),
             RowAction::Reprovision => out.reprovision_ids.push(row.id.clone()),

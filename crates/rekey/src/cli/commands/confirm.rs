@@ -40,7 +40,7 @@ pub async fn ask(
         ids: (!orgs.is_empty()).then(|| orgs.to_vec()),
         ..RowFilter::default()
     };
-    let found = scan::scan(pool, table, keyring, mode, &filter).await?;
+    let found = scan::scan_counts(pool, table, keyring, mode, &filter).await?;
     let question = report::confirm_text(&report::ConfirmFacts {
         database,
         table: &table.display,
