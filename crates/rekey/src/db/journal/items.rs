@@ -242,6 +242,20 @@ pub async fn pending_count(pool: &PgPool, run_id: i64) -> Result<i64, sqlx::Erro
     .await
 }
 
+/// The run's own tenants whose clean-up or compensation is not done
+/// (pending or owed): the part of [`cleanup_pending_count`] the run's
+/// report counts among its tenants.
+pub async fn run_cleanup_owed_count(pool: &PgPool, run_id: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM rekey.items
+          WHERE run_id = $1 AND state IN ('pending', 'owed') AND step IN {OWED_STEPS}"
+    ))
+    .bind(run_id)
+    .fetch_one(pool)
+    .bounded()
+    .await
+}
+
 /// Tenants of the run still pending before their clean-up: the report's
 /// `pending`, apart from the clean-ups it counts as owed.
 pub async fn pending_before_cleanup_count(pool: &PgPool, run_id: i64) -> Result<i64, sqlx::Error> {

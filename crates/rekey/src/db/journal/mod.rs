@@ -19,8 +19,8 @@ pub use items::{
     failed_and_done_among, failed_items, finish_compensation, item_ids, ledger, mark_done,
     mark_failed, mark_failed_unowned, mark_owed, move_to_cleanup, owner_of,
     pending_before_cleanup_count, pending_count, queue_items, queued_among, rearm_owed,
-    refuse_pending_cleanup, release_for_retry, renew_lease, ClaimedItem, FailedAndDone, FailedItem,
-    ItemFields, ItemKey, LedgerItem, Records,
+    refuse_pending_cleanup, release_for_retry, renew_lease, run_cleanup_owed_count, ClaimedItem,
+    FailedAndDone, FailedItem, ItemFields, ItemKey, LedgerItem, Records,
 };
 pub use runs::{
     begin_rollback, close_run, get_run, mark_rolled_back, mark_verified, open_or_resume, open_run,
