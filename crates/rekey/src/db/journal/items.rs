@@ -175,6 +175,8 @@ pub struct ClaimedItem {
     pub old_machine_id: Option<String>,
     pub old_db: Option<Vec<u8>>,
     pub old_redis: Option<Vec<u8>>,
+    /// For a compensation: the step at which the tenant was given up.
+    pub gave_up_step: Option<String>,
 }
 
 /// A lease's length as the statements bind it.
@@ -218,7 +220,7 @@ pub async fn claim_item(
                      ORDER BY step IN {OWED_STEPS} DESC, updated_at, org_id
                      LIMIT 1 FOR UPDATE SKIP LOCKED)
              RETURNING i.run_id, i.org_id, i.step, i.attempts, i.new_branch_id, i.new_machine_id,
-                       i.old_branch_id, i.old_machine_id, i.old_db, i.old_redis"
+                       i.old_branch_id, i.old_machine_id, i.old_db, i.old_redis, i.gave_up_step"
     ))
     .bind(run_id)
     .bind(owner)

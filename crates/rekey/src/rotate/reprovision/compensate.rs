@@ -41,31 +41,34 @@ impl Reprovisioner {
             return Ok(TenantOutcome::Stepped);
         }
         item.step = Ok(Step::Compensate);
-        self.settle_compensation(item, Some((reason, &at))).await
+        // As the journal keeps it: the first step it was given up at.
+        item.gave_up_step.get_or_insert(at);
+        self.settle_compensation(item, Some(reason)).await
     }
 
     /// Removes what the tenant's saga created; done, it is given up for
     /// good. Failed, it stays at `compensate`: retried after a pause in
     /// this invocation, then parked as owed for the next `rekey run`.
-    /// `failed`: why and at which step the tenant was given up, when this
-    /// invocation gave it up (the given-up event names that step, as the
-    /// journal and the report do, not `compensate`).
+    /// `reason`: why, when this invocation gave the tenant up. The
+    /// given-up event names the step it was given up at (as the journal
+    /// and the report do), not `compensate`.
     pub(super) async fn settle_compensation(
         &self,
         item: &mut Item,
-        failed: Option<(&str, &str)>,
+        reason: Option<&str>,
     ) -> Result<TenantOutcome, RunError> {
-        let reason = failed.map(|(reason, _)| reason);
         match self.compensate(item).await {
             Ok(()) => {
                 journal::finish_compensation(&self.pool, &item.key(&self.owner)).await?;
-                let step = failed.map_or_else(|| item.step_text(), |(_, at)| at.to_string());
-                self.emit_at(
-                    item,
-                    step,
-                    TenantOutcome::GivenUp,
-                    reason.map(str::to_string),
+                let step = item
+                    .gave_up_step
+                    .clone()
+                    .unwrap_or_else(|| item.step_text());
+                let why = reason.map_or_else(
+                    || "given up earlier; what its attempt created is now removed".to_string(),
+                    str::to_string,
                 );
+                self.emit_at(item, step, TenantOutcome::GivenUp, Some(why));
                 Ok(TenantOutcome::GivenUp)
             }
             Err(e) => {

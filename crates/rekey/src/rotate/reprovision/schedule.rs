@@ -282,5 +282,6 @@ fn item_of(row: ClaimedItem, named: org_instances::NamedResources) -> Item {
         new_machine: row.new_machine_id,
         old_db: row.old_db,
         old_redis: row.old_redis,
+        gave_up_step: row.gave_up_step,
     }
 }

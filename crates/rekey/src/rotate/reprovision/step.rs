@@ -135,6 +135,9 @@ pub(super) struct Item {
     pub new_machine: Option<String>,
     pub old_db: Option<Vec<u8>>,
     pub old_redis: Option<Vec<u8>>,
+    /// For a compensation taken up again: the step at which the tenant
+    /// was given up (what its given-up event names).
+    pub gave_up_step: Option<String>,
 }
 
 impl Item {
