@@ -236,6 +236,17 @@ impl ApiLimitFigure {
                 f64::INFINITY
             }
         };
+        if !(measured.is_finite() && measured > 0.0) {
+            // No tenant was re-provisioned: neither the calls per tenant
+            // nor a rate are known.
+            return ApiLimitFigure {
+                neon_rps: pacing.neon_rps,
+                fly_rps: pacing.fly_rps,
+                tenants_per_sec: 0.0,
+                binding: "not measured",
+                projection: Vec::new(),
+            };
+        }
         let (tenants_per_sec, binding) = [
             (measured, "latency"),
             (per_tenant(pacing.neon_rps, neon_calls), "neon"),
@@ -254,11 +265,29 @@ impl ApiLimitFigure {
     }
 }
 
-/// Projected wall seconds per fleet size at a rate per second.
+impl ApiLimitFigure {
+    /// "0.62 tenants/s, bound by neon", or why there is no figure.
+    pub fn rate_text(&self) -> String {
+        if self.projection.is_empty() {
+            "not measured: no tenant was re-provisioned".into()
+        } else {
+            format!(
+                "{:.2} tenants/s, bound by {}",
+                self.tenants_per_sec, self.binding
+            )
+        }
+    }
+}
+
+/// Projected wall seconds per fleet size at a rate per second; none when
+/// nothing was measured (a rate of 0 projects no time, not an infinite one).
 fn project(per_sec: f64) -> Vec<(u64, f64)> {
+    if !(per_sec.is_finite() && per_sec > 0.0) {
+        return Vec::new();
+    }
     PROJECTED_FLEETS
         .iter()
-        .map(|&n| (n, n as f64 / per_sec.max(1e-9)))
+        .map(|&n| (n, n as f64 / per_sec))
         .collect()
 }
 
@@ -752,11 +781,10 @@ async fn measure_reprovision(
         fly_calls_per_tenant,
     );
     args.progress(format_args!(
-        "at the APIs' pacing (Neon {} req/s, Fly {} req/s): {:.2} tenants/s, bound by {}",
+        "at the APIs' pacing (Neon {} req/s, Fly {} req/s): {}",
         at_api_limits.neon_rps,
         at_api_limits.fly_rps,
-        at_api_limits.tenants_per_sec,
-        at_api_limits.binding
+        at_api_limits.rate_text()
     ));
     Ok(ProvisionFigure {
         tenants: args.provision_tenants,
@@ -867,4 +895,36 @@ async fn naive_loop(
         tx.commit().await?;
     }
     Ok(ids.len() as f64 / started.elapsed().as_secs_f64().max(1e-9))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PACING: ApiPacing = ApiPacing {
+        neon_rps: 10,
+        fly_rps: 20,
+    };
+
+    #[test]
+    fn the_pacing_bound_is_the_lowest_of_the_measured_rate_and_each_apis() {
+        let neon = ApiLimitFigure::new(PACING, 22.0, 16.0, 9.0);
+        assert_eq!((neon.tenants_per_sec, neon.binding), (10.0 / 16.0, "neon"));
+        assert_eq!(neon.projection[0], (1_000, 1_000.0 / (10.0 / 16.0)));
+        let fly = ApiLimitFigure::new(PACING, 22.0, 1.0, 40.0);
+        assert_eq!((fly.tenants_per_sec, fly.binding), (0.5, "fly"));
+        let latency = ApiLimitFigure::new(PACING, 0.2, 16.0, 9.0);
+        assert_eq!(latency.binding, "latency");
+    }
+
+    /// Nothing re-provisioned: no rate, no projection, and no claim about
+    /// what bound it (it used to project ~10^15 s, "bound by latency").
+    #[test]
+    fn nothing_re_provisioned_projects_nothing() {
+        let none = ApiLimitFigure::new(PACING, 0.0, 0.0, 0.0);
+        assert_eq!(none.binding, "not measured");
+        assert!(none.projection.is_empty());
+        assert!(project(0.0).is_empty());
+        assert!(project(f64::NAN).is_empty());
+    }
 }

@@ -151,14 +151,14 @@ fn footer(bench: &BenchReport) -> [String; 2] {
     let second = match &bench.reprovision {
         Some(p) => format!(
             "Re-provision: {} tenants, {} at once, {} ms per call, {:.1} calls per tenant (Neon {:.1}, Fly {:.1}); \
-             at the APIs' pacing bound by {}.",
+             at the APIs' pacing {}.",
             p.done,
             p.concurrency,
             p.latency_ms,
             p.calls_per_tenant,
             p.neon_calls_per_tenant,
             p.fly_calls_per_tenant,
-            p.at_api_limits.binding
+            p.at_api_limits.rate_text()
         ),
         None => "Re-provision not measured (--provision-tenants 0).".into(),
     };

@@ -705,8 +705,10 @@ pub fn bench_text(b: &crate::bench::BenchReport) -> String {
         );
         let _ = writeln!(
             out,
-            "  at a real run's pacing (Neon {} req/s, Fly {} req/s): {:.2} tenants/s, bound by {}",
-            a.neon_rps, a.fly_rps, a.tenants_per_sec, a.binding
+            "  at a real run's pacing (Neon {} req/s, Fly {} req/s): {}",
+            a.neon_rps,
+            a.fly_rps,
+            a.rate_text()
         );
         let _ = writeln!(out, "  projected wall time for the re-provision path:");
         projection_table(
@@ -745,8 +747,14 @@ fn projection_table(
         "  {:>10} {:>14} {:>18}",
         "tenants", columns[0], columns[1]
     );
-    for ((n, a), (_, b)) in first.iter().zip(second) {
-        let _ = writeln!(out, "  {n:>10} {:>14} {:>18}", duration(*a), duration(*b));
+    let at = |points: &[(u64, f64)], n: u64| {
+        points
+            .iter()
+            .find(|p| p.0 == n)
+            .map_or_else(|| "not measured".to_string(), |p| duration(p.1))
+    };
+    for n in crate::bench::PROJECTED_FLEETS {
+        let _ = writeln!(out, "  {n:>10} {:>14} {:>18}", at(first, n), at(second, n));
     }
 }
 
