@@ -236,25 +236,20 @@ impl ApiLimitFigure {
                 f64::INFINITY
             }
         };
-        if !(measured.is_finite() && measured > 0.0) {
+        let (tenants_per_sec, binding) = if measured.is_finite() && measured > 0.0 {
+            [
+                (measured, "latency"),
+                (per_tenant(pacing.neon_rps, neon_calls), "neon"),
+                (per_tenant(pacing.fly_rps, fly_calls), "fly"),
+            ]
+            .into_iter()
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .unwrap_or((measured, "latency"))
+        } else {
             // No tenant was re-provisioned: neither the calls per tenant
-            // nor a rate are known.
-            return ApiLimitFigure {
-                neon_rps: pacing.neon_rps,
-                fly_rps: pacing.fly_rps,
-                tenants_per_sec: 0.0,
-                binding: "not measured",
-                projection: Vec::new(),
-            };
-        }
-        let (tenants_per_sec, binding) = [
-            (measured, "latency"),
-            (per_tenant(pacing.neon_rps, neon_calls), "neon"),
-            (per_tenant(pacing.fly_rps, fly_calls), "fly"),
-        ]
-        .into_iter()
-        .min_by(|a, b| a.0.total_cmp(&b.0))
-        .unwrap_or((measured, "latency"));
+            // nor a rate are known (and `project` projects nothing).
+            (0.0, "not measured")
+        };
         ApiLimitFigure {
             neon_rps: pacing.neon_rps,
             fly_rps: pacing.fly_rps,
@@ -263,9 +258,7 @@ impl ApiLimitFigure {
             projection: project(tenants_per_sec),
         }
     }
-}
 
-impl ApiLimitFigure {
     /// "0.62 tenants/s, bound by neon", or why there is no figure.
     pub fn rate_text(&self) -> String {
         if self.projection.is_empty() {

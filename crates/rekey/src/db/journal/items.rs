@@ -231,16 +231,25 @@ pub async fn claim_item(
     .await
 }
 
-/// Tenants of the run still pending (claimable now, later, or held), and
-/// earlier runs' clean-ups and compensations this invocation took up.
-pub async fn pending_count(pool: &PgPool, run_id: i64) -> Result<i64, sqlx::Error> {
+/// Items matching `condition` (`$1` is the run's id).
+async fn count_items(pool: &PgPool, run_id: i64, condition: &str) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM rekey.items
-          WHERE (run_id = $1 OR step IN {OWED_STEPS}) AND state = 'pending'"
+        "SELECT count(*) FROM rekey.items WHERE {condition}"
     ))
     .bind(run_id)
     .fetch_one(pool)
     .bounded()
+    .await
+}
+
+/// Tenants of the run still pending (claimable now, later, or held), and
+/// earlier runs' clean-ups and compensations this invocation took up.
+pub async fn pending_count(pool: &PgPool, run_id: i64) -> Result<i64, sqlx::Error> {
+    count_items(
+        pool,
+        run_id,
+        &format!("(run_id = $1 OR step IN {OWED_STEPS}) AND state = 'pending'"),
+    )
     .await
 }
 
@@ -248,26 +257,22 @@ pub async fn pending_count(pool: &PgPool, run_id: i64) -> Result<i64, sqlx::Erro
 /// (pending or owed): the part of [`cleanup_pending_count`] the run's
 /// report counts among its tenants.
 pub async fn run_cleanup_owed_count(pool: &PgPool, run_id: i64) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM rekey.items
-          WHERE run_id = $1 AND state IN ('pending', 'owed') AND step IN {OWED_STEPS}"
-    ))
-    .bind(run_id)
-    .fetch_one(pool)
-    .bounded()
+    count_items(
+        pool,
+        run_id,
+        &format!("run_id = $1 AND state IN ('pending', 'owed') AND step IN {OWED_STEPS}"),
+    )
     .await
 }
 
 /// Tenants of the run still pending before their clean-up: the report's
 /// `pending`, apart from the clean-ups it counts as owed.
 pub async fn pending_before_cleanup_count(pool: &PgPool, run_id: i64) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM rekey.items
-          WHERE run_id = $1 AND state = 'pending' AND step NOT IN {OWED_STEPS}"
-    ))
-    .bind(run_id)
-    .fetch_one(pool)
-    .bounded()
+    count_items(
+        pool,
+        run_id,
+        &format!("run_id = $1 AND state = 'pending' AND step NOT IN {OWED_STEPS}"),
+    )
     .await
 }
 
