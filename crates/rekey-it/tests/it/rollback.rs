@@ -125,7 +125,12 @@ async fn rollback_restores_a_mixed_fleet_to_each_rows_latest_backup(pool: PgPool
     // again into a row the run already rotated, then the rest.
     run_partly(&url, &keys, &["--limit", "1500"]);
     let rewritten: String = sqlx::query_scalar(
-        "SELECT org_id::text FROM org_instances WHERE org_id::text = (SELECT org_ids[1] FROM rekey.backups ORDER BY id LIMIT 1)",
+        // One with a Redis URL: the run's re-walk backs up that field too,
+        // already under the new key, and rollback must put back the one
+        // from before the run.
+        "SELECT u.org_id FROM rekey.backups b, unnest(b.org_ids) AS u(org_id)
+           JOIN org_instances o ON o.org_id::text = u.org_id
+          WHERE o.redis_url_encrypted IS NOT NULL ORDER BY b.id LIMIT 1",
     )
     .fetch_one(&pool)
     .await

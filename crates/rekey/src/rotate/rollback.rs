@@ -215,6 +215,8 @@ struct RunView {
     /// Rows in more than one batch, with the latest one (the only one that
     /// restores them).
     rebacked: HashMap<String, i64>,
+    /// What those rows are put back to ([`pre_run_fields`]), by id.
+    rebacked_to: HashMap<String, (Option<Vec<u8>>, Option<Vec<u8>>)>,
     /// Tenants the run re-provisioned, by id.
     reprovisioned: Vec<String>,
     reprovisioned_set: HashSet<String>,
@@ -222,8 +224,10 @@ struct RunView {
 }
 
 impl RunView {
-    async fn load(pool: &PgPool, run_id: i64) -> Result<RunView, RollbackError> {
+    async fn load(pool: &PgPool, run_id: i64, keyring: &Keyring) -> Result<RunView, RollbackError> {
         let rebacked_rows = journal::rebacked_rows(pool, run_id).await?;
+        let ids: Vec<String> = rebacked_rows.iter().map(|(id, _, _)| id.clone()).collect();
+        let rebacked_to = pre_run_fields(keyring, journal::entries_of(pool, run_id, &ids).await?);
         let entries = journal::backup_entry_count(pool, run_id).await?;
         let reprovisioned = journal::item_ids(pool, run_id).await?;
         // A row backed up by several batches is still one row.
@@ -233,6 +237,7 @@ impl RunView {
                 .into_iter()
                 .map(|(id, latest, _)| (id, latest))
                 .collect(),
+            rebacked_to,
             reprovisioned_set: reprovisioned.iter().cloned().collect(),
             reprovisioned,
             rows_backed_up: entries - extra,
@@ -256,9 +261,48 @@ impl RunView {
                 self.rebacked.get(org).is_none_or(|&latest| latest == id)
                     && !self.reprovisioned_set.contains(org)
             })
-            .map(|((id, db), redis)| Entry { id, db, redis })
+            .map(|((id, db), redis)| match self.rebacked_to.get(&id) {
+                Some((db, redis)) => Entry {
+                    db: db.clone(),
+                    redis: redis.clone(),
+                    id,
+                },
+                None => Entry { id, db, redis },
+            })
             .collect()
     }
+}
+
+/// For rows backed up by several batches (`entries`: latest batch first
+/// per row), each field as it stood before the run: the latest batch's,
+/// unless that is a ciphertext under the new key, which only this run
+/// wrote there (the control plane wrote under the old one again into the
+/// row's other field, and the re-walk backed up the whole row); then the
+/// latest earlier batch's that is not. Restoring the latest batch as it
+/// is would leave that field sealed under the new key, which the control
+/// plane, back on the old key, cannot open.
+fn pre_run_fields(
+    keyring: &Keyring,
+    entries: Vec<journal::BackupEntry>,
+) -> HashMap<String, (Option<Vec<u8>>, Option<Vec<u8>>)> {
+    let by_new = |field: &Option<Vec<u8>>| {
+        field
+            .as_deref()
+            .is_some_and(|b| keyring.new_cipher().open(b).is_some())
+    };
+    let pick = |fields: Vec<Option<Vec<u8>>>| -> Option<Vec<u8>> {
+        let latest = fields.first().cloned().flatten();
+        fields.into_iter().find(|f| !by_new(f)).unwrap_or(latest)
+    };
+    let mut rows: HashMap<String, (Vec<Option<Vec<u8>>>, Vec<Option<Vec<u8>>>)> = HashMap::new();
+    for (id, _batch, db, redis) in entries {
+        let row = rows.entry(id).or_default();
+        row.0.push(db);
+        row.1.push(redis);
+    }
+    rows.into_iter()
+        .map(|(id, (db, redis))| (id, (pick(db), pick(redis))))
+        .collect()
 }
 
 /// One row's backup: its ciphertexts before the run.
@@ -284,7 +328,7 @@ async fn restore(
     run: &RunRecord,
 ) -> Result<RollbackReport, RollbackError> {
     let earlier = journal::restore_totals(&ctx.pool, run.id, 0).await?;
-    let view = Arc::new(RunView::load(&ctx.pool, run.id).await?);
+    let view = Arc::new(RunView::load(&ctx.pool, run.id, &ctx.keyring).await?);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..opts.workers.max(1) {
         let (ctx, view, run_id) = (ctx.clone(), Arc::clone(&view), run.id);
@@ -375,7 +419,7 @@ async fn restore_next_batch(
 async fn dry_run(ctx: &RollbackContext, run: &RunRecord) -> Result<RollbackReport, RollbackError> {
     let marks = journal::has_rollback_marks(&ctx.pool).await?;
     let earlier = journal::restore_totals(&ctx.pool, run.id, LISTED as i64).await?;
-    let view = RunView::load(&ctx.pool, run.id).await?;
+    let view = RunView::load(&ctx.pool, run.id, &ctx.keyring).await?;
     let (mut restored, mut changed) = (0i64, Vec::new());
     let mut after = 0;
     while let Some(batch) = journal::next_unrestored_backup(&ctx.pool, run.id, after, marks).await?

@@ -94,6 +94,29 @@ pub async fn rebacked_rows(pool: &PgPool, run_id: i64) -> Result<Vec<(String, i6
     .await?)
 }
 
+/// Every backup entry of the run for the rows `ids`, latest batch first per
+/// row: (org id, batch id, old db, old redis).
+pub async fn entries_of(
+    pool: &PgPool,
+    run_id: i64,
+    ids: &[String],
+) -> Result<Vec<BackupEntry>, DbError> {
+    Ok(sqlx::query_as(
+        "SELECT u.org_id, b.id, u.db, u.redis
+           FROM rekey.backups b, unnest(b.org_ids, b.old_db, b.old_redis) AS u(org_id, db, redis)
+          WHERE b.run_id = $1 AND u.org_id = ANY($2)
+          ORDER BY u.org_id, b.id DESC",
+    )
+    .bind(run_id)
+    .bind(ids)
+    .fetch_all(pool)
+    .bounded()
+    .await?)
+}
+
+/// One row's entry in one backup batch: (org id, batch id, old db, old redis).
+pub type BackupEntry = (String, i64, Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// Backup entries of the run (a row backed up twice counts twice).
 pub async fn backup_entry_count(pool: &PgPool, run_id: i64) -> Result<i64, DbError> {
     Ok(sqlx::query_scalar(

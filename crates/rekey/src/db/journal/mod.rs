@@ -10,8 +10,8 @@ mod items;
 mod runs;
 
 pub use backups::{
-    backup_entry_count, claim_unrestored_backup, has_rollback_marks, mark_restored,
-    next_unrestored_backup, purge_backups, rebacked_rows, restore_totals, BackupBatch,
+    backup_entry_count, claim_unrestored_backup, entries_of, has_rollback_marks, mark_restored,
+    next_unrestored_backup, purge_backups, rebacked_rows, restore_totals, BackupBatch, BackupEntry,
     RestoreTotals,
 };
 pub use items::{
