@@ -932,3 +932,106 @@ async fn no_key_password_or_url_appears_in_any_output_or_the_journal(pool: PgPoo
         }
     }
 }
+
+/// The in-place write reads without locks, so its one statement must hold
+/// the line itself: a row changed since the read is not overwritten, a row
+/// the control plane holds locked is skipped without waiting, and only the
+/// rows written are backed up; rows to re-provision are queued with it.
+#[sqlx::test(migrations = false)]
+async fn the_unlocked_batch_write_skips_changed_and_locked_rows_and_backs_up_only_what_it_wrote(
+    pool: PgPool,
+) {
+    use rekey::db::org_instances::{read_range, swap_unlocked_batch, RowFilter, Swap};
+    let table = reference_table(&pool).await;
+    rekey::db::migrate(&pool).await.expect("journal schema");
+    let run_id: i64 = sqlx::query_scalar(
+        "INSERT INTO rekey.runs (mode, new_key_id, target_table) VALUES ('auto', 'k', 't') RETURNING id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let mut ids: Vec<uuid::Uuid> = (0..4).map(|_| uuid::Uuid::new_v4()).collect();
+    ids.sort();
+    for (n, id) in ids.iter().enumerate() {
+        insert_row(&pool, *id, Some(format!("db-{n}").as_bytes()), None).await;
+    }
+    let rows = read_range(&pool, &table, None, None, &RowFilter::default(), 10)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 4);
+    assert!(
+        rows.iter().all(|r| r.tid.is_some()),
+        "the read carries addresses"
+    );
+    let [changed, locked, written, queued] = [&rows[0], &rows[1], &rows[2], &rows[3]];
+
+    // The control plane rewrites one row and holds another.
+    sqlx::query("UPDATE org_instances SET database_url_encrypted = 'cp' WHERE org_id::text = $1")
+        .bind(&changed.id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM org_instances WHERE org_id::text = $1 FOR UPDATE")
+        .bind(&locked.id)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+
+    let swap = |r: &rekey::db::org_instances::StoredRow| Swap {
+        id: r.id.clone(),
+        tid: r.tid.clone(),
+        old_db: r.db.clone(),
+        old_redis: r.redis.clone(),
+        new_db: Some(b"rotated".to_vec()),
+        new_redis: None,
+    };
+    let swaps = [swap(changed), swap(locked), swap(written)];
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        swap_unlocked_batch(&pool, &table, run_id, &swaps, &[queued]),
+    )
+    .await
+    .expect("a locked row is skipped, not waited for")
+    .unwrap();
+    holder.rollback().await.unwrap();
+
+    assert_eq!(out.swapped, vec![written.id.clone()]);
+    assert_eq!(out.queued, 1);
+    assert_eq!(
+        out.held, 1,
+        "the locked row is told apart from the changed one"
+    );
+    let db_of = |id: String| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Vec<u8>>(
+                "SELECT database_url_encrypted FROM org_instances WHERE org_id::text = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(
+        db_of(changed.id.clone()).await,
+        b"cp",
+        "the control plane's write stands"
+    );
+    assert_eq!(db_of(locked.id.clone()).await, b"db-1");
+    assert_eq!(db_of(written.id.clone()).await, b"rotated");
+    let backed: Vec<String> =
+        sqlx::query_scalar("SELECT unnest(org_ids) FROM rekey.backups WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(backed, vec![written.id.clone()]);
+    let items: Vec<String> = sqlx::query_scalar("SELECT org_id FROM rekey.items WHERE run_id = $1")
+        .bind(run_id)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(items, vec![queued.id.clone()]);
+}

@@ -151,6 +151,12 @@ pub async fn connect(url: &str, connections: u32) -> Result<PgPool, DbError> {
         CONNECT_TIMEOUT,
         PgPoolOptions::new()
             .max_connections(connections.max(1))
+            // sqlx pings every connection it hands out by default: one
+            // more round trip per statement in autocommit, which across a
+            // network is most of a batch's time. A connection that died
+            // idle fails its statement instead, and every caller retries
+            // a lost connection (rotate::retry).
+            .test_before_acquire(false)
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_with(opts),
     )

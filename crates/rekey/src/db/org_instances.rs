@@ -14,8 +14,10 @@ use super::{Bounded, ProvisionColumns, Table};
 #[derive(Debug, Clone)]
 pub struct StoredRow {
     pub id: String,
-    /// The row version's physical address, read under our row lock (so it
-    /// stays valid until our transaction ends); `None` for unlocked reads.
+    /// The row version's physical address: read under our row lock it
+    /// stays valid until our transaction ends; read without one (the
+    /// in-place pass) it is a hint that the swap checks, with the id and the
+    /// ciphertexts. `None` for plain scans.
     pub tid: Option<String>,
     pub db: Option<Vec<u8>>,
     pub redis: Option<Vec<u8>>,
@@ -36,8 +38,8 @@ pub struct RowFilter {
 /// The SELECT for a claim or scan. Placeholders are numbered for what is
 /// present (PostgreSQL refuses a bind count that differs from the text's):
 /// the cursor if `after`, the range's end if `upto`, the id list if filtered, and always the limit last.
-fn select_sql(table: &Table, after: bool, upto: bool, filter: &RowFilter, lock: bool) -> String {
-    let mut sql = format!("{} WHERE true", select_rows(table, lock));
+fn select_sql(table: &Table, after: bool, upto: bool, filter: &RowFilter, read: Read) -> String {
+    let mut sql = format!("{} WHERE true", select_rows(table, read != Read::Plain));
     let mut n = 0;
     if after {
         n += 1;
@@ -65,20 +67,35 @@ fn select_sql(table: &Table, after: bool, upto: bool, filter: &RowFilter, lock: 
     // taking it up front avoids a lock upgrade later. Locked rows are
     // skipped, never waited for: the run's re-walks come back to them, with
     // one bounded wait for the whole run (rotate::run).
-    if lock && filter.wait_for_locked {
-        sql.push_str(" FOR NO KEY UPDATE");
-    } else if lock {
-        sql.push_str(" FOR NO KEY UPDATE SKIP LOCKED");
+    match read {
+        Read::Locked if filter.wait_for_locked => sql.push_str(" FOR NO KEY UPDATE"),
+        Read::Locked => sql.push_str(" FOR NO KEY UPDATE SKIP LOCKED"),
+        Read::Addressed | Read::Plain => {}
     }
     sql
 }
 
+/// How a claim or scan reads its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// Under our row lock, with the rows' addresses.
+    Locked,
+    /// Without locks, with the rows' addresses for a later swap to check.
+    Addressed,
+    /// Without locks or addresses (plan, verify, rollback's reads).
+    Plain,
+}
+
 /// The SELECT list and FROM every read of rows shares; the row's address
-/// only under a lock, where it stays valid.
-fn select_rows(table: &Table, lock: bool) -> String {
+/// only when asked for.
+fn select_rows(table: &Table, addressed: bool) -> String {
     format!(
         "SELECT {id}::text AS id, {tid} AS tid, {db} AS db, {redis} AS redis FROM {t}",
-        tid = if lock { "ctid::text" } else { "NULL::text" },
+        tid = if addressed {
+            "ctid::text"
+        } else {
+            "NULL::text"
+        },
         id = table.id,
         db = table.db,
         redis = table.redis,
@@ -191,8 +208,30 @@ pub async fn claim_range(
             .bounded()
             .await?;
     }
-    let sql = select_sql(table, after.is_some(), upto.is_some(), filter, true);
+    let sql = select_sql(table, after.is_some(), upto.is_some(), filter, Read::Locked);
     decode_rows(fetch_page(conn, &sql, after, upto, filter, limit).await?)
+}
+
+/// Reads up to `limit` rows of the key range `(after, upto]` in key order
+/// without locking them, each with its address: the in-place pass's read,
+/// one autocommit round trip, whose rows [`swap_unlocked_batch`] then
+/// writes only where they are still exactly as read.
+pub async fn read_range(
+    pool: &PgPool,
+    table: &Table,
+    after: Option<&str>,
+    upto: Option<&str>,
+    filter: &RowFilter,
+    limit: i64,
+) -> Result<Vec<StoredRow>, sqlx::Error> {
+    let sql = select_sql(
+        table,
+        after.is_some(),
+        upto.is_some(),
+        filter,
+        Read::Addressed,
+    );
+    decode_rows(fetch_page(pool, &sql, after, upto, filter, limit).await?)
 }
 
 /// Every `every`-th id in key order among the rows `filter` admits: the
@@ -236,7 +275,7 @@ pub async fn scan_page(
     filter: &RowFilter,
     limit: i64,
 ) -> Result<Vec<StoredRow>, sqlx::Error> {
-    let sql = select_sql(table, after.is_some(), false, filter, false);
+    let sql = select_sql(table, after.is_some(), false, filter, Read::Plain);
     decode_rows(fetch_page(pool, &sql, after, None, filter, limit).await?)
 }
 
@@ -253,53 +292,105 @@ pub struct Swap {
     pub new_redis: Option<Vec<u8>>,
 }
 
-/// Applies a batch of swaps in one statement; returns the ids that were
-/// written. A row whose ciphertexts no longer match is left as it is.
+/// What one [`swap_unlocked_batch`] statement did.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// Ids of the rows swapped (and backed up).
+    pub swapped: Vec<String>,
+    /// Tenants newly queued for re-provisioning.
+    pub queued: u64,
+    /// Swaps not written because someone held the row locked (the rest of
+    /// those not written were changed since the read).
+    pub held: u64,
+}
+
+/// Writes a batch read without locks ([`read_range`]) in one autocommit
+/// statement: each swap where its row still holds exactly the bytes read
+/// at the address read and nobody holds it locked (a locked or changed row
+/// is left for the next pass, never waited for); the backup of exactly the
+/// rows swapped; and the rows in `queue` (id and ciphertexts as read)
+/// queued for re-provisioning. All of it commits or none does.
 ///
-/// The same statement writes the batch's backup (`rekey.backups`: the old
-/// ciphertexts of exactly the rows written) for run `run_id`: one round trip
-/// and the arrays sent once, instead of an UPDATE and then an INSERT
-/// repeating the old values.
-pub async fn swap_batch(
-    conn: &mut PgConnection,
+/// Each row is locked (`SKIP LOCKED`) in the statement before it is
+/// written: an UPDATE alone would wait for a control-plane transaction
+/// holding the row, stalling the worker.
+pub async fn swap_unlocked_batch(
+    pool: &PgPool,
     table: &Table,
     run_id: i64,
     swaps: &[Swap],
-) -> Result<Vec<String>, sqlx::Error> {
-    if swaps.is_empty() {
-        return Ok(Vec::new());
+    queue: &[&StoredRow],
+) -> Result<Written, sqlx::Error> {
+    if swaps.is_empty() && queue.is_empty() {
+        return Ok(Written::default());
     }
     let sql = format!(
-        "WITH written AS ({update}),
+        "WITH held AS (
+             SELECT t.ctid AS at, u.id, u.old_db, u.old_redis, u.new_db, u.new_redis
+               FROM {t} AS t
+               JOIN UNNEST($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[])
+                    AS u(id, tid, old_db, old_redis, new_db, new_redis)
+                 ON {join}
+                AND t.{db} IS NOT DISTINCT FROM u.old_db
+                AND t.{redis} IS NOT DISTINCT FROM u.old_redis
+                FOR NO KEY UPDATE OF t SKIP LOCKED),
+         written AS (
+             UPDATE {t} AS t SET {db} = h.new_db, {redis} = h.new_redis
+               FROM held AS h WHERE t.ctid = h.at
+             RETURNING h.id, h.old_db, h.old_redis),
          backup AS (
              INSERT INTO rekey.backups (run_id, org_ids, old_db, old_redis)
              SELECT $7, array_agg(id), array_agg(old_db), array_agg(old_redis)
                FROM written HAVING count(*) > 0
+             RETURNING 1),
+         queued AS (
+             INSERT INTO rekey.items (run_id, org_id, old_db, old_redis)
+             SELECT $7, q.id, q.db, q.redis
+               FROM UNNEST($8::text[], $9::bytea[], $10::bytea[]) AS q(id, db, redis)
+             ON CONFLICT (run_id, org_id) DO NOTHING
              RETURNING 1)
-         SELECT id FROM written",
-        update = cas_update(table, swaps, "u.id, u.old_db, u.old_redis"),
+         SELECT COALESCE((SELECT array_agg(id) FROM written), '{{}}'),
+                (SELECT count(*) FROM queued),
+                -- Only when some swap was not written: of those, the ones
+                -- still as read (the statement's snapshot does not see its
+                -- own update), hence held by someone rather than changed.
+                CASE WHEN (SELECT count(*) FROM written) < cardinality($1::text[])
+                     THEN (SELECT count(*) FROM {t} AS t
+                             JOIN UNNEST($1::text[], $2::text[], $3::bytea[], $4::bytea[])
+                                  AS u(id, tid, old_db, old_redis)
+                               ON {join}
+                              AND t.{db} IS NOT DISTINCT FROM u.old_db
+                              AND t.{redis} IS NOT DISTINCT FROM u.old_redis)
+                          - (SELECT count(*) FROM written)
+                     ELSE 0 END",
+        t = table.name,
+        db = table.db,
+        redis = table.redis,
+        join = swap_join(table, swaps),
     );
-    bind_swaps(&sql, swaps)
+    let col = |f: fn(&StoredRow) -> &Option<Vec<u8>>| -> Vec<Option<&[u8]>> {
+        queue.iter().map(|r| f(r).as_deref()).collect()
+    };
+    let (swapped, queued, held): (Vec<String>, i64, i64) = bind_swaps(&sql, swaps)
         .bind(run_id)
-        .fetch_all(conn)
+        .bind(queue.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
+        .bind(col(|r| &r.db))
+        .bind(col(|r| &r.redis))
+        .fetch_one(pool)
         .bounded()
-        .await
+        .await?;
+    Ok(Written {
+        swapped,
+        queued: queued as u64,
+        held: held.max(0) as u64,
+    })
 }
 
-/// The compare-and-swap UPDATE of a batch that `swap_batch` and
-/// `restore_batch` share: each row is written only where it still holds
-/// the bytes read, found by address when every swap has one (rows claimed
-/// under our lock keep their ctid until we commit; the id is still
-/// compared, as a guard), else by id. Binds `$1`..`$6` ([`bind_swaps`]).
+/// The compare-and-swap UPDATE of `restore_batch`: each row is written
+/// only where it still holds the bytes read, found as [`swap_join`] says.
+/// Binds `$1`..`$6` ([`bind_swaps`]).
 fn cas_update(table: &Table, swaps: &[Swap], returning: &str) -> String {
-    let join = if swaps.iter().all(|s| s.tid.is_some()) {
-        format!(
-            "t.ctid = u.tid::tid AND t.{} = u.id::{}",
-            table.id, table.id_type
-        )
-    } else {
-        format!("t.{} = u.id::{}", table.id, table.id_type)
-    };
+    let join = swap_join(table, swaps);
     format!(
         "UPDATE {t} AS t SET {db} = u.new_db, {redis} = u.new_redis
            FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[])
@@ -314,15 +405,32 @@ fn cas_update(table: &Table, swaps: &[Swap], returning: &str) -> String {
     )
 }
 
+/// How a batch's swaps find their rows: by address when every swap has
+/// one (the id is still compared, as a guard against a reused address),
+/// else by id.
+fn swap_join(table: &Table, swaps: &[Swap]) -> String {
+    if swaps.iter().all(|s| s.tid.is_some()) {
+        format!(
+            "t.ctid = u.tid::tid AND t.{} = u.id::{}",
+            table.id, table.id_type
+        )
+    } else {
+        format!("t.{} = u.id::{}", table.id, table.id_type)
+    }
+}
+
 /// `sql` (built around [`cas_update`]) with the swaps bound as its `$1`..`$6`.
-fn bind_swaps<'q>(
+fn bind_swaps<'q, O>(
     sql: &'q str,
     swaps: &'q [Swap],
-) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, String, sqlx::postgres::PgArguments> {
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>
+where
+    O: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+{
     let col = |f: fn(&Swap) -> &Option<Vec<u8>>| -> Vec<Option<&[u8]>> {
         swaps.iter().map(|s| f(s).as_deref()).collect()
     };
-    sqlx::query_scalar(sql)
+    sqlx::query_as(sql)
         .bind(swaps.iter().map(|s| s.id.as_str()).collect::<Vec<_>>())
         .bind(swaps.iter().map(|s| s.tid.as_deref()).collect::<Vec<_>>())
         .bind(col(|s| &s.old_db))
@@ -529,7 +637,7 @@ pub async fn swap_provisioned(
 /// Puts a batch of rows back to their pre-run ciphertexts (`rekey
 /// rollback`): each [`Swap`] carries the bytes just read (`old_*`) and the
 /// backup's (`new_*`). Returns the ids written; a row whose bytes changed
-/// since they were read is left as it is. Unlike [`swap_batch`] it writes
+/// since they were read is left as it is. Unlike [`swap_unlocked_batch`] it writes
 /// no backup: the batch's own backup is what it restores.
 pub async fn restore_batch(
     conn: &mut PgConnection,
@@ -540,5 +648,6 @@ pub async fn restore_batch(
         return Ok(Vec::new());
     }
     let sql = cas_update(table, swaps, "u.id");
-    bind_swaps(&sql, swaps).fetch_all(conn).bounded().await
+    let written: Vec<(String,)> = bind_swaps(&sql, swaps).fetch_all(conn).bounded().await?;
+    Ok(written.into_iter().map(|(id,)| id).collect())
 }

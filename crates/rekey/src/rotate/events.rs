@@ -99,7 +99,7 @@ pub enum TenantOutcome {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct BatchReport {
     pub worker: usize,
-    /// Rows claimed.
+    /// Rows read.
     pub rows: u64,
     /// Rows already current (or KMS/empty only).
     pub skipped: u64,
@@ -112,7 +112,10 @@ pub struct BatchReport {
     pub left: u64,
     /// Rows whose compare-and-swap found them changed by someone else.
     pub conflicts: u64,
-    /// Wall time of the batch, claim to commit (`latency_ms` in JSON).
+    /// Rows someone held locked when the batch was written: not waited
+    /// for, walked again.
+    pub held: u64,
+    /// Wall time of the batch, read to commit (`latency_ms` in JSON).
     #[serde(rename = "latency_ms", serialize_with = "as_millis")]
     pub latency: Duration,
 }

@@ -1,12 +1,16 @@
-//! The in-place path: workers claim batches of rows with
-//! `FOR NO KEY UPDATE SKIP LOCKED` from key ranges of about a batch each,
-//! decide them on rayon's pool, and write each batch as one
-//! compare-and-swap `UPDATE … FROM UNNEST` with its backup and
-//! re-provision queue entries in the same transaction. `--workers auto`'s
-//! choice of workers and batch size ([`tune`]) lives here too.
+//! The in-place path: workers read batches of rows, without locks, from
+//! key ranges of about a batch each, decide them on rayon's pool, and write
+//! each batch as one autocommit statement: the compare-and-swap
+//! `UPDATE … FROM UNNEST` (on the address, id and ciphertexts read,
+//! skipping rows someone holds locked), its backup and its re-provision
+//! queue entries. Two round trips per batch, no transaction held open
+//! between them. `--workers auto`'s choice of workers and batch size
+//! ([`tune`]) lives here too.
 //!
 //! A crash at any instant leaves either the whole batch (rows, backup,
-//! queue) or none of it. Re-provisioning itself lives in `reprovision`.
+//! queue) or none of it; a row changed or locked between the read and the
+//! write is left as it is and walked again by the next pass.
+//! Re-provisioning itself lives in `reprovision`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,8 +22,7 @@ use sqlx::PgPool;
 use super::batch::{decide_batch, BatchDecision, FieldCounts, LeftReason};
 use super::events::{BatchReport, Event, EventSink};
 use super::{retry, RunError};
-use crate::db::journal;
-use crate::db::org_instances::{claim_range, range_ends, swap_batch, RowFilter, StoredRow};
+use crate::db::org_instances::{range_ends, read_range, swap_unlocked_batch, RowFilter, StoredRow};
 use crate::db::Bounded;
 use crate::db::Table;
 use crate::envelope::{Keyring, Mode};
@@ -60,22 +63,20 @@ pub struct PassTally {
 /// Time spent per phase of a batch, summed: what bounds the in-place path.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 pub struct Phases {
-    /// BEGIN and the locking SELECT.
-    pub claim: Duration,
+    /// The unlocked SELECT of the batch's rows.
+    pub read: Duration,
     /// Classification, sealing and the check before write (rayon).
     pub crypto: Duration,
-    /// The compare-and-swap UPDATE, backup and queue INSERTs.
+    /// The one statement that swaps, backs up and queues, with its commit
+    /// (the WAL flush).
     pub write: Duration,
-    /// COMMIT (the WAL flush).
-    pub commit: Duration,
 }
 
 impl Phases {
     pub fn add(&mut self, other: &Phases) {
-        self.claim += other.claim;
+        self.read += other.read;
         self.crypto += other.crypto;
         self.write += other.write;
-        self.commit += other.commit;
     }
 }
 
@@ -103,7 +104,15 @@ impl InPlace {
     /// taking key ranges of about a batch each from one shared list.
     pub async fn pass(self: &Arc<Self>, filter: RowFilter) -> Result<PassTally, RunError> {
         let ends = range_ends(&self.pool, &self.table, &filter, self.batch_size).await?;
-        let ranges = Arc::new(std::sync::Mutex::new(key_ranges(ends)));
+        let mut list = key_ranges(ends);
+        // Processes sharing a run read without locks, so two on the same
+        // range would both do its crypto and one would lose every swap:
+        // each starts at its own point of the key space instead, and
+        // reaches the others' ranges when they are already done (a read
+        // that finds the rows under the new key and writes nothing).
+        let start = start_offset(std::process::id(), list.len());
+        list.rotate_left(start);
+        let ranges = Arc::new(std::sync::Mutex::new(list));
         let filter = Arc::new(filter);
         let mut tasks = tokio::task::JoinSet::new();
         for worker in 0..self.workers.max(1) {
@@ -148,8 +157,8 @@ impl InPlace {
             let Some(reserved) = self.reserve() else {
                 break;
             };
-            // A batch lost with its connection rolled back whole (or, lost at
-            // COMMIT, may have committed whole); either way its rows are
+            // A batch lost with its connection rolled back whole (or, lost
+            // while its statement committed, committed whole); either way its rows are
             // taken from the range list now, and the convergence read after the pass
             // finds any that still need work and walks them again. So a retry
             // simply goes on with the next batch.
@@ -183,8 +192,8 @@ impl InPlace {
         Ok(tally)
     }
 
-    /// Claims, decides and writes one batch in one transaction; `None` when
-    /// the pass has no ranges left.
+    /// Reads, decides and writes one batch; `None` when the pass has no
+    /// ranges left.
     async fn batch(
         &self,
         worker: usize,
@@ -194,12 +203,55 @@ impl InPlace {
         reserved: u64,
     ) -> Result<Option<(BatchReport, BatchDecision, Phases)>, RunError> {
         let started = Instant::now();
-        let mut tx = self.pool.begin().bounded().await?;
+        let Some(rows) = self.next_rows(ranges, current, filter).await? else {
+            return Ok(None);
+        };
+        let read = Instant::now();
+        let (rows, decision) = self.decide(rows, reserved).await?;
+        let decided = Instant::now();
+        let queue: Vec<&StoredRow> = decision.queue.iter().map(|&i| &rows[i]).collect();
+        let written = swap_unlocked_batch(
+            &self.pool,
+            &self.table,
+            self.run_id,
+            &decision.swaps,
+            &queue,
+        )
+        .await?;
+        let phases = Phases {
+            read: read - started,
+            crypto: decided - read,
+            write: decided.elapsed(),
+        };
+        let report = BatchReport {
+            worker,
+            rows: rows.len() as u64,
+            skipped: decision.skipped,
+            reencrypted: written.swapped.len() as u64,
+            queued: written.queued,
+            left: decision.left.len() as u64,
+            // Rows held by someone are not changed: the re-walks come back
+            // to them, and report them as locked if they stay held.
+            conflicts: ((decision.swaps.len() - written.swapped.len()) as u64)
+                .saturating_sub(written.held),
+            held: written.held,
+            latency: started.elapsed(),
+        };
+        Ok(Some((report, decision, phases)))
+    }
+
+    /// The next non-empty page of this worker's range (or of the next range
+    /// in the list), read without locks; `None` when the list is empty.
+    async fn next_rows(
+        &self,
+        ranges: &std::sync::Mutex<VecDeque<KeyRange>>,
+        current: &std::sync::Mutex<Option<KeyRange>>,
+        filter: &RowFilter,
+    ) -> Result<Option<Vec<StoredRow>>, RunError> {
         // Ranges keep this process's workers on disjoint keys without a
-        // shared cursor to wait for; other processes are kept off our rows
-        // by the row locks themselves. A range holding more rows than a
+        // shared cursor to wait for. A range holding more rows than a
         // batch (rows inserted since its ends were read) is walked on.
-        let rows = loop {
+        loop {
             let resumed = lock_ranges(current).take();
             let range = match resumed {
                 Some(range) => range,
@@ -208,8 +260,8 @@ impl InPlace {
                     None => return Ok(None),
                 },
             };
-            let rows = claim_range(
-                &mut tx,
+            let rows = read_range(
+                &self.pool,
                 &self.table,
                 range.after.as_deref(),
                 range.upto.as_deref(),
@@ -217,8 +269,12 @@ impl InPlace {
                 self.batch_size,
             )
             .await?;
+            // A full page may have more rows after it in its range, unless
+            // it ended on the range's end (the usual case: ranges are cut
+            // a batch long), where reading on would cost a round trip for
+            // nothing.
             if rows.len() as i64 == self.batch_size {
-                if let Some(last) = rows.last() {
+                if let Some(last) = rows.last().filter(|l| Some(&l.id) != range.upto.as_ref()) {
                     *lock_ranges(current) = Some(KeyRange {
                         after: Some(last.id.clone()),
                         upto: range.upto,
@@ -226,26 +282,9 @@ impl InPlace {
                 }
             }
             if !rows.is_empty() {
-                break rows;
+                return Ok(Some(rows));
             }
-        };
-        let claimed = Instant::now();
-        let (rows, decision) = self.decide(rows, reserved).await?;
-        let decided = Instant::now();
-        let report = self.write(&mut tx, worker, &rows, &decision).await?;
-        let written = Instant::now();
-        tx.commit().bounded().await?;
-        let phases = Phases {
-            claim: claimed - started,
-            crypto: decided - claimed,
-            write: written - decided,
-            commit: written.elapsed(),
-        };
-        let report = BatchReport {
-            latency: started.elapsed(),
-            ..report
-        };
-        Ok(Some((report, decision, phases)))
+        }
     }
 
     /// Takes up to a batch's worth of the `--limit` budget.
@@ -283,46 +322,6 @@ impl InPlace {
         .await
         .map_err(|e| RunError::crashed("the crypto task", &e))
     }
-
-    async fn write(
-        &self,
-        tx: &mut sqlx::PgConnection,
-        worker: usize,
-        rows: &[StoredRow],
-        decision: &BatchDecision,
-    ) -> Result<BatchReport, RunError> {
-        // The compare-and-swap and the backup of what it replaced, in one
-        // statement of this batch's transaction.
-        let written = swap_batch(tx, &self.table, self.run_id, &decision.swaps).await?;
-        let queued_rows: Vec<&StoredRow> = decision.queue.iter().map(|&i| &rows[i]).collect();
-        let queued = journal::queue_items(
-            tx,
-            self.run_id,
-            &queued_rows
-                .iter()
-                .map(|r| r.id.as_str())
-                .collect::<Vec<_>>(),
-            &queued_rows
-                .iter()
-                .map(|r| r.db.as_deref())
-                .collect::<Vec<_>>(),
-            &queued_rows
-                .iter()
-                .map(|r| r.redis.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .await?;
-        Ok(BatchReport {
-            worker,
-            rows: rows.len() as u64,
-            skipped: decision.skipped,
-            reencrypted: written.len() as u64,
-            queued,
-            left: decision.left.len() as u64,
-            conflicts: (decision.swaps.len() - written.len()) as u64,
-            latency: Duration::ZERO,
-        })
-    }
 }
 
 /// A key range `(after, upto]` of a pass; `None` ends are open.
@@ -345,6 +344,16 @@ fn key_ranges(ends: Vec<String>) -> VecDeque<KeyRange> {
     }
     ranges.push_back(KeyRange { after, upto: None });
     ranges
+}
+
+/// Where in a list of `len` ranges process `pid` starts: spread over the
+/// list by a multiplicative hash, so processes started one after another
+/// (consecutive pids) start far apart.
+fn start_offset(pid: u32, len: usize) -> usize {
+    if len == 0 {
+        return 0;
+    }
+    (u64::from(pid).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % len
 }
 
 /// The shared range list (or a worker's current range); nothing is left
@@ -378,8 +387,8 @@ const SATURATING_WORKERS: usize = 4;
 /// 4 workers over ~100,000 rows/s on the reference machine.
 const ROW_SERVICE: Duration = Duration::from_micros(40);
 
-/// Round trips per batch: BEGIN, claim, write, COMMIT.
-const ROUND_TRIPS_PER_BATCH: u32 = 4;
+/// Round trips per batch: the read and the one write statement.
+const ROUND_TRIPS_PER_BATCH: u32 = 2;
 
 /// Connections a run keeps beside its workers (journal, progress, the
 /// re-provisioner's) and leaves for the control plane.
@@ -387,7 +396,7 @@ const SPARE_CONNECTIONS: i64 = 8;
 
 /// Chooses workers and batch size so that the round trips a batch waits
 /// for are hidden behind other workers' batches: each worker spends
-/// `4 x rtt + batch x ROW_SERVICE` per batch, of which the server is busy
+/// `2 x rtt + batch x ROW_SERVICE` per batch, of which the server is busy
 /// only for the second part, so it takes `SATURATING_WORKERS` times that
 /// ratio to keep the server as busy as on loopback. Larger batches at
 /// higher RTT amortise the round trips; 5,000 rows bounds what one worker
@@ -479,6 +488,16 @@ mod tests {
             "the server's free connections, less the spare ones, cap"
         );
         assert_eq!(tune(rtt, 0, 64).0, 1, "a full server still gets one worker");
+    }
+
+    #[test]
+    fn processes_start_their_passes_at_different_ranges() {
+        let starts: std::collections::HashSet<usize> =
+            (1000..1004).map(|pid| start_offset(pid, 100)).collect();
+        assert_eq!(starts.len(), 4, "consecutive pids start apart: {starts:?}");
+        assert!(starts.iter().all(|&s| s < 100));
+        assert_eq!(start_offset(1234, 0), 0);
+        assert_eq!(start_offset(1234, 1), 0);
     }
 
     #[test]

@@ -135,10 +135,9 @@ pub struct RunReport {
 /// [`super::inplace::Phases`] in seconds, for reports.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct PhaseSecs {
-    pub claim: f64,
+    pub read: f64,
     pub crypto: f64,
     pub write: f64,
-    pub commit: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -608,10 +607,9 @@ async fn conclude(
         earlier: Earlier::default(),
         tenants_pending: 0,
         phase_secs: PhaseSecs {
-            claim: tally.phases.claim.as_secs_f64(),
+            read: tally.phases.read.as_secs_f64(),
             crypto: tally.phases.crypto.as_secs_f64(),
             write: tally.phases.write.as_secs_f64(),
-            commit: tally.phases.commit.as_secs_f64(),
         },
         outcome: if left_total == 0 && cleanup_pending == 0 && !interrupted {
             Outcome::Done

@@ -425,7 +425,7 @@ fn render(
     out.family(
         "rekey_batch_duration_seconds",
         "histogram",
-        "Wall time of an in-place batch, claim to commit.",
+        "Wall time of an in-place batch, read to commit.",
     );
     let mut cumulative = 0;
     for (bound, n) in BATCH_BUCKETS.iter().zip(h.buckets) {
