@@ -216,7 +216,7 @@ struct RunView {
     /// restores them).
     rebacked: HashMap<String, i64>,
     /// What those rows are put back to ([`pre_run_fields`]), by id.
-    rebacked_to: HashMap<String, (Option<Vec<u8>>, Option<Vec<u8>>)>,
+    rebacked_to: HashMap<String, Fields>,
     /// Tenants the run re-provisioned, by id.
     reprovisioned: Vec<String>,
     reprovisioned_set: HashSet<String>,
@@ -284,17 +284,17 @@ impl RunView {
 fn pre_run_fields(
     keyring: &Keyring,
     entries: Vec<journal::BackupEntry>,
-) -> HashMap<String, (Option<Vec<u8>>, Option<Vec<u8>>)> {
-    let by_new = |field: &Option<Vec<u8>>| {
+) -> HashMap<String, Fields> {
+    let by_new = |field: &Field| {
         field
             .as_deref()
             .is_some_and(|b| keyring.new_cipher().open(b).is_some())
     };
-    let pick = |fields: Vec<Option<Vec<u8>>>| -> Option<Vec<u8>> {
+    let pick = |fields: Vec<Field>| -> Field {
         let latest = fields.first().cloned().flatten();
         fields.into_iter().find(|f| !by_new(f)).unwrap_or(latest)
     };
-    let mut rows: HashMap<String, (Vec<Option<Vec<u8>>>, Vec<Option<Vec<u8>>>)> = HashMap::new();
+    let mut rows: HashMap<String, (Vec<Field>, Vec<Field>)> = HashMap::new();
     for (id, _batch, db, redis) in entries {
         let row = rows.entry(id).or_default();
         row.0.push(db);
@@ -304,6 +304,12 @@ fn pre_run_fields(
         .map(|(id, (db, redis))| (id, (pick(db), pick(redis))))
         .collect()
 }
+
+/// One ciphertext column's value (NULL: `None`).
+type Field = Option<Vec<u8>>;
+
+/// A row's database and Redis ciphertexts.
+type Fields = (Field, Field);
 
 /// One row's backup: its ciphertexts before the run.
 struct Entry {
