@@ -180,23 +180,12 @@ where
 }
 
 /// Locks and returns up to `limit` rows after `after` in key order,
-/// skipping rows another worker or process holds (`FOR UPDATE SKIP LOCKED`).
+/// skipping rows someone else holds (`FOR NO KEY UPDATE SKIP LOCKED`), or
+/// with `filter.wait_for_locked` waiting for them, at most a minute.
 pub async fn claim_batch(
     conn: &mut PgConnection,
     table: &Table,
     after: Option<&str>,
-    filter: &RowFilter,
-    limit: i64,
-) -> Result<Vec<StoredRow>, sqlx::Error> {
-    claim_range(conn, table, after, None, filter, limit).await
-}
-
-/// [`claim_batch`] within the key range `(after, upto]` (`None`: open).
-pub async fn claim_range(
-    conn: &mut PgConnection,
-    table: &Table,
-    after: Option<&str>,
-    upto: Option<&str>,
     filter: &RowFilter,
     limit: i64,
 ) -> Result<Vec<StoredRow>, sqlx::Error> {
@@ -208,8 +197,8 @@ pub async fn claim_range(
             .bounded()
             .await?;
     }
-    let sql = select_sql(table, after.is_some(), upto.is_some(), filter, Read::Locked);
-    decode_rows(fetch_page(conn, &sql, after, upto, filter, limit).await?)
+    let sql = select_sql(table, after.is_some(), false, filter, Read::Locked);
+    decode_rows(fetch_page(conn, &sql, after, None, filter, limit).await?)
 }
 
 /// Reads up to `limit` rows of the key range `(after, upto]` in key order
@@ -389,7 +378,7 @@ pub async fn swap_unlocked_batch(
 /// The compare-and-swap UPDATE of `restore_batch`: each row is written
 /// only where it still holds the bytes read, found as [`swap_join`] says.
 /// Binds `$1`..`$6` ([`bind_swaps`]).
-fn cas_update(table: &Table, swaps: &[Swap], returning: &str) -> String {
+fn cas_update(table: &Table, swaps: &[Swap]) -> String {
     let join = swap_join(table, swaps);
     format!(
         "UPDATE {t} AS t SET {db} = u.new_db, {redis} = u.new_redis
@@ -398,7 +387,7 @@ fn cas_update(table: &Table, swaps: &[Swap], returning: &str) -> String {
           WHERE {join}
             AND t.{db} IS NOT DISTINCT FROM u.old_db
             AND t.{redis} IS NOT DISTINCT FROM u.old_redis
-         RETURNING {returning}",
+         RETURNING u.id",
         t = table.name,
         db = table.db,
         redis = table.redis,
@@ -647,7 +636,7 @@ pub async fn restore_batch(
     if swaps.is_empty() {
         return Ok(Vec::new());
     }
-    let sql = cas_update(table, swaps, "u.id");
+    let sql = cas_update(table, swaps);
     let written: Vec<(String,)> = bind_swaps(&sql, swaps).fetch_all(conn).bounded().await?;
     Ok(written.into_iter().map(|(id,)| id).collect())
 }

@@ -291,8 +291,8 @@ fn pre_run_fields(
             .is_some_and(|b| keyring.new_cipher().open(b).is_some())
     };
     let pick = |fields: Vec<Field>| -> Field {
-        let latest = fields.first().cloned().flatten();
-        fields.into_iter().find(|f| !by_new(f)).unwrap_or(latest)
+        let at = fields.iter().position(|f| !by_new(f)).unwrap_or(0);
+        fields.into_iter().nth(at).flatten()
     };
     let mut rows: HashMap<String, (Vec<Field>, Vec<Field>)> = HashMap::new();
     for (id, _batch, db, redis) in entries {
