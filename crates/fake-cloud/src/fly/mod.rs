@@ -1,8 +1,8 @@
 //! The fake's Fly Machines API routes (under `/v1`): apps, machine create,
 //! list (with `include_deleted`, `region` and `metadata.<key>` filters),
-//! get, start, stop, destroy, `/wait`, and the machine lease (take or
-//! renew, show, release). Start, stop, destroy and lease calls read the
-//! `fly-machine-lease-nonce` header.
+//! get, update, start, stop, destroy, `/wait`, and the machine lease (take
+//! or renew, show, release). Update, start, stop, destroy and lease calls
+//! read the `fly-machine-lease-nonce` header.
 //!
 //! `/wait` is the one handler that awaits: it re-checks the machine whenever
 //! a Fly change is announced or a scheduled transition falls due, never
@@ -48,7 +48,12 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
             "/apps/{app}/machines",
             get(list_machines).post(create_machine),
         )
-        .route(machine, get(get_machine).delete(destroy_machine))
+        .route(
+            machine,
+            get(get_machine)
+                .post(update_machine)
+                .delete(destroy_machine),
+        )
         .route(&format!("{machine}/wait"), get(wait))
         .route(&format!("{machine}/start"), post(start_machine))
         .route(&format!("{machine}/stop"), post(stop_machine))
@@ -182,6 +187,34 @@ async fn get_machine(
     read_app(&shared, &app, |app| {
         ok(app.machine(&machine_id)?.to_json(failing))
     })
+}
+
+/// `Machines_update`: 200 with the `Machine` as it is after the change.
+async fn update_machine(
+    State(shared): State<Arc<Shared>>,
+    Path((app, machine_id)): Path<(String, String)>,
+    LeaseNonce(nonce): LeaseNonce,
+    Body(body, _): FlyBody<model::UpdateMachine>,
+) -> Answer {
+    let config = shared.config();
+    let now = Now::new();
+    let answer = {
+        let mut world = shared.world();
+        let world = &mut *world;
+        let app = world.fly.app_mut(&app)?;
+        app.settle(&now);
+        let machine = app.update(
+            &mut world.ids,
+            &now,
+            config.boot_duration,
+            &machine_id,
+            nonce.as_deref(),
+            body,
+        )?;
+        machine.to_json(config.fly_failing_checks)
+    };
+    shared.fly_changed.notify_waiters();
+    ok(answer)
 }
 
 async fn start_machine(

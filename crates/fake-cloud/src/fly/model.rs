@@ -168,6 +168,18 @@ pub(crate) struct CreateMachine {
     pub(crate) lease_ttl: Option<u64>,
 }
 
+/// `POST /apps/{app}/machines/{id}` body (`UpdateMachineRequest`); only
+/// `config.image` is required, as on create.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct UpdateMachine {
+    pub(crate) config: Option<Value>,
+    /// The `instance_id` the caller read: refused when the machine has
+    /// another one now.
+    pub(crate) current_version: Option<String>,
+    #[serde(default)]
+    pub(crate) skip_launch: bool,
+}
+
 /// `POST …/lease` body (`CreateLeaseRequest`).
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct CreateLease {
@@ -417,6 +429,51 @@ impl App {
             boot,
         )?;
         Ok(())
+    }
+
+    /// `POST …/{id}` (`Machines_update`): the config replaced and a new
+    /// `instance_id`; the machine restarts with it (`starting`, then
+    /// `started` after the boot time) unless `skip_launch`. A
+    /// `current_version` other than the machine's `instance_id` is refused
+    /// with 400 (Fly documents 400 for this call; which status a stale
+    /// version gets is the fake's choice).
+    pub(crate) fn update(
+        &mut self,
+        ids: &mut Ids,
+        now: &Now,
+        boot: Duration,
+        id: &str,
+        nonce: Option<&str>,
+        body: UpdateMachine,
+    ) -> Result<&Machine, FlyError> {
+        let config = check_config(body.config)?;
+        let instance = ids.instance();
+        let machine = self.machine_mut(id)?;
+        machine.settle(now);
+        machine.check_lease(now, nonce)?;
+        if machine.state == MachineState::Destroyed {
+            return Err(destroyed());
+        }
+        if let Some(version) = &body.current_version {
+            if *version != machine.instance_id {
+                return Err(FlyError::bad_request(format!(
+                    "current_version {version} is not the machine's version {}",
+                    machine.instance_id
+                )));
+            }
+        }
+        machine.config = config;
+        machine.instance_id = instance;
+        machine.push_event("update", "updated", "user", now.wall);
+        if body.skip_launch {
+            machine.transition = None;
+            machine.set_state(MachineState::Stopped, now);
+        } else {
+            machine.set_state(MachineState::Starting, now);
+            machine.transition = Some((MachineState::Started, now.at + boot));
+            machine.settle(now);
+        }
+        Ok(machine)
     }
 
     /// `DELETE …/{id}`: a running machine needs `force` (or `kill`);

@@ -152,6 +152,44 @@ impl Machine {
         item_tag: &str,
         extra_metadata: &[(&str, &str)],
     ) -> Result<MachineConfig, CloudError> {
+        self.config_with_urls(database_url, redis_url, item_tag, extra_metadata, false)
+    }
+
+    /// The config for updating this machine in place: as
+    /// [`Machine::replacement_config`], except that `mounts` and `standbys`
+    /// stay (the machine keeps its volume and its standbys).
+    pub fn updated_config(
+        &self,
+        database_url: &Secret,
+        redis_url: Option<&Secret>,
+        item_tag: &str,
+        extra_metadata: &[(&str, &str)],
+    ) -> Result<MachineConfig, CloudError> {
+        self.config_with_urls(database_url, redis_url, item_tag, extra_metadata, true)
+    }
+
+    /// Whether the machine's config already holds these URLs (an update
+    /// whose answer was lost may have landed).
+    pub fn runs_with(&self, database_url: &Secret, redis_url: Option<&Secret>) -> bool {
+        let Some(config) = &self.config else {
+            return false;
+        };
+        let same = |key: &str, want: &Secret| {
+            config
+                .env(key)
+                .is_some_and(|have| have.expose() == want.expose())
+        };
+        same("DATABASE_URL", database_url) && redis_url.is_none_or(|r| same("REDIS_URL", r))
+    }
+
+    fn config_with_urls(
+        &self,
+        database_url: &Secret,
+        redis_url: Option<&Secret>,
+        item_tag: &str,
+        extra_metadata: &[(&str, &str)],
+        in_place: bool,
+    ) -> Result<MachineConfig, CloudError> {
         let refuse = |reason: &str| CloudError::UnsafeToCopy {
             machine: self.id.clone(),
             reason: reason.to_string(),
@@ -171,8 +209,10 @@ impl Machine {
         if config.get("image").and_then(Value::as_str).is_none() {
             return Err(refuse("its config has no image"));
         }
-        config.remove("mounts");
-        config.remove("standbys");
+        if !in_place {
+            config.remove("mounts");
+            config.remove("standbys");
+        }
         let env =
             object_entry(config, "env").ok_or_else(|| refuse("config.env is not an object"))?;
         env.insert(
@@ -311,6 +351,34 @@ impl LeaseBody {
     fn into_lease(self) -> Lease {
         match self {
             LeaseBody::Wrapped { data } | LeaseBody::Bare(data) => data,
+        }
+    }
+}
+
+/// A lease as anyone may see it: who holds it, why and until when.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LeaseHeld {
+    /// Unix seconds (UTC) at which the lease lapses.
+    #[serde(default)]
+    pub expires_at: i64,
+    #[serde(default)]
+    pub owner: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// [`LeaseHeld`] bare (the OpenAPI) or inside `data` (Fly's docs).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LeaseHeldBody {
+    Wrapped { data: LeaseHeld },
+    Bare(LeaseHeld),
+}
+
+impl LeaseHeldBody {
+    fn into_held(self) -> LeaseHeld {
+        match self {
+            LeaseHeldBody::Wrapped { data } | LeaseHeldBody::Bare(data) => data,
         }
     }
 }
@@ -519,6 +587,32 @@ impl FlyClient {
                 ),
             }),
         }
+    }
+
+    /// Replaces the machine's config (`Machines_update`: `POST
+    /// /apps/{app}/machines/{id}`, body `UpdateMachineRequest`); Fly
+    /// restarts the machine with it under a new `instance_id`, which the
+    /// answer carries. `current_version` (the `instance_id` the config was
+    /// read from) has the update refused when someone changed the machine
+    /// since; `lease`'s nonce goes with it. Not repeated after an ambiguous
+    /// failure: the caller reads the machine again to see whether it landed.
+    pub async fn update_machine(
+        &self,
+        app: &str,
+        id: &str,
+        config: &MachineConfig,
+        current_version: Option<&str>,
+        lease: Option<&Lease>,
+    ) -> Result<Machine, CloudError> {
+        let mut body = json!({ "config": config.expose() });
+        if let Some(version) = current_version {
+            body["current_version"] = json!(version);
+        }
+        // The body holds DATABASE_URL: zeroized when this function returns.
+        let body = SecretJson::new(body);
+        let request = ApiRequest::post(&["apps", app, "machines", id]).json(body.expose());
+        let request = with_lease(request, lease)?;
+        self.http.send(request).await?.json::<Machine>()
     }
 
     /// Waits until machine `id` reaches `state`, by calling `/wait` (at most
@@ -730,6 +824,17 @@ impl FlyClient {
             .header(LEASE_NONCE_HEADER, lease.header()?);
         let answer: LeaseBody = self.http.send(request).await?.json()?;
         Ok(answer.into_lease())
+    }
+
+    /// Who holds a lease on the machine now (`Machines_show_lease`: 200
+    /// with the lease, 404 when none is held), without its nonce.
+    pub async fn show_lease(&self, app: &str, id: &str) -> Result<Option<LeaseHeld>, CloudError> {
+        let request = ApiRequest::get(&["apps", app, "machines", id, "lease"]);
+        match self.http.send(request).await {
+            Ok(answer) => Ok(Some(answer.json::<LeaseHeldBody>()?.into_held())),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Gives the lease back. A 404 means no lease is held any more (it
