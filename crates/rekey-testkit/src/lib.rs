@@ -685,6 +685,30 @@ impl Cloud {
         send_to_fake(request, &format!("destroy {app}/{machine}")).await;
     }
 
+    /// Takes a lease on a machine through the fake's Fly API, as a
+    /// control-plane deploy would; returns its nonce.
+    pub async fn lease_machine(&self, app: &str, machine: &str, ttl_secs: u64) -> String {
+        let url = format!("{}/apps/{app}/machines/{machine}/lease", self.fly_url());
+        let request = reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(&self.fly_token)
+            .json(&serde_json::json!({"ttl": ttl_secs, "description": "deploy"}));
+        let response = send_to_fake(request, &format!("lease {app}/{machine}")).await;
+        let body: serde_json::Value = response.json().await.expect("lease JSON");
+        let lease = body.get("data").unwrap_or(&body);
+        lease["nonce"].as_str().expect("a nonce").to_string()
+    }
+
+    /// Releases a lease [`Cloud::lease_machine`] took.
+    pub async fn release_machine_lease(&self, app: &str, machine: &str, nonce: &str) {
+        let url = format!("{}/apps/{app}/machines/{machine}/lease", self.fly_url());
+        let request = reqwest::Client::new()
+            .delete(&url)
+            .bearer_auth(&self.fly_token)
+            .header("fly-machine-lease-nonce", nonce);
+        send_to_fake(request, &format!("release the lease on {app}/{machine}")).await;
+    }
+
     /// The credentials and Redis URL, for scans of outputs.
     pub fn secrets(&self) -> Vec<String> {
         vec![
@@ -1152,6 +1176,86 @@ pub async fn assert_tenant_reprovisioned(
     assert!(
         new_machine.env.get("REDIS_URL") == Some(&redis),
         "{id}: the new machine's REDIS_URL is not the row's"
+    );
+}
+
+/// Asserts that `seed`'s tenant was re-provisioned in place
+/// (`--neon-strategy reset-in-place`): it stays on its own branch and its
+/// own machine, which is running with the URL its row holds under the new
+/// key; that URL is what Neon serves for the branch now (so its password
+/// logs in), the leaked password no longer does, and no other machine of
+/// the tenant is alive.
+pub async fn assert_tenant_reset_in_place(
+    cloud: &Cloud,
+    view: &CloudView,
+    row: &TenantRow,
+    seed: &SeedTenant,
+    new: &Key,
+) {
+    let id = &row.org_id;
+    let cipher = Cipher::new(new);
+    let open = |c: &Option<Vec<u8>>| {
+        let c = c
+            .as_ref()
+            .unwrap_or_else(|| panic!("{id}: a field is NULL"));
+        let p = cipher
+            .open(c)
+            .unwrap_or_else(|| panic!("{id}: a field does not open under the new key"));
+        String::from_utf8(p.to_vec()).expect("URLs are UTF-8")
+    };
+    let db = open(&row.database_url_encrypted);
+    assert!(
+        open(&row.redis_url_encrypted) == cloud.redis_url,
+        "{id}: the Redis URL is not TENANT_REDIS_URL"
+    );
+    assert_eq!(
+        row.neon_branch_id.as_deref(),
+        Some(seed.neon_branch_id.as_str()),
+        "{id}: branch"
+    );
+    assert_eq!(
+        row.fly_machine_id.as_deref(),
+        Some(seed.fly_machine_id.as_str()),
+        "{id}: machine"
+    );
+    let served = cloud
+        .connection_uri(&seed.neon_project_id, &seed.neon_branch_id)
+        .await;
+    assert!(
+        db == served,
+        "{id}: the row's database URL is not the one the branch accepts now"
+    );
+    let branch = view
+        .branches_of(&seed.neon_project_id)
+        .into_iter()
+        .find(|b| b.id == seed.neon_branch_id)
+        .unwrap_or_else(|| panic!("{id}: its branch is gone"));
+    assert!(
+        branch
+            .passwords
+            .get(TENANT_ROLE)
+            .is_some_and(|p| p != &seed.password),
+        "{id}: the leaked password still works"
+    );
+    assert!(
+        branch.pending_passwords.is_empty(),
+        "{id}: a reset still in flight"
+    );
+    let live: Vec<&FakeMachine> = view
+        .machines_of(&seed.fly_app)
+        .into_iter()
+        .filter(|m| m.state != "destroyed")
+        .collect();
+    assert_eq!(
+        live.iter()
+            .map(|m| (m.id.as_str(), m.state.as_str()))
+            .collect::<Vec<_>>(),
+        [(seed.fly_machine_id.as_str(), "started")],
+        "{id}: expected its own machine, running, and no other"
+    );
+    assert!(
+        live[0].env.get("DATABASE_URL") == Some(&db),
+        "{id}: the machine does not run with the row's (the branch's) database URL"
     );
 }
 

@@ -1,7 +1,10 @@
-//! Re-provisioning that never leaves a leaked credential alive: a clean-up
-//! that fails after the row was swapped is not given up but owed, counted,
-//! kept at exit 1, blocks `finalize`, and is done by a later `rekey run`.
-//! Real binary against the fake cloud over loopback HTTP.
+//! Re-provisioning that never leaves a leaked credential alive nor a
+//! tenant without a working machine: a clean-up that fails after the row
+//! was swapped is not given up but owed, counted, kept at exit 1, blocks
+//! `finalize`, and is done by a later `rekey run`; a password reset in
+//! place is rolled forward until the tenant's machine runs with it; a
+//! machine someone else holds a Fly lease on is left alone. Real binary
+//! against the fake cloud over loopback HTTP.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -174,4 +177,175 @@ async fn a_tenant_given_up_is_reported_at_the_step_that_failed_not_at_its_compen
             t.org_id
         );
     }
+}
+
+/// `--neon-strategy reset-in-place`: every tenant stays on its branch and
+/// its machine, which is updated in place to the new password (no second
+/// machine, nothing destroyed), and the leaked password is dead.
+#[sqlx::test(migrations = false)]
+async fn reset_in_place_updates_each_tenants_own_machine_to_the_new_password(pool: PgPool) {
+    let (keys, cloud, tenants, url) = cloud_fleet(&pool, fake_config(20, 20), 3).await;
+    let out = run_cloud(
+        &url,
+        &cloud,
+        &["--neon-strategy", "reset-in-place", "--json"],
+        &new_key_only(&keys),
+    );
+    assert_exit(&out, 0, "reset-in-place run");
+    assert_eq!(run_summary(&out)["reprovisioned"], 3, "{}", text(&out));
+    let rows = tenant_rows(&pool).await;
+    let view = cloud.view();
+    for t in &tenants {
+        let row = &rows[&t.org_id.to_string()];
+        assert_tenant_reset_in_place(&cloud, &view, row, t, &keys.new).await;
+    }
+    let verify = rekey(
+        &url,
+        &["verify", "--new-key-file", path_str(&keys.new_file)],
+    );
+    assert_exit(&verify, 0, "verify after reset-in-place");
+}
+
+/// Waits until the fake holds a password reset in flight on `branch`: the
+/// reset was sent and its operation has not finished.
+fn wait_for_pending_reset(
+    cloud: &Cloud,
+    project: &str,
+    branch: &str,
+    child: &mut std::process::Child,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let view = cloud.view();
+        let pending = view
+            .branches_of(project)
+            .into_iter()
+            .any(|b| b.id == branch && !b.pending_passwords.is_empty());
+        if pending {
+            return;
+        }
+        assert!(
+            child.try_wait().expect("poll rekey").is_none(),
+            "rekey exited before resetting the password"
+        );
+        assert!(Instant::now() < deadline, "no password reset within 60 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Fly stops answering right after the password on the tenant's own
+/// branch was reset: its machine now runs with a password the branch
+/// refuses. The tenant is not given up (that would leave it locked out for
+/// good, the new password recorded nowhere): it is owed, the run exits 1,
+/// and once Fly answers again the next run updates the machine, after
+/// which the tenant logs in with what its row and its branch agree on.
+#[sqlx::test(migrations = false)]
+async fn a_password_reset_in_place_is_rolled_forward_until_the_machine_runs_with_it(pool: PgPool) {
+    // The reset's operation takes 3 s: Fly is cut off while it runs.
+    let (keys, mut cloud, tenants, url) = cloud_fleet(&pool, fake_config(3000, 20), 1).await;
+    let t = &tenants[0];
+    let extra = [
+        "--neon-strategy",
+        "reset-in-place",
+        "--max-attempts",
+        "1",
+        "--lease-secs",
+        "2",
+        "--json",
+    ];
+    let args = run_args(&extra, &new_key_only(&keys));
+    let mut child = rekey_cloud_cmd(&url, &cloud, &strs(&args))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rekey");
+    wait_for_pending_reset(&cloud, &t.neon_project_id, &t.neon_branch_id, &mut child);
+    let real_token = cloud.fly_token.clone();
+    cloud.configure(|c| c.fly_api_token = Some("fo1-not-the-binarys".into()));
+    let out = child.wait_with_output().expect("rekey output");
+
+    assert_exit(&out, 1, "a run whose tenant's machine could not be updated");
+    let report = run_summary(&out);
+    assert_eq!(report["reprovision_failed"], 0, "not given up: {report}");
+    assert_eq!(report["cleanup_pending"], 1, "{report}");
+    let parked = items(&pool).await;
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].state, "owed", "{parked:?}");
+    let status = text(&rekey(&url, &["status"]));
+    assert!(status.contains("1 clean-up owed"), "{status}");
+
+    cloud.configure(|c| c.fly_api_token = Some(real_token));
+    // Its lease on the machine, whose release Fly refused, lapses in 2 s;
+    // until then the run waits it out as someone else's.
+    let again = run_cloud(
+        &url,
+        &cloud,
+        &["--neon-strategy", "reset-in-place", "--lease-secs", "2"],
+        &new_key_only(&keys),
+    );
+    assert_exit(&again, 0, "the next run, with Fly back");
+    let rows = tenant_rows(&pool).await;
+    let row = &rows[&t.org_id.to_string()];
+    assert_tenant_reset_in_place(&cloud, &cloud.view(), row, t, &keys.new).await;
+    assert_eq!(items(&pool).await[0].state, "done");
+}
+
+/// A machine a control-plane deploy holds a Fly lease on is never touched:
+/// no replacement is made from its config, nothing is stopped, and the
+/// tenant is given up naming the lease. Once the lease is released, the
+/// next run replaces it, its own lease's nonce going with the stop and
+/// the destroy (the fake refuses them without it).
+#[sqlx::test(migrations = false)]
+async fn a_machine_someone_else_holds_a_lease_on_is_left_alone_until_it_is_released(pool: PgPool) {
+    let (keys, cloud, tenants, url) = cloud_fleet(&pool, fake_config(20, 20), 2).await;
+    let (held, free) = (&tenants[0], &tenants[1]);
+    let nonce = cloud
+        .lease_machine(&held.fly_app, &held.fly_machine_id, 300)
+        .await;
+    let out = run_cloud(
+        &url,
+        &cloud,
+        &["--max-attempts", "2", "--json"],
+        &new_key_only(&keys),
+    );
+    assert_exit(&out, 1, "a run that met a leased machine");
+    let report = run_summary(&out);
+    assert_eq!(report["reprovisioned"], 1, "{report}");
+    assert_eq!(report["reprovision_failed"], 1, "{report}");
+    let all = text(&out);
+    assert!(all.contains("is leased by someone else"), "{all}");
+    let view = cloud.view();
+    let machines = view.machines_of(&held.fly_app);
+    assert_eq!(
+        machines
+            .iter()
+            .map(|m| (m.id.as_str(), m.state.as_str()))
+            .collect::<Vec<_>>(),
+        [(held.fly_machine_id.as_str(), "started")],
+        "the leased machine's app: {all}"
+    );
+    let rows = tenant_rows(&pool).await;
+    let row = &rows[&held.org_id.to_string()];
+    assert_eq!(
+        row.fly_machine_id.as_deref(),
+        Some(held.fly_machine_id.as_str())
+    );
+    assert_eq!(
+        row.neon_branch_id.as_deref(),
+        Some(held.neon_branch_id.as_str())
+    );
+    assert!(
+        view.made_from(&held.neon_project_id, &held.neon_branch_id)
+            .is_empty(),
+        "the given-up tenant's new branch was removed"
+    );
+    let free_row = &rows[&free.org_id.to_string()];
+    assert_tenant_reprovisioned(&cloud, &view, free_row, free, &keys.new).await;
+
+    cloud
+        .release_machine_lease(&held.fly_app, &held.fly_machine_id, &nonce)
+        .await;
+    let again = run_cloud(&url, &cloud, &["--json"], &new_key_only(&keys));
+    assert_exit(&again, 0, "the next run, the lease released");
+    assert_fleet_reprovisioned(&pool, &cloud, &tenants, &keys.new).await;
 }

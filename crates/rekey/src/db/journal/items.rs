@@ -197,6 +197,12 @@ fn owned<'q>(sql: &'q str, key: &ItemKey<'q>) -> Query<'q, Postgres, PgArguments
 /// tenant left: taken up by any later run, whichever run queued them.
 const OWED_STEPS: &str = "('cleanup', 'compensate')";
 
+/// Tenants whose saga may only go forward and is not done: pending or
+/// owed at a step of [`OWED_STEPS`], or parked as owed at any step (a
+/// password reset in place whose machine does not have it yet).
+const UNSETTLED: &str =
+    "(state = 'owed' OR (state = 'pending' AND step IN ('cleanup', 'compensate')))";
+
 /// Claims the next pending tenant of the run whose lease is free (among
 /// `only`, when given) for `owner`, counting an attempt. Clean-ups and
 /// compensations of earlier runs are claimable too, and go first: a
@@ -257,12 +263,7 @@ pub async fn pending_count(pool: &PgPool, run_id: i64) -> Result<i64, sqlx::Erro
 /// (pending or owed): the part of [`cleanup_pending_count`] the run's
 /// report counts among its tenants.
 pub async fn run_cleanup_owed_count(pool: &PgPool, run_id: i64) -> Result<i64, sqlx::Error> {
-    count_items(
-        pool,
-        run_id,
-        &format!("run_id = $1 AND state IN ('pending', 'owed') AND step IN {OWED_STEPS}"),
-    )
-    .await
+    count_items(pool, run_id, &format!("run_id = $1 AND {UNSETTLED}")).await
 }
 
 /// Tenants of the run still pending before their clean-up: the report's
@@ -313,7 +314,7 @@ pub async fn mark_owed(pool: &PgPool, key: &ItemKey<'_>, reason: &str) -> Result
 pub async fn cleanup_pending_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(&format!(
         "SELECT count(*) FROM rekey.items
-          WHERE state IN ('pending', 'owed') AND step IN {OWED_STEPS}"
+          WHERE {UNSETTLED}"
     ))
     .fetch_one(pool)
     .bounded()
@@ -331,7 +332,7 @@ pub async fn earlier_saga_unsettled(
     sqlx::query_scalar(&format!(
         "SELECT EXISTS (SELECT 1 FROM rekey.items
                          WHERE org_id = $2 AND run_id <> $1
-                           AND state IN ('pending', 'owed') AND step IN {OWED_STEPS})"
+                           AND {UNSETTLED})"
     ))
     .bind(run_id)
     .bind(org_id)

@@ -28,6 +28,7 @@
 
 mod compensate;
 mod estimate;
+mod lease;
 mod schedule;
 mod step;
 

@@ -3,9 +3,10 @@
 //! name them), and driving one claimed tenant through its remaining steps,
 //! each persisted in `rekey.items` before the next begins.
 //!
-//! Not here: which tenant is taken when, leases and the canary
-//! (`schedule`), giving a tenant up and undoing what it created
-//! (`compensate`), and the SQL itself (`db::journal`, `db::org_instances`).
+//! Not here: which tenant is taken when, journal leases and the canary
+//! (`schedule`), the Fly lease on the old machine (`lease`), giving a
+//! tenant up and undoing what it created (`compensate`), and the SQL
+//! itself (`db::journal`, `db::org_instances`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,8 +15,9 @@ use std::str::FromStr;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::lease::MachineLease;
 use super::{NeonStrategy, Reprovisioner};
-use crate::cloud::fly::{CreateMachine, StopOptions, WaitState};
+use crate::cloud::fly::{CreateMachine, Lease, StopOptions, WaitState};
 use crate::cloud::{CloudError, Secret};
 use crate::db::journal::{self, ItemFields, ItemKey, Records};
 use crate::db::org_instances::{self, ProvisionSwap};
@@ -37,10 +39,14 @@ pub enum Step {
     /// Creating the new Neon branch (the `new-branch` strategy only).
     Branch,
     /// Resetting the role password on the branch the tenant will use.
+    /// With `reset-in-place`, from the moment the reset may have been sent
+    /// the tenant's machine cannot log in until it has the new password:
+    /// the tenant is only ever rolled forward from here, never given up.
     Password,
-    /// Creating the new Fly machine with the new URLs.
+    /// Creating the new Fly machine with the new URLs; with
+    /// `reset-in-place`, updating the tenant's own machine to them.
     Machine,
-    /// Waiting for the new machine to start.
+    /// Waiting for the new (or updated) machine to start and prove healthy.
     Started,
     /// Compare-and-swap of the tenant's row under the new key.
     Row,
@@ -138,6 +144,11 @@ pub(super) struct Item {
     /// For a compensation taken up again: the step at which the tenant
     /// was given up (what its given-up event names).
     pub gave_up_step: Option<String>,
+    /// `reset-in-place` only: this attempt may have reset the password on
+    /// the tenant's own branch (it sent the reset, or it took up a tenant
+    /// an earlier attempt left at `password`), so the tenant's machine is
+    /// locked out until it is updated: roll forward only.
+    pub reset_maybe_sent: bool,
 }
 
 impl Item {
@@ -161,6 +172,29 @@ impl Item {
             run_id: self.run_id,
             org_id: &self.org_id,
             owner,
+        }
+    }
+
+    /// Whether the tenant may no longer be given up, only taken forward:
+    /// its row already points at the new resources, or (`reset-in-place`)
+    /// its branch may already refuse the password its machine runs with.
+    fn rolls_forward_only(&self, strategy: NeonStrategy) -> bool {
+        match self.step {
+            Ok(Step::Cleanup) => true,
+            Ok(Step::Password) => strategy == NeonStrategy::ResetInPlace && self.reset_maybe_sent,
+            Ok(Step::Machine | Step::Started | Step::Row) => strategy == NeonStrategy::ResetInPlace,
+            _ => false,
+        }
+    }
+
+    /// Whether `step` reads or changes the old machine, so that it needs
+    /// the Fly lease on it: from the config copy (or, in place, from the
+    /// reset that locks the machine out) to the clean-up.
+    fn needs_machine_lease(step: Step, strategy: NeonStrategy) -> bool {
+        match step {
+            Step::Password => strategy == NeonStrategy::ResetInPlace,
+            Step::Machine | Step::Started | Step::Row | Step::Cleanup => true,
+            _ => false,
         }
     }
 
@@ -243,17 +277,22 @@ impl Reprovisioner {
                 () = self.keep_lease(run_id, &org_id) => Ok(TenantOutcome::Stepped),
             };
         }
+        let machine_lease = MachineLease::for_item(&item);
         let outcome = tokio::select! {
-            outcome = self.steps(&mut item) => outcome,
+            outcome = self.steps(&mut item, &machine_lease) => outcome,
             () = self.keep_lease(run_id, &org_id) => Err(StepError::LostLease),
+            why = self.keep_machine_lease(&machine_lease) => Err(StepError::Transient(why)),
         };
+        self.release_machine_lease(&machine_lease).await;
         match outcome {
             Ok(()) => {
                 self.emit(&item, TenantOutcome::Done, None);
                 Ok(TenantOutcome::Done)
             }
             Err(StepError::LostLease) => Ok(TenantOutcome::Stepped),
-            Err(e) if matches!(item.step, Ok(Step::Cleanup)) => self.cleanup_failed(&item, e).await,
+            Err(e) if item.rolls_forward_only(self.settings.strategy) => {
+                self.roll_forward_later(&item, e).await
+            }
             Err(StepError::RowChanged) => {
                 let reason =
                     "the control plane changed the row during re-provisioning; what this run \
@@ -274,19 +313,35 @@ impl Reprovisioner {
         }
     }
 
-    /// A clean-up that failed is never given up: until it is done, the
-    /// leaked credentials may still open the old branch and the old
-    /// machine may still run with them. Retried in this invocation up to
-    /// the attempt bound, then parked as owed for the next `rekey run`.
-    async fn cleanup_failed(&self, item: &Item, e: StepError) -> Result<TenantOutcome, RunError> {
+    /// A tenant that may only roll forward is never given up. A failed
+    /// clean-up: until it is done, the leaked credentials may still open
+    /// the old branch and the old machine may still run with them. A
+    /// failure after a password reset in place: until the machine has the
+    /// new password it cannot log in, and giving up would leave it so for
+    /// good. Retried in this invocation up to the attempt bound, then
+    /// parked as owed for the next `rekey run`.
+    async fn roll_forward_later(
+        &self,
+        item: &Item,
+        e: StepError,
+    ) -> Result<TenantOutcome, RunError> {
         let reason = match e {
             StepError::Transient(r) | StepError::Permanent(r) | StepError::Database(r) => r,
-            StepError::RowChanged | StepError::LostLease => "the clean-up was interrupted".into(),
+            StepError::RowChanged => "the control plane changed the tenant's row meanwhile".into(),
+            StepError::LostLease => "the attempt was interrupted".into(),
         };
-        let reason = format!(
-            "clean-up of the old branch and machine not done ({reason}); the old credentials may \
-             still work; run the same `rekey run` again"
-        );
+        let reason = if matches!(item.step, Ok(Step::Cleanup)) {
+            format!(
+                "clean-up of the old branch and machine not done ({reason}); the old credentials \
+                 may still work; run the same `rekey run` again"
+            )
+        } else {
+            format!(
+                "the tenant's password was reset in place but its machine does not run with the \
+                 new one yet ({reason}); until it does, the tenant's app cannot open new database \
+                 sessions; run the same `rekey run` again"
+            )
+        };
         if item.attempts >= self.settings.max_attempts {
             journal::mark_owed(&self.pool, &item.key(&self.owner), &reason).await?;
         } else {
@@ -296,7 +351,7 @@ impl Reprovisioner {
         Ok(TenantOutcome::Retrying)
     }
 
-    async fn steps(&self, item: &mut Item) -> Result<(), StepError> {
+    async fn steps(&self, item: &mut Item, machine_lease: &MachineLease) -> Result<(), StepError> {
         // Fetched once per attempt; after a resume, again from Neon.
         let mut uri: Option<Secret> = None;
         loop {
@@ -304,13 +359,24 @@ impl Reprovisioner {
                 .step
                 .clone()
                 .map_err(|unknown| StepError::Permanent(unknown.to_string()))?;
+            let strategy = self.settings.strategy;
+            let lease = if Item::needs_machine_lease(step, strategy) {
+                self.hold_machine_lease(machine_lease, item).await?
+            } else {
+                None
+            };
             match step {
                 Step::Queued => self.step_queued(item).await?,
                 Step::Branch => self.step_branch(item).await?,
                 Step::Password => uri = Some(self.step_password(item).await?),
                 Step::Machine => {
                     let u = self.ensure_uri(item, &mut uri).await?;
-                    self.step_machine(item, u).await?;
+                    match strategy {
+                        NeonStrategy::NewBranch => self.step_machine(item, u).await?,
+                        NeonStrategy::ResetInPlace => {
+                            self.step_update_machine(item, u, lease.as_ref()).await?;
+                        }
+                    }
                 }
                 Step::Started => {
                     let u = self.ensure_uri(item, &mut uri).await?;
@@ -320,7 +386,10 @@ impl Reprovisioner {
                     let u = self.ensure_uri(item, &mut uri).await?;
                     self.step_row(item, u).await?;
                 }
-                Step::Cleanup => self.step_cleanup(item).await?,
+                Step::Cleanup => {
+                    self.step_cleanup(item, lease.as_ref(), machine_lease)
+                        .await?;
+                }
                 Step::Done => return Ok(()),
                 Step::Compensate => {
                     return Err(StepError::Permanent(
@@ -407,8 +476,11 @@ impl Reprovisioner {
 
     async fn step_password(&self, item: &mut Item) -> Result<Secret, StepError> {
         let deadline = Instant::now() + self.settings.step_deadline;
+        // An earlier attempt at this step may have sent the reset.
+        item.reset_maybe_sent |= item.attempts > 1;
         let branch = item.target_branch().to_string();
         let (database, role) = self.database_and_role(item, &branch).await?;
+        item.reset_maybe_sent = true;
         let ops = self
             .neon
             .reset_password(&item.project, &branch, &role)
@@ -492,6 +564,54 @@ impl Reprovisioner {
         self.persist(item, Step::Started, Records::NewMachine).await
     }
 
+    /// `reset-in-place`: updates the tenant's own machine to the new URLs
+    /// (Fly restarts it with them), pinned to the version read and with
+    /// the lease's nonce, unless an earlier attempt's update already
+    /// landed. The machine keeps its id, volume and standbys; no machine is
+    /// created, so there is none to destroy.
+    async fn step_update_machine(
+        &self,
+        item: &mut Item,
+        uri: &Secret,
+        lease: Option<&Lease>,
+    ) -> Result<(), StepError> {
+        let machine = self
+            .fly
+            .get_machine(&item.app, &item.old_machine)
+            .await?
+            .filter(|m| !matches!(m.state.as_str(), "destroyed" | "destroying"))
+            .ok_or_else(|| {
+                StepError::Permanent(format!(
+                    "the tenant's Fly machine {} in app {} is gone (404); it cannot be given the \
+                     new password",
+                    item.old_machine, item.app
+                ))
+            })?;
+        if !machine.runs_with(uri, Some(&self.redis_url)) {
+            let run = item.run_id.to_string();
+            let config = machine.updated_config(
+                uri,
+                Some(&self.redis_url),
+                &Self::machine_tag(item),
+                &[
+                    ("rekey_run", run.as_str()),
+                    (REKEY_ORG, item.org_id.as_str()),
+                ],
+            )?;
+            self.fly
+                .update_machine(
+                    &item.app,
+                    &item.old_machine,
+                    &config,
+                    machine.instance_id.as_deref(),
+                    lease,
+                )
+                .await?;
+        }
+        item.new_machine = Some(item.old_machine.clone());
+        self.persist(item, Step::Started, Records::NewMachine).await
+    }
+
     /// Waits for the new machine to start, then proves it works before
     /// anything of the old is touched: its health checks pass (when its
     /// config has any) and, with `--prove-connect on`, the new
@@ -503,8 +623,15 @@ impl Reprovisioner {
             .clone()
             .ok_or_else(|| StepError::Permanent("no new machine recorded".into()))?;
         let deadline = Instant::now() + self.settings.step_deadline;
+        let version = self.updated_version(item, &id, uri).await?;
         self.fly
-            .wait_for_state(&item.app, &id, WaitState::Started, None, deadline)
+            .wait_for_state(
+                &item.app,
+                &id,
+                WaitState::Started,
+                version.as_deref(),
+                deadline,
+            )
             .await?;
         self.fly
             .wait_healthy(&item.app, &id, self.settings.step_deadline)
@@ -518,6 +645,27 @@ impl Reprovisioner {
             prove_session(uri, self.settings.prove_timeout).await?;
         }
         self.persist(item, Step::Row, Records::StepOnly).await
+    }
+
+    /// For a machine updated in place: the version that runs with the new
+    /// URLs, so that the wait is for it and not for the version it
+    /// replaced. `None` for a new machine (it has one version).
+    async fn updated_version(
+        &self,
+        item: &Item,
+        id: &str,
+        uri: &Secret,
+    ) -> Result<Option<String>, StepError> {
+        if id != item.old_machine {
+            return Ok(None);
+        }
+        let machine = self.fly.get_machine(&item.app, id).await?;
+        match machine {
+            Some(m) if m.runs_with(uri, Some(&self.redis_url)) => Ok(m.instance_id),
+            _ => Err(StepError::Transient(format!(
+                "Fly machine {id} does not run with the new URLs (its update did not land)"
+            ))),
+        }
     }
 
     /// Seals the new URLs under the new key (checked before write) and
@@ -564,8 +712,15 @@ impl Reprovisioner {
         Ok(())
     }
 
-    /// Destroys the old machine and makes the old credentials useless.
-    async fn step_cleanup(&self, item: &mut Item) -> Result<(), StepError> {
+    /// Destroys the old machine and makes the old credentials useless;
+    /// `lease`'s nonce goes with the stop and the destroy, after which
+    /// `machine_lease` is let go.
+    async fn step_cleanup(
+        &self,
+        item: &mut Item,
+        lease: Option<&Lease>,
+        machine_lease: &MachineLease,
+    ) -> Result<(), StepError> {
         if item.new_machine.as_deref() != Some(item.old_machine.as_str()) {
             // Stopped with its signal and grace period, then destroyed
             // without force: the tenant's app shuts down cleanly.
@@ -575,10 +730,11 @@ impl Reprovisioner {
                     &item.app,
                     &item.old_machine,
                     &StopOptions::default(),
-                    None,
+                    lease,
                     deadline,
                 )
                 .await?;
+            self.machine_destroyed(machine_lease);
         }
         if self.settings.strategy == NeonStrategy::NewBranch
             && item.new_branch.as_deref() != Some(&item.old_branch)
