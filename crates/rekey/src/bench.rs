@@ -70,6 +70,10 @@ pub struct BenchOptions {
     pub provision_tenants: u64,
     /// Tenants re-provisioned at once in that measurement.
     pub provision_concurrency: usize,
+    /// Neon projects those tenants share, round robin (0: one each).
+    pub provision_projects: u64,
+    /// The strategy those tenants are re-provisioned with.
+    pub provision_strategy: crate::rotate::reprovision::NeonStrategy,
     /// Fixed latency of every fake-cloud call.
     pub cloud_latency: Duration,
     /// The `fake-cloud` binary to start for the re-provision measurement.
@@ -685,9 +689,7 @@ async fn measure_reprovision(
     args: &BenchOptions,
 ) -> Result<ProvisionFigure, BenchError> {
     use crate::cloud::Secret;
-    use crate::rotate::reprovision::{
-        self, CloudAccess, CloudLimits, NeonStrategy, ProvisionSettings,
-    };
+    use crate::rotate::reprovision::{self, CloudAccess, CloudLimits, ProvisionSettings};
 
     sqlx::raw_sql(&format!("TRUNCATE {}", table.name))
         .execute(pool)
@@ -702,13 +704,18 @@ async fn measure_reprovision(
         ],
     )
     .await?;
-    let tenants = db::seed::tenants(&db::seed::SeedSpec {
+    let mut tenants = db::seed::tenants(&db::seed::SeedSpec {
         rows: args.provision_tenants,
         undecryptable_share: 0.0,
         kms_share: 0.0,
         null_redis_share: 0.0,
         seed: 11,
     });
+    if args.provision_projects > 0 {
+        for (i, t) in tenants.iter_mut().enumerate() {
+            t.neon_project_id = format!("proj-shared-{:05}", i as u64 % args.provision_projects);
+        }
+    }
     // Sealed under a key the run does not have: every tenant re-provisions.
     let lost = Key::generate().map_err(|_| RunError::NoRandomness)?;
     db::seed::seed(pool, table, &lost, &tenants).await?;
@@ -729,7 +736,7 @@ async fn measure_reprovision(
     };
     let settings = ProvisionSettings {
         concurrency: args.provision_concurrency,
-        strategy: NeonStrategy::NewBranch,
+        strategy: args.provision_strategy,
         max_attempts: 5,
         lease: Duration::from_secs(60),
         step_deadline: Duration::from_secs(120),

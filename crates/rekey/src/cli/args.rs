@@ -682,6 +682,18 @@ pub struct BenchArgs {
     /// Tenants re-provisioned at once in that measurement.
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub provision_concurrency: usize,
+    /// Neon projects the measured tenants share, round robin (0: one project each).
+    /// Neon runs one operation at a time per project.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub provision_projects: u64,
+    /// How the measured tenants get fresh database credentials (as `run --neon-strategy`).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "new-branch",
+        value_name = "STRATEGY"
+    )]
+    pub neon_strategy: NeonStrategyArg,
     /// Fixed latency of every fake-cloud call, in milliseconds.
     #[arg(long, default_value_t = 50, value_name = "MS")]
     pub cloud_latency_ms: u64,

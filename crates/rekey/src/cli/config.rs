@@ -255,6 +255,8 @@ pub fn bench_options(global: &Global, args: &BenchArgs) -> Result<BenchOptions, 
         naive_sample: args.naive_sample,
         keep: args.keep,
         provision_tenants: args.provision_tenants,
+        provision_projects: args.provision_projects,
+        provision_strategy: args.neon_strategy.into(),
         provision_concurrency: args.provision_concurrency.max(1),
         cloud_latency: Duration::from_millis(args.cloud_latency_ms),
         fake_cloud_bin: args

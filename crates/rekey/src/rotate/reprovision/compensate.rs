@@ -168,6 +168,7 @@ impl Reprovisioner {
             .map(|b| b.id.as_str())
             .collect();
         for id in doomed {
+            let _turn = self.turns.take(&item.project).await;
             let ops = self.neon.delete_branch(&item.project, id).await?;
             let deadline = Instant::now() + self.settings.step_deadline;
             self.neon

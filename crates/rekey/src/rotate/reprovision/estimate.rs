@@ -8,14 +8,14 @@ use super::CloudLimits;
 
 /// API calls one tenant costs on the default path (new branch, session
 /// proof off), as fleet-bench's fake cloud counted them with no failures
-/// (docs/fleet-bench.txt: 16.0 Neon and 9.0 Fly): Neon create branch, op
-/// polls, list databases, reset, op polls, URI, then the clean-up (get
-/// branch, list roles, reset, polls, list and delete endpoints, polls);
-/// Fly get, list by tag, create, wait started, get until healthy, stop,
-/// wait stopped, destroy. Retries, 429s and slower operations add to
-/// both.
-pub const NEON_CALLS_PER_TENANT: f64 = 16.0;
-pub const FLY_CALLS_PER_TENANT: f64 = 9.0;
+/// (15.0 Neon and 10.0 Fly, docs/cloud-apis.md "One tenant, call by
+/// call"): Neon create branch, op polls, list databases, reset, op polls,
+/// URI, then the clean-up (list roles, reset, polls, list and delete
+/// endpoints, polls); Fly lease, get, list by tag, create, wait started,
+/// get until healthy, then get, stop, wait stopped, destroy. Retries, 429s
+/// and slower operations add to both.
+pub const NEON_CALLS_PER_TENANT: f64 = 15.0;
+pub const FLY_CALLS_PER_TENANT: f64 = 10.0;
 
 /// The re-provision throughput a configuration allows, with how it was reckoned.
 pub struct ThroughputBound {

@@ -31,6 +31,7 @@ mod estimate;
 mod lease;
 mod schedule;
 mod step;
+mod turns;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,6 +113,8 @@ pub struct Reprovisioner {
     pub sink: Arc<dyn EventSink>,
     /// This process's identity in leases.
     pub owner: String,
+    /// One mutating Neon operation in flight per project.
+    turns: turns::ProjectTurns,
 }
 
 /// Client-side pacing of the cloud APIs (what `--neon-rps` and friends set).
@@ -165,6 +168,7 @@ pub fn build(
         settings,
         sink: Arc::clone(sink),
         owner: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+        turns: turns::ProjectTurns::default(),
     })
 }
 

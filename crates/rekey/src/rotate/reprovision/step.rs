@@ -438,6 +438,7 @@ impl Reprovisioner {
         let mut notes = BTreeMap::new();
         notes.insert("rekey_run".to_string(), item.run_id.to_string());
         notes.insert(REKEY_ORG.to_string(), item.org_id.clone());
+        let _turn = self.turns.take(&item.project).await;
         let created = self
             .neon
             .create_branch(
@@ -480,6 +481,7 @@ impl Reprovisioner {
         item.reset_maybe_sent |= item.attempts > 1;
         let branch = item.target_branch().to_string();
         let (database, role) = self.database_and_role(item, &branch).await?;
+        let turn = self.turns.take(&item.project).await;
         item.reset_maybe_sent = true;
         let ops = self
             .neon
@@ -488,6 +490,7 @@ impl Reprovisioner {
         self.neon
             .wait_operations(&item.project, &ops, deadline)
             .await?;
+        drop(turn);
         let uri = self
             .neon
             .connection_uri(&item.project, &branch, &database, &role, false)
@@ -738,11 +741,6 @@ impl Reprovisioner {
         }
         if self.settings.strategy == NeonStrategy::NewBranch
             && item.new_branch.as_deref() != Some(&item.old_branch)
-            && self
-                .neon
-                .get_branch(&item.project, &item.old_branch)
-                .await?
-                .is_some()
         {
             self.retire_old_branch(item).await?;
         }
@@ -753,17 +751,21 @@ impl Reprovisioner {
 
     /// Resets every unprotected role's password on the old branch (its
     /// leaked credentials) and removes its computes. The branch itself
-    /// stays: it is the new branch's parent, and Neon keeps parents.
+    /// stays: it is the new branch's parent, and Neon keeps parents. A
+    /// branch that is gone (404 on its roles) has nothing left to retire;
+    /// no separate look at the branch is spent on that.
     async fn retire_old_branch(&self, item: &Item) -> Result<(), StepError> {
         let deadline = Instant::now() + self.settings.step_deadline;
-        for role in self
-            .neon
-            .list_roles(&item.project, &item.old_branch)
-            .await?
-        {
+        let roles = match self.neon.list_roles(&item.project, &item.old_branch).await {
+            Ok(roles) => roles,
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        for role in roles {
             if role.protected {
                 continue;
             }
+            let _turn = self.turns.take(&item.project).await;
             let ops = self
                 .neon
                 .reset_password(&item.project, &item.old_branch, &role.name)
@@ -777,6 +779,7 @@ impl Reprovisioner {
             .list_branch_endpoints(&item.project, &item.old_branch)
             .await?
         {
+            let _turn = self.turns.take(&item.project).await;
             let ops = self.neon.delete_endpoint(&item.project, &ep.id).await?;
             self.neon
                 .wait_operations(&item.project, &ops, deadline)
