@@ -15,11 +15,12 @@ use super::inplace::tune;
 use crate::envelope::Mode;
 
 /// How many times plan's full read of a row the server takes to write it
-/// in place, when no fleet-bench report says: on the reference 2-core
-/// machine a pass at 4 workers (the server saturated) took 8.5 times as
-/// long per row as the read before it, loaded or quiet (README,
-/// "Planning"). A server with more cores than the reference writes faster
-/// than its one-process read suggests, so this errs long.
+/// in place, when no fleet-bench report says: in four runs on the
+/// reference 2-core machine, quiet and loaded, a pass at 4 workers (the
+/// server saturated) took 8.5 to 9.5 times as long per row as the read
+/// before it (README, "Planning"). A server with more cores than the
+/// reference writes faster than its one-process read suggests, so there
+/// this errs long; `--bench-file` measures instead.
 pub const WRITE_COST_IN_READS: f64 = 8.5;
 
 /// The time per row of a batch outside the server's busy share (the
