@@ -108,7 +108,7 @@ fn each_command_lists_only_the_options_it_uses() {
             "finalize",
             &["--new-key-file", "--db-column", "--fly-api-url"],
         ),
-        ("plan", &["--neon-api-url", "--fly-api-url", "--workers"]),
+        ("plan", &["--neon-api-url", "--fly-api-url", "--limit"]),
     ];
     for (command, options) in absent {
         let h = help(&[command]);

@@ -17,6 +17,7 @@ mod inplace;
 mod ledger;
 mod lifecycle;
 mod metrics;
+mod plan_estimate;
 mod progress_screen;
 mod provision_caps;
 mod rehearsal;

@@ -320,14 +320,51 @@ impl From<ModeArg> for Mode {
     }
 }
 
+/// Rows per in-place batch when `--batch-size` is not given.
+pub const DEFAULT_BATCH_SIZE: i64 = 1000;
+
+/// Workers when `--workers` is not given.
+pub const DEFAULT_WORKERS: Workers = Workers::Fixed(4);
+
+impl std::fmt::Display for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Workers::Auto => f.write_str("auto"),
+            Workers::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// How the in-place path spreads its work: what `run` uses and what
+/// `plan`'s estimate assumes, so the two take the same flags.
+#[derive(Debug, Clone, Args)]
+pub struct InPlaceArgs {
+    /// In-place connections, or auto (fit to the round trip).
+    #[arg(long, default_value_t = DEFAULT_WORKERS, value_name = "N|auto")]
+    pub workers: Workers,
+    /// Rows per in-place batch (auto picks its own).
+    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE, value_name = "N")]
+    pub batch_size: i64,
+    /// Cap on auto workers' connections.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    pub max_connections: usize,
+}
+
 #[derive(Debug, Args)]
 pub struct PlanArgs {
     /// The mode the plan is for.
     #[arg(long, value_enum, default_value = "auto")]
     pub mode: ModeArg,
-    /// In-place rows per second to assume for the estimate.
-    #[arg(long, default_value_t = crate::rotate::plan::DEFAULT_IN_PLACE_RATE, value_name = "N")]
-    pub in_place_rate: f64,
+    // The estimate's workers and batches are the run's with the same flags.
+    #[command(flatten)]
+    pub in_place: InPlaceArgs,
+    /// The JSON of an earlier `rekey fleet-bench --json` against this same server: the
+    /// estimate takes the server's write rate from it instead of assuming one.
+    #[arg(long, value_name = "FILE")]
+    pub bench_file: Option<PathBuf>,
+    /// In-place rows per second to assume instead of the estimate from measurements.
+    #[arg(long, value_name = "N")]
+    pub in_place_rate: Option<f64>,
     #[command(flatten)]
     pub keys: KeyArgs,
     #[command(flatten)]
@@ -371,15 +408,8 @@ pub struct RunArgs {
     /// only; reprovision: fresh credentials for all.
     #[arg(long, value_enum, default_value = "auto")]
     pub mode: ModeArg,
-    /// In-place connections, or auto (fit to the round trip).
-    #[arg(long, default_value = "4", value_name = "N|auto")]
-    pub workers: Workers,
-    /// Rows per in-place batch (auto picks its own).
-    #[arg(long, default_value_t = 1000, value_name = "N")]
-    pub batch_size: i64,
-    /// Cap on auto workers' connections.
-    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "N")]
-    pub max_connections: usize,
+    #[command(flatten)]
+    pub in_place: InPlaceArgs,
     /// Only this tenant (repeatable).
     #[arg(long = "org", value_name = "ID")]
     pub orgs: Vec<String>,

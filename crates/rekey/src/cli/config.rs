@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::args::{
-    BenchArgs, Cli, Global, OnOff, ProvisionArgs, RunArgs, TableArgs, VerifyArgs, Workers,
+    BenchArgs, Cli, Global, InPlaceArgs, OnOff, ProvisionArgs, RunArgs, TableArgs, VerifyArgs,
+    Workers,
 };
 use super::CliError;
 use crate::bench::{ApiPacing, BenchOptions};
@@ -16,6 +17,7 @@ use crate::db::TableSpec;
 use crate::envelope::Keyring;
 use crate::keys;
 use crate::rotate::connect::ConnectOptions;
+use crate::rotate::inplace_estimate::{rate_from_bench, WorkerPlan, WriteRate};
 use crate::rotate::reprovision::{CloudAccess, CloudLimits, ProvisionSettings};
 use crate::rotate::run::RunOptions;
 
@@ -195,20 +197,14 @@ pub fn cloud_access(global: &Global) -> Result<Option<CloudAccess>, CliError> {
 /// The run's options; with `--workers auto`, the default workers until
 /// [`crate::rotate::inplace::auto_tune`] has measured the server.
 pub fn run_options(args: &RunArgs) -> Result<RunOptions, CliError> {
-    let workers = match args.workers {
-        Workers::Fixed(n) => n,
-        Workers::Auto => DEFAULT_WORKERS,
-    };
-    if args.batch_size < 1 || workers < 1 || args.max_connections < 1 || args.db_retry_secs < 1 {
-        return Err(CliError::Usage(
-            "--workers, --batch-size, --max-connections and --db-retry-secs must be at least 1"
-                .into(),
-        ));
+    let workers = in_place_shape(&args.in_place)?;
+    if args.db_retry_secs < 1 {
+        return Err(CliError::Usage("--db-retry-secs must be at least 1".into()));
     }
     Ok(RunOptions {
         mode: args.mode.into(),
         workers,
-        batch_size: args.batch_size,
+        batch_size: args.in_place.batch_size,
         orgs: args.orgs.clone(),
         limit: args.limit,
         confirm_reprovision: args.confirm_reprovision,
@@ -221,12 +217,57 @@ pub fn run_options(args: &RunArgs) -> Result<RunOptions, CliError> {
 /// Workers a run starts with when told `auto`, before it has measured.
 const DEFAULT_WORKERS: usize = 4;
 
+/// The workers `--workers` names (the default ones for `auto`, until it
+/// has measured), once the three in-place flags are checked.
+fn in_place_shape(args: &InPlaceArgs) -> Result<usize, CliError> {
+    let workers = match args.workers {
+        Workers::Fixed(n) => n,
+        Workers::Auto => DEFAULT_WORKERS,
+    };
+    if args.batch_size < 1 || workers < 1 || args.max_connections < 1 {
+        return Err(CliError::Usage(
+            "--workers, --batch-size and --max-connections must be at least 1".into(),
+        ));
+    }
+    Ok(workers)
+}
+
+/// How `plan` should model the run's workers: as `run` with the same
+/// flags would choose them.
+pub fn worker_plan(args: &InPlaceArgs) -> Result<WorkerPlan, CliError> {
+    let workers = in_place_shape(args)?;
+    Ok(match args.workers {
+        Workers::Auto => WorkerPlan::Auto {
+            max_connections: args.max_connections,
+        },
+        Workers::Fixed(_) => WorkerPlan::Fixed {
+            workers,
+            batch_size: args.batch_size,
+        },
+    })
+}
+
+/// The server's write rate for `plan`'s estimate: read from `--bench-file`
+/// when given, assumed otherwise.
+pub fn server_rate(bench_file: Option<&std::path::Path>) -> Result<WriteRate, CliError> {
+    let Some(path) = bench_file else {
+        return Ok(WriteRate::FromRead);
+    };
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::io(format!("--bench-file {shown}"), e))?;
+    rate_from_bench(&text, &shown)
+        .map(WriteRate::Bench)
+        .map_err(|e| CliError::Usage(format!("--bench-file {shown} {e}")))
+}
+
 /// With `--workers auto`, the cap on connections it may choose; the
 /// connections to open the run's pool with either way.
 pub fn run_connections(args: &RunArgs) -> (Option<usize>, u32) {
-    match args.workers {
+    let a = &args.in_place;
+    match a.workers {
         Workers::Fixed(n) => (None, n as u32 + 4),
-        Workers::Auto => (Some(args.max_connections), args.max_connections as u32 + 4),
+        Workers::Auto => (Some(a.max_connections), a.max_connections as u32 + 4),
     }
 }
 

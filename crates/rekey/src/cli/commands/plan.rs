@@ -16,8 +16,19 @@ pub async fn plan(global: &Global, args: &PlanArgs) -> Result<Outcome, CliError>
     let keyring = Arc::new(config::keyring(global)?);
     let (pool, table) = open_table(global, 4).await?;
     let bound = reprovision::throughput_bound(&config::cloud_limits(&args.provision));
+    if args
+        .in_place_rate
+        .is_some_and(|r| !(r.is_finite() && r > 0.0))
+    {
+        return Err(CliError::Usage(
+            "--in-place-rate must be a positive number of rows per second".into(),
+        ));
+    }
     let inputs = plan::EstimateInputs {
         in_place_rate: args.in_place_rate,
+        workers: config::worker_plan(&args.in_place)?,
+        max_connections: args.in_place.max_connections,
+        server_rate: config::server_rate(args.bench_file.as_deref())?,
         reprovision_rate: bound.tenants_per_sec,
         reprovision_note: bound.note,
     };
@@ -85,21 +96,42 @@ fn invocation(global: &Global, args: &PlanArgs) -> plan::Invocation {
             push_flag(&mut inv.repeat_flags, flag, value);
         }
     }
-    inv.run_flags = provision_flags(&args.provision);
+    inv.run_flags = in_place_flags(&args.in_place);
+    inv.run_flags.extend(provision_flags(&args.provision));
     inv
+}
+
+/// The in-place flags set away from their defaults: the estimate assumed
+/// them, so the run should use them too.
+fn in_place_flags(a: &args::InPlaceArgs) -> Vec<String> {
+    let knobs = [
+        changed("--workers", a.workers, args::DEFAULT_WORKERS),
+        changed("--batch-size", a.batch_size, args::DEFAULT_BATCH_SIZE),
+        changed(
+            "--max-connections",
+            a.max_connections,
+            args::DEFAULT_MAX_CONNECTIONS,
+        ),
+    ];
+    let mut out = Vec::new();
+    for (flag, value) in knobs.into_iter().flatten() {
+        push_flag(&mut out, flag, &value);
+    }
+    out
+}
+
+/// The knob's flag and value when it is not at its default.
+fn changed<T: PartialEq + ToString>(
+    flag: &'static str,
+    value: T,
+    default: T,
+) -> Option<(&'static str, String)> {
+    (value != default).then(|| (flag, value.to_string()))
 }
 
 /// The re-provisioning knobs set away from their defaults: the estimate
 /// assumed them, so the run should use them too.
 fn provision_flags(p: &args::ProvisionArgs) -> Vec<String> {
-    /// The knob's flag and value when it is not at its default.
-    fn changed<T: PartialEq + ToString>(
-        flag: &'static str,
-        value: T,
-        default: T,
-    ) -> Option<(&'static str, String)> {
-        (value != default).then(|| (flag, value.to_string()))
-    }
     let knobs = [
         changed(
             "--provision-concurrency",

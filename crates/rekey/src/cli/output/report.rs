@@ -76,14 +76,16 @@ pub fn plan_text(p: &PlanReport) -> String {
     );
     actions_table(&mut out, &p.actions);
     fields_table(&mut out, &p.fields);
+    let e = &p.estimate;
     let _ = writeln!(
         out,
-        "  estimate: {} (in place {}, re-provision {}; {})",
-        duration(p.estimate.total_secs),
-        duration(p.estimate.in_place_secs),
-        duration(p.estimate.reprovision_secs),
-        p.estimate.assumptions
+        "  estimate: {} (in place {}, re-provision {})",
+        duration(e.total_secs),
+        duration(e.in_place_secs),
+        duration(e.reprovision_secs),
     );
+    let _ = writeln!(out, "    in place: {}", e.in_place_assumptions);
+    let _ = writeln!(out, "    {}", e.reprovision_assumptions);
     for w in &p.warnings {
         let _ = writeln!(out, "  WARNING: {w}");
     }
