@@ -400,6 +400,15 @@ pub struct ProvisionArgs {
     /// Pause before looking up a Fly machine after an ambiguous create.
     #[arg(long, default_value_t = DEFAULT_LOOKUP_SETTLE_MS, value_name = "MS")]
     pub lookup_settle_ms: u64,
+    /// new-branch: a new Neon branch per tenant (the runbook's path); reset-in-place: new
+    /// password on the tenant's branch, its machine updated in place (fewer calls).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "new-branch",
+        value_name = "STRATEGY"
+    )]
+    pub neon_strategy: NeonStrategyArg,
 }
 
 #[derive(Debug, Args)]
@@ -446,16 +455,6 @@ pub struct RunArgs {
     /// Re-provision N tenants first and stop if any of them fails.
     #[arg(long, value_name = "N", help_heading = "Re-provisioning")]
     pub canary: Option<u64>,
-    /// new-branch: a new Neon branch per tenant (the runbook's path); reset-in-place: reset the
-    /// role password on the tenant's branch (fewer calls, no growing branch tree).
-    #[arg(
-        long,
-        value_enum,
-        default_value = "new-branch",
-        value_name = "STRATEGY",
-        help_heading = "Re-provisioning"
-    )]
-    pub neon_strategy: NeonStrategyArg,
     /// Attempts per tenant before it is given up.
     #[arg(
         long,

@@ -146,7 +146,7 @@ pub fn cloud_limits(p: &ProvisionArgs) -> CloudLimits {
 pub fn provision_settings(args: &RunArgs) -> ProvisionSettings {
     ProvisionSettings {
         concurrency: args.provision.provision_concurrency.max(1),
-        strategy: args.neon_strategy.into(),
+        strategy: args.provision.neon_strategy.into(),
         max_attempts: args.max_attempts,
         lease: Duration::from_secs(args.lease_secs.max(1)),
         step_deadline: Duration::from_secs(args.step_deadline_secs.max(1)),

@@ -15,7 +15,10 @@ use crate::rotate::{plan, reprovision, Outcome};
 pub async fn plan(global: &Global, args: &PlanArgs) -> Result<Outcome, CliError> {
     let keyring = Arc::new(config::keyring(global)?);
     let (pool, table) = open_table(global, 4).await?;
-    let bound = reprovision::throughput_bound(&config::cloud_limits(&args.provision));
+    let bound = reprovision::throughput_bound(
+        &config::cloud_limits(&args.provision),
+        args.provision.neon_strategy.into(),
+    );
     if args
         .in_place_rate
         .is_some_and(|r| !(r.is_finite() && r > 0.0))
@@ -150,6 +153,9 @@ fn provision_flags(p: &args::ProvisionArgs) -> Vec<String> {
     let mut out = Vec::new();
     for (flag, value) in knobs.into_iter().flatten() {
         push_flag(&mut out, flag, &value);
+    }
+    if p.neon_strategy == args::NeonStrategyArg::ResetInPlace {
+        push_flag(&mut out, "--neon-strategy", "reset-in-place");
     }
     out
 }
