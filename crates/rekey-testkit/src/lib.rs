@@ -36,33 +36,38 @@ pub fn binary(name: &str) -> PathBuf {
         "{} is not built; run the tests with scripts/test.sh (cargo test --workspace)",
         path.display()
     );
-    assert_not_stale(&path, &dir.join("deps"), name);
+    assert_not_stale(&path, name);
     path
 }
 
 /// Cargo builds a package's binaries only for that package's own tests, so
 /// `cargo test -p rekey-it` alone would run a binary from an earlier build.
-/// The binary links its crate's library: one older than the newest build of
-/// that library is stale, and testing it would prove nothing.
-fn assert_not_stale(binary: &Path, deps: &Path, name: &str) {
+/// A binary older than any source file of its crate (`crates/<name>/src`,
+/// its `Cargo.toml`) is stale, and testing it would prove nothing. Sources,
+/// not the library's build artefacts, are what decide: cargo keeps several
+/// builds of a library (one per feature set) and rebuilds a binary only
+/// when its own inputs changed, so an artefact can be newer than an
+/// up-to-date binary.
+fn assert_not_stale(binary: &Path, name: &str) {
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let prefix = format!("lib{}-", name.replace('-', "_"));
-    let newest_library = std::fs::read_dir(deps)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            let file = e.file_name();
-            let file = file.to_string_lossy();
-            file.starts_with(&prefix) && file.ends_with(".rlib")
-        })
-        .filter_map(|e| modified(&e.path()))
-        .max();
-    if let (Some(built), Some(library)) = (modified(binary), newest_library) {
+    let krate = repo_root().join("crates").join(name);
+    let mut newest = modified(&krate.join("Cargo.toml"));
+    let mut dirs = vec![krate.join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                newest = newest.max(modified(&path));
+            }
+        }
+    }
+    if let (Some(built), Some(source)) = (modified(binary), newest) {
         assert!(
-            built >= library,
-            "{} is older than the {name} library these tests link: run them with \
-             scripts/test.sh (cargo test --workspace), which builds both",
+            built >= source,
+            "{} is older than the sources of {name}: run the tests with scripts/test.sh \
+             (cargo test --workspace), which builds it",
             binary.display()
         );
     }
