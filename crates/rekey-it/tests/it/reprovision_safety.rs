@@ -349,3 +349,106 @@ async fn a_machine_someone_else_holds_a_lease_on_is_left_alone_until_it_is_relea
     assert_exit(&again, 0, "the next run, the lease released");
     assert_fleet_reprovisioned(&pool, &cloud, &tenants, &keys.new).await;
 }
+
+/// Both APIs stop answering while every tenant's new branch and machine
+/// exist: each tenant is given up and the removal of what it created fails
+/// too. That removal is journaled and owed, not forgotten: once the APIs
+/// answer, the next run removes it and re-provisions the tenants, and no
+/// branch or machine an earlier attempt made is left (each would answer
+/// to the tenant's leaked password, and hold a copy of its data).
+#[sqlx::test(migrations = false)]
+async fn an_outage_of_both_apis_leaves_no_orphan_once_a_later_run_settles_the_compensations(
+    pool: PgPool,
+) {
+    let (keys, mut cloud, tenants, url) = cloud_fleet(&pool, fake_config(20, 3000), 3).await;
+    // Short leases: the Fly leases whose release the outage refused lapse
+    // within 2 s, rather than the default minute the next runs would wait.
+    let args = run_args(
+        &["--max-attempts", "1", "--lease-secs", "2", "--json"],
+        &new_key_only(&keys),
+    );
+    let mut child = rekey_cloud_cmd(&url, &cloud, &strs(&args))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rekey");
+    for t in &tenants {
+        wait_for_new_machine(&cloud, &t.fly_app, &t.fly_machine_id, &mut child);
+    }
+    let (neon_key, fly_token) = (cloud.neon_key.clone(), cloud.fly_token.clone());
+    cloud.configure(|c| {
+        c.neon_api_key = Some("napi-not-the-binarys".into());
+        c.fly_api_token = Some("fo1-not-the-binarys".into());
+    });
+    let out = child.wait_with_output().expect("rekey output");
+    assert_exit(&out, 1, "a run that met an outage of both APIs");
+    let report = run_summary(&out);
+    assert_eq!(report["reprovisioned"], 0, "{report}");
+    let view = cloud.view();
+    let made: usize = tenants
+        .iter()
+        .map(|t| view.made_from(&t.neon_project_id, &t.neon_branch_id).len())
+        .sum();
+    assert_eq!(
+        made, 3,
+        "the outage's premise: every new branch is still there"
+    );
+    let owed: Vec<ItemRow> = items(&pool)
+        .await
+        .into_iter()
+        .filter(|i| i.state == "owed")
+        .collect();
+    assert_eq!(owed.len(), 3, "each removal is owed: {owed:?}");
+    assert!(owed.iter().all(|i| i.step == "compensate"), "{owed:?}");
+
+    cloud.configure(|c| {
+        c.neon_api_key = Some(neon_key);
+        c.fly_api_token = Some(fly_token);
+    });
+    // The next run settles the removals: the tenants stay given up for
+    // this invocation (as any tenant given up in a run), with nothing an
+    // attempt made left behind.
+    let again = run_cloud(&url, &cloud, &["--lease-secs", "2"], &new_key_only(&keys));
+    assert_exit(&again, 1, "the next run, the APIs back");
+    let view = cloud.view();
+    assert_no_orphans(&view, &tenant_rows(&pool).await, &tenants);
+    for t in &tenants {
+        let made = view.made_from(&t.neon_project_id, &t.neon_branch_id);
+        assert!(made.is_empty(), "{}: branches left {made:?}", t.org_id);
+    }
+    assert!(
+        items(&pool).await.iter().all(|i| i.state == "failed"),
+        "{:?}",
+        items(&pool).await
+    );
+    // And the one after re-provisions them: each row on a new branch and
+    // machine, the machines the given-up attempt made destroyed, nothing
+    // else alive.
+    let last = run_cloud(&url, &cloud, &["--lease-secs", "2"], &new_key_only(&keys));
+    assert_exit(&last, 0, "the run after");
+    let rows = tenant_rows(&pool).await;
+    let view = cloud.view();
+    assert_no_orphans(&view, &rows, &tenants);
+    for t in &tenants {
+        let row = &rows[&t.org_id.to_string()];
+        let machine = row.fly_machine_id.as_deref().unwrap_or_default();
+        assert_ne!(
+            machine, t.fly_machine_id,
+            "{}: still the old machine",
+            t.org_id
+        );
+        let live: Vec<&str> = view
+            .machines_of(&t.fly_app)
+            .into_iter()
+            .filter(|m| m.state != "destroyed")
+            .map(|m| m.id.as_str())
+            .collect();
+        assert_eq!(live, [machine], "{}: live machines", t.org_id);
+    }
+    assert!(items(&pool).await.iter().all(|i| i.state == "done"));
+    let verify = rekey(
+        &url,
+        &["verify", "--new-key-file", path_str(&keys.new_file)],
+    );
+    assert_exit(&verify, 0, "verify after the outage");
+}
