@@ -42,17 +42,26 @@ pub fn binary(name: &str) -> PathBuf {
 
 /// Cargo builds a package's binaries only for that package's own tests, so
 /// `cargo test -p rekey-it` alone would run a binary from an earlier build.
-/// A binary older than any source file of its crate (`crates/<name>/src`,
-/// its `Cargo.toml`) is stale, and testing it would prove nothing. Sources,
-/// not the library's build artefacts, are what decide: cargo keeps several
-/// builds of a library (one per feature set) and rebuilds a binary only
-/// when its own inputs changed, so an artefact can be newer than an
-/// up-to-date binary.
+/// A binary older than any file it is built from (`crates/<name>/src`,
+/// `migrations`, `build.rs`, `Cargo.toml`, `scripts/schema.sql`) is stale,
+/// and testing it would prove nothing. Sources, not the library's build
+/// artefacts, are what decide: cargo keeps several builds of a library
+/// (one per feature set) and rebuilds a binary only when its own inputs
+/// changed, so an artefact can be newer than an up-to-date binary.
 fn assert_not_stale(binary: &Path, name: &str) {
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let krate = repo_root().join("crates").join(name);
-    let mut newest = modified(&krate.join("Cargo.toml"));
-    let mut dirs = vec![krate.join("src")];
+    // What the binary is built from: its manifest and build script, its
+    // sources, the migrations it embeds, and the schema file it includes.
+    let mut newest = [
+        krate.join("Cargo.toml"),
+        krate.join("build.rs"),
+        repo_root().join("scripts").join("schema.sql"),
+    ]
+    .iter()
+    .filter_map(|p| modified(p))
+    .max();
+    let mut dirs = vec![krate.join("src"), krate.join("migrations")];
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let path = entry.path();

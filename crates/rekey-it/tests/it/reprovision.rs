@@ -50,9 +50,7 @@ async fn a_fleet_whose_old_key_is_lost_is_fully_reprovisioned(pool: PgPool) {
 /// wait for, such as an adopted branch's; the HTTP policy tests cover
 /// waiting them out.)
 #[sqlx::test(migrations = false)]
-async fn injected_faults_rate_limits_and_locks_still_end_with_one_branch_and_machine_each(
-    pool: PgPool,
-) {
+async fn injected_faults_and_rate_limits_still_end_with_one_branch_and_machine_each(pool: PgPool) {
     let table = reference_table(&pool).await;
     let keys = Keys::new();
     let mut cloud = Cloud::start(fake_config(200, 50));

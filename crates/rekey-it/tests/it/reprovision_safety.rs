@@ -273,16 +273,42 @@ async fn a_password_reset_in_place_is_rolled_forward_until_the_machine_runs_with
     assert_eq!(parked[0].state, "owed", "{parked:?}");
     let status = text(&rekey(&url, &["status"]));
     assert!(status.contains("1 clean-up owed"), "{status}");
+    let forward: bool = sqlx::query_scalar("SELECT forward_only FROM rekey.items")
+        .fetch_one(&pool)
+        .await
+        .expect("forward_only");
+    assert!(
+        forward,
+        "the journal must know the tenant only rolls forward"
+    );
+
+    // Taken up again while Fly still refuses, by a run with the default
+    // --neon-strategy and a fresh budget of one attempt (the owed item is
+    // rearmed): still owed, not given up, and finalize refused.
+    let still_down = run_cloud(
+        &url,
+        &cloud,
+        &["--max-attempts", "1", "--lease-secs", "2", "--json"],
+        &new_key_only(&keys),
+    );
+    assert_exit(&still_down, 1, "a run while Fly still refuses");
+    let report = run_summary(&still_down);
+    assert_eq!(report["reprovision_failed"], 0, "not given up: {report}");
+    assert_eq!(report["cleanup_pending"], 1, "{report}");
+    assert_eq!(items(&pool).await[0].state, "owed");
+    let run_id = report["run_id"].as_i64().expect("run id").to_string();
+    let finalize = rekey(&url, &["finalize", "--run", &run_id]);
+    assert_exit(
+        &finalize,
+        2,
+        "finalize while the machine lacks its password",
+    );
 
     cloud.configure(|c| c.fly_api_token = Some(real_token));
     // Its lease on the machine, whose release Fly refused, lapses in 2 s;
-    // until then the run waits it out as someone else's.
-    let again = run_cloud(
-        &url,
-        &cloud,
-        &["--neon-strategy", "reset-in-place", "--lease-secs", "2"],
-        &new_key_only(&keys),
-    );
+    // until then the run waits it out. No --neon-strategy: the journal
+    // says the tenant is reset in place, and it is finished that way.
+    let again = run_cloud(&url, &cloud, &["--lease-secs", "2"], &new_key_only(&keys));
     assert_exit(&again, 0, "the next run, with Fly back");
     let rows = tenant_rows(&pool).await;
     let row = &rows[&t.org_id.to_string()];

@@ -177,6 +177,8 @@ pub struct ClaimedItem {
     pub old_redis: Option<Vec<u8>>,
     /// For a compensation: the step at which the tenant was given up.
     pub gave_up_step: Option<String>,
+    /// The tenant's password may have been reset in place: forward only.
+    pub forward_only: bool,
 }
 
 /// A lease's length as the statements bind it.
@@ -197,11 +199,15 @@ fn owned<'q>(sql: &'q str, key: &ItemKey<'q>) -> Query<'q, Postgres, PgArguments
 /// tenant left: taken up by any later run, whichever run queued them.
 const OWED_STEPS: &str = "('cleanup', 'compensate')";
 
-/// Tenants whose saga may only go forward and is not done: pending or
-/// owed at a step of [`OWED_STEPS`], or parked as owed at any step (a
-/// password reset in place whose machine does not have it yet).
-const UNSETTLED: &str =
-    "(state = 'owed' OR (state = 'pending' AND step IN ('cleanup', 'compensate')))";
+/// Tenants whose saga may only go forward and is not done, pending or
+/// owed: at a step of [`OWED_STEPS`], or marked `forward_only` (a password
+/// reset in place whose machine does not have it yet). Any later run
+/// takes them up, and `finalize` waits for them. `forward_only` came with
+/// migration 0005 and `status` and `finalize`, which never migrate, read
+/// this too: an older journal has no such column, and no such tenant.
+const UNSETTLED: &str = "(state IN ('pending', 'owed')
+     AND (step IN ('cleanup', 'compensate')
+          OR coalesce((to_jsonb(items) ->> 'forward_only')::boolean, false)))";
 
 /// Claims the next pending tenant of the run whose lease is free (among
 /// `only`, when given) for `owner`, counting an attempt. Clean-ups and
@@ -220,13 +226,15 @@ pub async fn claim_item(
                     attempts = attempts + 1, updated_at = now()
               WHERE (i.run_id, i.org_id) = (
                     SELECT run_id, org_id FROM rekey.items
-                     WHERE (run_id = $1 OR step IN {OWED_STEPS}) AND state = 'pending'
+                     WHERE (run_id = $1 OR step IN {OWED_STEPS} OR forward_only)
+                       AND state = 'pending'
                        AND (lease_until IS NULL OR lease_until < now())
                        AND ($4::text[] IS NULL OR org_id = ANY($4))
-                     ORDER BY step IN {OWED_STEPS} DESC, updated_at, org_id
+                     ORDER BY (step IN {OWED_STEPS} OR forward_only) DESC, updated_at, org_id
                      LIMIT 1 FOR UPDATE SKIP LOCKED)
              RETURNING i.run_id, i.org_id, i.step, i.attempts, i.new_branch_id, i.new_machine_id,
-                       i.old_branch_id, i.old_machine_id, i.old_db, i.old_redis, i.gave_up_step"
+                       i.old_branch_id, i.old_machine_id, i.old_db, i.old_redis, i.gave_up_step,
+                       i.forward_only"
     ))
     .bind(run_id)
     .bind(owner)
@@ -254,7 +262,7 @@ pub async fn pending_count(pool: &PgPool, run_id: i64) -> Result<i64, sqlx::Erro
     count_items(
         pool,
         run_id,
-        &format!("(run_id = $1 OR step IN {OWED_STEPS}) AND state = 'pending'"),
+        &format!("(run_id = $1 OR step IN {OWED_STEPS} OR forward_only) AND state = 'pending'"),
     )
     .await
 }
@@ -272,7 +280,9 @@ pub async fn pending_before_cleanup_count(pool: &PgPool, run_id: i64) -> Result<
     count_items(
         pool,
         run_id,
-        &format!("run_id = $1 AND state = 'pending' AND step NOT IN {OWED_STEPS}"),
+        &format!(
+            "run_id = $1 AND state = 'pending' AND step NOT IN {OWED_STEPS} AND NOT forward_only"
+        ),
     )
     .await
 }
@@ -363,7 +373,8 @@ pub async fn begin_compensation(
     let moved = owned(
         "UPDATE rekey.items SET step = 'compensate', last_error = $4,
                     gave_up_step = coalesce(gave_up_step, $5), updated_at = now()
-              WHERE run_id = $1 AND org_id = $2 AND owner = $3",
+              WHERE run_id = $1 AND org_id = $2 AND owner = $3
+                AND step NOT IN ('cleanup', 'done') AND NOT forward_only",
         key,
     )
     .bind(reason)
@@ -372,6 +383,21 @@ pub async fn begin_compensation(
     .bounded()
     .await?;
     Ok(moved.rows_affected())
+}
+
+/// Marks the tenant forward only before its password is reset in place:
+/// from then on no attempt or run gives it up. Returns the rows updated
+/// (0: lease lost).
+pub async fn mark_forward_only(pool: &PgPool, key: &ItemKey<'_>) -> Result<u64, sqlx::Error> {
+    let marked = owned(
+        "UPDATE rekey.items SET forward_only = true, updated_at = now()
+              WHERE run_id = $1 AND org_id = $2 AND owner = $3",
+        key,
+    )
+    .execute(pool)
+    .bounded()
+    .await?;
+    Ok(marked.rows_affected())
 }
 
 /// Marks a compensated tenant given up, back at the step it stopped at.

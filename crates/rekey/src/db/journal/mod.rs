@@ -17,7 +17,7 @@ pub use backups::{
 pub use items::{
     advance, begin_compensation, claim_item, cleanup_pending_count, earlier_saga_unsettled,
     failed_and_done_among, failed_items, finish_compensation, item_ids, ledger, mark_done,
-    mark_failed, mark_failed_unowned, mark_owed, move_to_cleanup, owner_of,
+    mark_failed, mark_failed_unowned, mark_forward_only, mark_owed, move_to_cleanup, owner_of,
     pending_before_cleanup_count, pending_count, queue_items, queued_among, rearm_owed,
     refuse_pending_cleanup, release_for_retry, renew_lease, run_cleanup_owed_count, ClaimedItem,
     FailedAndDone, FailedItem, ItemFields, ItemKey, LedgerItem, Records,

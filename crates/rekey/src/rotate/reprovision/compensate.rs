@@ -10,7 +10,7 @@
 use tokio::time::Instant;
 
 use super::step::{Item, Step, REKEY_ORG};
-use super::{NeonStrategy, Reprovisioner};
+use super::Reprovisioner;
 use crate::cloud::fly::ITEM_TAG;
 use crate::cloud::CloudError;
 use crate::db::{journal, org_instances};
@@ -141,7 +141,10 @@ impl Reprovisioner {
                 self.fly.destroy_machine(&item.app, &m.id, true).await?;
             }
         }
-        if self.settings.strategy == NeonStrategy::NewBranch && !item.project.is_empty() {
+        // Branches are found by the tenant's marker and this run's name,
+        // whichever strategy this invocation was given: one an earlier
+        // new-branch attempt made is removed either way.
+        if !item.project.is_empty() {
             self.remove_new_branches(item, &row_branch).await?;
         }
         Ok(())

@@ -23,6 +23,9 @@ use super::step::{Item, StepError};
 use super::Reprovisioner;
 use crate::cloud::fly::Lease;
 
+/// How long giving a lease back may take before it is left to lapse.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The lease this attempt holds on its tenant's old machine, if any yet.
 pub(super) struct MachineLease {
     app: String,
@@ -134,7 +137,8 @@ impl Reprovisioner {
 
     /// When the lease on the machine is one this tenant's saga took (its
     /// description), in an attempt that stopped without releasing it: how
-    /// long until it lapses (at most a lease length, and a little more).
+    /// long until it lapses (at most a lease length, and a little more; it is
+    /// waited for twice at most).
     async fn earlier_attempts_lease(
         &self,
         lease: &MachineLease,
@@ -191,14 +195,14 @@ impl Reprovisioner {
         }
     }
 
-    /// Gives the lease back at the end of the attempt. A release that
-    /// fails is left to lapse at its expiry.
+    /// Gives the lease back at the end of the attempt, trying for a few
+    /// seconds only: the tenant's journal lease is no longer renewed here,
+    /// and what follows (a retry, or giving it up) must not wait out a Fly
+    /// outage first. A release that fails is left to lapse at its expiry.
     pub(super) async fn release_machine_lease(&self, lease: &MachineLease) {
         if let Some(held) = lease.current() {
-            let _ = self
-                .fly
-                .release_lease(&lease.app, &lease.machine, &held)
-                .await;
+            let release = self.fly.release_lease(&lease.app, &lease.machine, &held);
+            let _ = tokio::time::timeout(RELEASE_TIMEOUT, release).await;
             lease.set(None);
         }
     }

@@ -283,6 +283,6 @@ fn item_of(row: ClaimedItem, named: org_instances::NamedResources) -> Item {
         old_db: row.old_db,
         old_redis: row.old_redis,
         gave_up_step: row.gave_up_step,
-        reset_maybe_sent: false,
+        forward_only: row.forward_only,
     }
 }

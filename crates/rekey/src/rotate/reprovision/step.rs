@@ -144,11 +144,11 @@ pub(super) struct Item {
     /// For a compensation taken up again: the step at which the tenant
     /// was given up (what its given-up event names).
     pub gave_up_step: Option<String>,
-    /// `reset-in-place` only: this attempt may have reset the password on
-    /// the tenant's own branch (it sent the reset, or it took up a tenant
-    /// an earlier attempt left at `password`), so the tenant's machine is
-    /// locked out until it is updated: roll forward only.
-    pub reset_maybe_sent: bool,
+    /// The password on the tenant's own branch may have been reset (the
+    /// journal's `forward_only`, set before the reset is sent), so its
+    /// machine is locked out until it is updated: roll forward only, in
+    /// this attempt and every later one, whatever run takes it up.
+    pub forward_only: bool,
 }
 
 impl Item {
@@ -176,24 +176,32 @@ impl Item {
     }
 
     /// Whether the tenant may no longer be given up, only taken forward:
-    /// its row already points at the new resources, or (`reset-in-place`)
-    /// its branch may already refuse the password its machine runs with.
-    fn rolls_forward_only(&self, strategy: NeonStrategy) -> bool {
+    /// its row already points at the new resources, or its branch may
+    /// already refuse the password its machine runs with.
+    fn rolls_forward_only(&self) -> bool {
+        self.forward_only || matches!(self.step, Ok(Step::Cleanup))
+    }
+
+    /// The strategy this tenant's saga follows: past `queued` it is read
+    /// from what the journal recorded (a new branch, or none), not from
+    /// this invocation's `--neon-strategy`, so that a run resumed or taken
+    /// up with other flags finishes each tenant the way it began.
+    fn strategy(&self, flag: NeonStrategy) -> NeonStrategy {
         match self.step {
-            Ok(Step::Cleanup) => true,
-            Ok(Step::Password) => strategy == NeonStrategy::ResetInPlace && self.reset_maybe_sent,
-            Ok(Step::Machine | Step::Started | Step::Row) => strategy == NeonStrategy::ResetInPlace,
-            _ => false,
+            Ok(Step::Queued) => flag,
+            _ if self.new_branch.is_some() => NeonStrategy::NewBranch,
+            _ => NeonStrategy::ResetInPlace,
         }
     }
 
     /// Whether `step` reads or changes the old machine, so that it needs
     /// the Fly lease on it: from the config copy (or, in place, from the
-    /// reset that locks the machine out) to the clean-up.
-    fn needs_machine_lease(step: Step, strategy: NeonStrategy) -> bool {
+    /// reset that locks the machine out) to the clean-up that destroys it.
+    fn needs_machine_lease(&self, step: Step, strategy: NeonStrategy) -> bool {
         match step {
             Step::Password => strategy == NeonStrategy::ResetInPlace,
-            Step::Machine | Step::Started | Step::Row | Step::Cleanup => true,
+            Step::Machine | Step::Started | Step::Row => true,
+            Step::Cleanup => self.new_machine.as_deref() != Some(self.old_machine.as_str()),
             _ => false,
         }
     }
@@ -290,9 +298,7 @@ impl Reprovisioner {
                 Ok(TenantOutcome::Done)
             }
             Err(StepError::LostLease) => Ok(TenantOutcome::Stepped),
-            Err(e) if item.rolls_forward_only(self.settings.strategy) => {
-                self.roll_forward_later(&item, e).await
-            }
+            Err(e) if item.rolls_forward_only() => self.roll_forward_later(&item, e).await,
             Err(StepError::RowChanged) => {
                 let reason =
                     "the control plane changed the row during re-provisioning; what this run \
@@ -359,16 +365,26 @@ impl Reprovisioner {
                 .step
                 .clone()
                 .map_err(|unknown| StepError::Permanent(unknown.to_string()))?;
-            let strategy = self.settings.strategy;
-            let lease = if Item::needs_machine_lease(step, strategy) {
-                self.hold_machine_lease(machine_lease, item).await?
+            let strategy = item.strategy(self.settings.strategy);
+            let lease = if item.needs_machine_lease(step, strategy) {
+                let held = self.hold_machine_lease(machine_lease, item).await?;
+                if held.is_none() && step == Step::Password && !item.forward_only {
+                    // Resetting now would lock out whatever machine the
+                    // tenant runs on instead: give it up before that.
+                    return Err(StepError::Permanent(format!(
+                        "the tenant's Fly machine {} in app {} is gone; its password is not \
+                         reset in place",
+                        item.old_machine, item.app
+                    )));
+                }
+                held
             } else {
                 None
             };
             match step {
                 Step::Queued => self.step_queued(item).await?,
                 Step::Branch => self.step_branch(item).await?,
-                Step::Password => uri = Some(self.step_password(item).await?),
+                Step::Password => uri = Some(self.step_password(item, strategy).await?),
                 Step::Machine => {
                     let u = self.ensure_uri(item, &mut uri).await?;
                     match strategy {
@@ -475,14 +491,22 @@ impl Reprovisioner {
         }
     }
 
-    async fn step_password(&self, item: &mut Item) -> Result<Secret, StepError> {
+    async fn step_password(
+        &self,
+        item: &mut Item,
+        strategy: NeonStrategy,
+    ) -> Result<Secret, StepError> {
         let deadline = Instant::now() + self.settings.step_deadline;
-        // An earlier attempt at this step may have sent the reset.
-        item.reset_maybe_sent |= item.attempts > 1;
         let branch = item.target_branch().to_string();
         let (database, role) = self.database_and_role(item, &branch).await?;
+        if strategy == NeonStrategy::ResetInPlace && !item.forward_only {
+            // Journaled before the reset is sent: a crash between the two
+            // leaves a tenant that rolls forward, never one given up with
+            // its machine locked out.
+            owned(journal::mark_forward_only(&self.pool, &item.key(&self.owner)).await?)?;
+            item.forward_only = true;
+        }
         let turn = self.turns.take(&item.project).await;
-        item.reset_maybe_sent = true;
         let ops = self
             .neon
             .reset_password(&item.project, &branch, &role)
@@ -739,8 +763,13 @@ impl Reprovisioner {
                 .await?;
             self.machine_destroyed(machine_lease);
         }
-        if self.settings.strategy == NeonStrategy::NewBranch
-            && item.new_branch.as_deref() != Some(&item.old_branch)
+        // Only a tenant moved to a new branch has an old one to retire; a
+        // tenant reset in place is on its own branch, whatever this
+        // invocation's --neon-strategy says.
+        if item
+            .new_branch
+            .as_deref()
+            .is_some_and(|b| b != item.old_branch)
         {
             self.retire_old_branch(item).await?;
         }
