@@ -728,3 +728,63 @@ async fn fleet_under_a_third_key(pool: &PgPool, keys: &Keys, rows: u64) {
     let (third, _) = keys.another("third.key");
     seed_fleet(pool, &table, &third, rows).await;
 }
+
+// ---------------------------------------------------------------------------
+// Migrations: skipped only when the journal is exactly this binary's.
+// ---------------------------------------------------------------------------
+
+/// Whether `rekey.items` has the column migration 0005 adds, and whether
+/// that migration is recorded as applied.
+async fn forward_only_migrated(pool: &PgPool) -> (bool, bool) {
+    let column: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.columns
+                         WHERE table_schema = 'rekey' AND table_name = 'items'
+                           AND column_name = 'forward_only')",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let recorded: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM rekey._sqlx_migrations WHERE version = 5 AND success)",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    (column, recorded)
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_run_on_a_journal_one_migration_behind_applies_it(pool: PgPool) {
+    let OldKeyFleet { keys, url, .. } = old_key_fleet(&pool, 40).await;
+    assert_exit(&run_json(&url, &keys, &[]), 0, "first run");
+    assert_eq!(forward_only_migrated(&pool).await, (true, true));
+    sqlx::raw_sql(
+        "ALTER TABLE rekey.items DROP COLUMN forward_only;
+         DELETE FROM rekey._sqlx_migrations WHERE version = 5;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    assert_exit(&run_json(&url, &keys, &[]), 0, "run on the older journal");
+    assert_eq!(
+        forward_only_migrated(&pool).await,
+        (true, true),
+        "the missing migration was applied, not skipped"
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_journal_whose_applied_migration_was_changed_is_refused(pool: PgPool) {
+    let OldKeyFleet { keys, url, .. } = old_key_fleet(&pool, 40).await;
+    assert_exit(&run_json(&url, &keys, &[]), 0, "first run");
+    sqlx::raw_sql("UPDATE rekey._sqlx_migrations SET checksum = '\\x00' WHERE version = 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let rows = snapshot(&pool).await;
+
+    let out = run_json(&url, &keys, &[]);
+    assert_refused(&out, &["migration 1"]);
+    assert_eq!(snapshot(&pool).await, rows, "nothing written");
+}

@@ -19,7 +19,7 @@ pub use error::{is_transient, short_db_error, DbError};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgPool};
+use sqlx::{Connection, PgPool, Row};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -221,6 +221,9 @@ fn without_unknown_params(url: &str) -> (String, Vec<String>) {
 /// the first schema of the search path, so the connection is pointed at
 /// schema `rekey` to keep even that out of the control plane's schema.
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
+    if journal_is_current(pool).await {
+        return Ok(());
+    }
     let mut conn = pool.acquire().await.map_err(DbError::from)?;
     // `IF NOT EXISTS` is not atomic: processes starting together on a fresh
     // database would both create the schema, and the loser would fail on
@@ -255,6 +258,41 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     result?;
     reset.map_err(DbError::from)?;
     Ok(())
+}
+
+/// True when every migration this binary embeds is applied, checksums
+/// matching, and nothing else: one read instead of the migrator's dozen
+/// statements (about a second of the outage across 50 ms of round trip).
+/// Anything else (no journal yet, a migration another process is applying
+/// right now, a failed or unknown one) goes through the migrator, which
+/// takes its lock and says what is wrong.
+async fn journal_is_current(pool: &PgPool) -> bool {
+    // Failed rows too: a dirty journal is the migrator's to report.
+    let applied: Result<Vec<(i64, Vec<u8>)>, _> = sqlx::raw_sql(
+        "SELECT version, CASE WHEN success THEN checksum END
+           FROM rekey._sqlx_migrations ORDER BY version",
+    )
+    .fetch_all(pool)
+    .bounded()
+    .await
+    .and_then(|rows| {
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    });
+    let Ok(applied) = applied else {
+        return false;
+    };
+    let embedded: Vec<(i64, &[u8])> = MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| (m.version, m.checksum.as_ref()))
+        .collect();
+    applied.len() == embedded.len()
+        && applied
+            .iter()
+            .zip(&embedded)
+            .all(|((v, c), (ev, ec))| v == ev && c.as_slice() == *ec)
 }
 
 /// True when the tool's schema has been created (plan reads the journal
