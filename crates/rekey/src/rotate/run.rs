@@ -210,8 +210,12 @@ async fn run_opened(
     prescan: Option<ScanResult>,
     started: Instant,
 ) -> Result<RunReport, RunError> {
-    let total_rows = count_rows(&ctx.pool, &ctx.table, filter).await? as u64;
-    let earlier = earlier_counts(&ctx.pool, run.id).await?;
+    // At once: across a network every read here is round trips of the
+    // outage, and the workers need the connections this opens anyway.
+    let (total_rows, earlier) = tokio::try_join!(
+        async { Ok::<_, RunError>(count_rows(&ctx.pool, &ctx.table, filter).await? as u64) },
+        earlier_counts(&ctx.pool, run.id),
+    )?;
     ctx.sink.emit(&Event::RunStarted {
         run_id: run.id,
         start,
@@ -305,20 +309,13 @@ async fn run_opened(
         &timing,
     )
     .await?;
-    let tenants_pending = journal::pending_before_cleanup_count(&ctx.pool, run.id)
-        .await
-        .map_or(0, |n| u64::try_from(n).unwrap_or(0));
     ctx.sink.emit(&Event::RunFinished {
         run_id: run.id,
         state: report.state.clone(),
         reason: report.reason.clone(),
         cleanup_owed: report.run_cleanup_owed,
     });
-    Ok(RunReport {
-        earlier,
-        tenants_pending,
-        ..report
-    })
+    Ok(RunReport { earlier, ..report })
 }
 
 /// How long the invocation took, for the report and the journal's summary.
@@ -526,7 +523,21 @@ async fn conclude(
             });
         }
     }
-    let failed_items = journal::failed_items(&ctx.pool, run.id, 100).await?;
+    // The journal's counts at once (each a round trip or two across a
+    // network); the tenants pending before clean-up do not change when the
+    // run is closed below.
+    let (failed_items, cleanup_pending, run_cleanup_owed, tenants_pending) = tokio::try_join!(
+        async { Ok::<_, RunError>(journal::failed_items(&ctx.pool, run.id, 100).await?) },
+        async { Ok(journal::cleanup_pending_count(&ctx.pool).await?) },
+        async { Ok(journal::run_cleanup_owed_count(&ctx.pool, run.id).await?) },
+        // Informational only: a failed read of it does not fail the run.
+        async {
+            Ok(journal::pending_before_cleanup_count(&ctx.pool, run.id)
+                .await
+                .unwrap_or(0))
+        },
+    )?;
+    let (cleanup_pending, run_cleanup_owed) = (cleanup_pending as u64, run_cleanup_owed as u64);
     let unprovisioned = check.reprovision_ids.len() as u64;
     for id in check
         .reprovision_ids
@@ -549,8 +560,6 @@ async fn conclude(
     }
     let left_total = still_old + unprovisioned;
     let interrupted = ctx.stop.load(Ordering::SeqCst);
-    let cleanup_pending = journal::cleanup_pending_count(&ctx.pool).await? as u64;
-    let run_cleanup_owed = journal::run_cleanup_owed_count(&ctx.pool, run.id).await? as u64;
     let (state, reason) = if left_total == 0 && !partial {
         ("finished", None)
     } else if partial || interrupted {
@@ -605,7 +614,7 @@ async fn conclude(
         batch_p99_ms: percentile_ms(&tally.batch_latencies, 0.99),
         passes: timing.passes,
         earlier: Earlier::default(),
-        tenants_pending: 0,
+        tenants_pending: u64::try_from(tenants_pending).unwrap_or(0),
         phase_secs: PhaseSecs {
             read: tally.phases.read.as_secs_f64(),
             crypto: tally.phases.crypto.as_secs_f64(),

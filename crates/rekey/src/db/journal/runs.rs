@@ -66,7 +66,8 @@ pub async fn open_or_resume(
     // Each lost race means another process opened or closed the run in
     // between; processes starting together lose only a few times.
     for _ in 0..8 {
-        if let Some(open) = open_run(pool).await? {
+        let (open, of_key) = open_run_and_run_of_key(pool, new_key).await?;
+        if let Some(open) = open {
             if open.new_key_id != new_key.0 {
                 return Err(DbError::OpenRunWithOtherKey {
                     run_id: open.id,
@@ -76,7 +77,7 @@ pub async fn open_or_resume(
             }
             return Ok((open, RunStart::Resumed));
         }
-        let attempt = match run_of_key(pool, new_key).await? {
+        let attempt = match of_key {
             Some(ended) => reopen(pool, ended.id, mode, old_key)
                 .await
                 .map(|run| run.map(|r| (r, RunStart::Reopened))),
@@ -170,6 +171,27 @@ pub async fn run_of_key(pool: &PgPool, new_key: &KeyId) -> Result<Option<RunReco
     .fetch_optional(pool)
     .bounded()
     .await?)
+}
+
+/// The open run and the run of `new_key` (either may be missing, both may
+/// be the same run), read in one statement: a run starts with this look, and
+/// across a network each statement is round trips of the outage.
+async fn open_run_and_run_of_key(
+    pool: &PgPool,
+    new_key: &KeyId,
+) -> Result<(Option<RunRecord>, Option<RunRecord>), DbError> {
+    let runs = sqlx::query_as::<_, RunRecord>(&format!(
+        "SELECT {RUN_COLUMNS} FROM rekey.runs
+          WHERE state = 'running' OR new_key_id = $1
+          ORDER BY id DESC"
+    ))
+    .bind(&new_key.0)
+    .fetch_all(pool)
+    .bounded()
+    .await?;
+    let open = runs.iter().find(|r| r.state == "running").cloned();
+    let of_key = runs.into_iter().find(|r| r.new_key_id == new_key.0);
+    Ok((open, of_key))
 }
 
 /// The open run, if any.
@@ -269,26 +291,28 @@ pub struct RunCounts {
 }
 
 pub async fn run_counts(pool: &PgPool, run_id: i64) -> Result<RunCounts, DbError> {
-    let (reencrypted, batches): (i64, i64) = sqlx::query_as(
+    // Three reads at once: across a network each is a round trip or two
+    // of the run's start.
+    let backups = sqlx::query_as::<_, (i64, i64)>(
         "SELECT coalesce(sum(cardinality(org_ids)), 0)::bigint, count(*) FROM rekey.backups WHERE run_id = $1",
     )
     .bind(run_id)
-    .fetch_one(pool).bounded()
-    .await?;
-    let states: Vec<(String, i64)> =
-        sqlx::query_as("SELECT state, count(*) FROM rekey.items WHERE run_id = $1 GROUP BY state")
-            .bind(run_id)
-            .fetch_all(pool)
-            .bounded()
-            .await?;
-    let steps: Vec<(String, i64)> = sqlx::query_as(
+    .fetch_one(pool)
+    .bounded();
+    let states = sqlx::query_as::<_, (String, i64)>(
+        "SELECT state, count(*) FROM rekey.items WHERE run_id = $1 GROUP BY state",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .bounded();
+    let steps = sqlx::query_as::<_, (String, i64)>(
         "SELECT step, count(*) FROM rekey.items WHERE run_id = $1 AND state = 'pending'
           GROUP BY step ORDER BY step",
     )
     .bind(run_id)
     .fetch_all(pool)
-    .bounded()
-    .await?;
+    .bounded();
+    let ((reencrypted, batches), states, steps) = tokio::try_join!(backups, states, steps)?;
     let of = |s: &str| states.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
     Ok(RunCounts {
         reencrypted,
