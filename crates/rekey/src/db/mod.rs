@@ -266,7 +266,7 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
 /// Anything else (no journal yet, a migration another process is applying
 /// right now, a failed or unknown one) goes through the migrator, which
 /// takes its lock and says what is wrong.
-async fn journal_is_current(pool: &PgPool) -> bool {
+pub async fn journal_is_current(pool: &PgPool) -> bool {
     // Failed rows too: a dirty journal is the migrator's to report.
     let applied: Result<Vec<(i64, Vec<u8>)>, _> = sqlx::raw_sql(
         "SELECT version, CASE WHEN success THEN checksum END

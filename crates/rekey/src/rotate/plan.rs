@@ -185,6 +185,7 @@ async fn read_and_measure(
     let result = scan_counts(pool, table, keyring, mode, &RowFilter::default()).await?;
     let read = started.elapsed();
     let table_bytes = table_bytes(pool, table).await;
+    let journal_current = crate::db::journal_is_current(pool).await;
     let rows = result.actions.total();
     Ok(Reading {
         measured: Measured {
@@ -193,6 +194,7 @@ async fn read_and_measure(
             rows,
             writes: in_place_writes(&result.actions, mode),
             read,
+            journal_current,
         },
         measurement: Measurement {
             rtt_ms: tuning.rtt_ms,
@@ -298,7 +300,7 @@ fn in_place_assumptions(
     let measured = format!(
         "round trip {:.1} ms measured; {} workers x {} rows {chosen}; \
          full read of {} rows{size} {:.2} s measured ({} in the run); {server}; \
-         {} round trips of fixed work",
+         {} round trips of fixed work{}",
         m.rtt_ms,
         model.workers,
         model.batch_size,
@@ -306,6 +308,11 @@ fn in_place_assumptions(
         m.read_secs,
         model.reads,
         model.fixed_round_trips,
+        if model.fixed_round_trips > estimate::FIXED_ROUND_TRIPS {
+            " (the journal is created or migrated first)"
+        } else {
+            ""
+        },
     );
     match inputs.in_place_rate {
         Some(r) => format!(
