@@ -71,10 +71,17 @@ pub(crate) fn snapshot(shared: &Shared) -> Value {
             .insert(status.to_string(), json!(count));
         total += count;
     }
+    let mut by_route: BTreeMap<&str, Map<String, Value>> = BTreeMap::new();
+    for ((api, route), count) in shared.route_counters() {
+        by_route
+            .entry(api.name())
+            .or_default()
+            .insert(route, json!(count));
+    }
     json!({
         "neon": {"projects": neon},
         "fly": {"apps": fly},
-        "requests": {"by_api": requests, "total": total},
+        "requests": {"by_api": requests, "by_route": by_route, "total": total},
     })
 }
 

@@ -100,7 +100,11 @@ async fn pass(api: Api, shared: &Shared, request: Request, next: Next) -> Respon
             }
         }
     };
-    shared.count(api, response.status());
+    shared.count(
+        api,
+        crate::limits::route(api, &method, &path),
+        response.status(),
+    );
     tracing::debug!(api = api.name(), %method, path, status = response.status().as_u16(), "request");
     response
 }

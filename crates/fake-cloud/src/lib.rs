@@ -227,6 +227,7 @@ pub(crate) struct Shared {
     world: Mutex<World>,
     runtime: Mutex<Runtime>,
     counters: Mutex<Counters>,
+    routes: Mutex<RouteCounters>,
     /// Woken on every Fly machine change, so `/wait` need not poll.
     pub(crate) fly_changed: Notify,
     /// Set when the handle shuts down: pending waits give up.
@@ -256,6 +257,9 @@ struct Limiters {
 /// Responses by API and status code.
 pub(crate) type Counters = std::collections::BTreeMap<(Api, u16), u64>;
 
+/// Requests per API and route (method and path with ids replaced by `*`).
+pub(crate) type RouteCounters = std::collections::BTreeMap<(Api, String), u64>;
+
 impl Shared {
     fn new(config: FakeConfig) -> Shared {
         let world = World {
@@ -267,6 +271,7 @@ impl Shared {
             world: Mutex::new(world),
             runtime: Mutex::new(Runtime::new(config)),
             counters: Mutex::new(Counters::new()),
+            routes: Mutex::new(RouteCounters::new()),
             fly_changed: Notify::new(),
             closing: AtomicBool::new(false),
         }
@@ -312,9 +317,20 @@ impl Shared {
         share > 0.0 && self.runtime().rolls.gen::<f64>() < share
     }
 
-    fn count(&self, api: Api, status: axum::http::StatusCode) {
-        let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
-        *counters.entry((api, status.as_u16())).or_default() += 1;
+    fn count(&self, api: Api, route: String, status: axum::http::StatusCode) {
+        {
+            let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+            *counters.entry((api, status.as_u16())).or_default() += 1;
+        }
+        let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        *routes.entry((api, route)).or_default() += 1;
+    }
+
+    pub(crate) fn route_counters(&self) -> RouteCounters {
+        self.routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub(crate) fn counters(&self) -> Counters {

@@ -117,7 +117,18 @@ fn segments<'a>(path: &'a str, prefix: &str) -> Vec<&'a str> {
 
 /// `GET projects/*/branches/*`: collection names kept, ids replaced.
 fn neon_route(method: &Method, path: &str) -> String {
-    let template: Vec<&str> = segments(path, "/api/v2")
+    route(Api::Neon, method, path)
+}
+
+/// A request's route: the method and the path below the API's prefix,
+/// collection names kept and the ids between them replaced by `*`
+/// (`POST apps/*/machines/*/stop`). Both vendors' paths alternate the two.
+pub(crate) fn route(api: Api, method: &Method, path: &str) -> String {
+    let prefix = match api {
+        Api::Neon => "/api/v2",
+        Api::Fly => "/v1",
+    };
+    let template: Vec<&str> = segments(path, prefix)
         .into_iter()
         .enumerate()
         .map(|(i, segment)| if i % 2 == 1 { "*" } else { segment })

@@ -899,7 +899,8 @@ pub struct FakeMachine {
 pub struct CloudView {
     pub branches: Vec<FakeBranch>,
     pub machines: Vec<FakeMachine>,
-    /// `{"by_api": {"neon": {"200": n, ...}, "fly": {...}}, "total": n}`.
+    /// `{"by_api": {"neon": {"200": n, ...}, "fly": {...}}, "by_route":
+    /// {"neon": {"GET projects/*/connection_uri": n, ...}, ...}, "total": n}`.
     pub requests: serde_json::Value,
 }
 
@@ -987,6 +988,24 @@ impl CloudView {
     }
 
     /// Answers the fake gave `api` (`neon`/`fly`) with `status`.
+    /// Requests `api` received on `route` (`"GET projects/*/connection_uri"`:
+    /// the method and the path below the API's prefix, ids as `*`).
+    pub fn route_calls(&self, api: &str, route: &str) -> u64 {
+        self.requests["by_route"][api][route].as_u64().unwrap_or(0)
+    }
+
+    /// Every route `api` received requests on, with their counts.
+    pub fn routes(&self, api: &str) -> BTreeMap<String, u64> {
+        self.requests["by_route"][api]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn responses(&self, api: &str, status: u16) -> u64 {
         self.requests["by_api"][api][status.to_string()]
             .as_u64()
