@@ -349,8 +349,10 @@ async fn neon_423_locked_is_waited_out_and_retried() {
     })
     .await;
     let client = neon(&server);
-    let ops = client.reset_password("p1", "br-a", "r").await.unwrap();
-    assert_eq!(ops.len(), 1);
+    let reset = client.reset_password("p1", "br-a", "r").await.unwrap();
+    assert_eq!(reset.operations.len(), 1);
+    let password = reset.password.expect("the reset's password");
+    assert_eq!(password.expose(), "NEWPASSWORD");
     assert_eq!(
         server.count(
             "POST",
@@ -581,9 +583,9 @@ async fn an_ambiguous_branch_create_is_recovered_by_lookup_not_a_second_post() {
         .await
         .unwrap();
     assert!(outcome.was_adopted());
-    let (branch, ops) = outcome.into_inner();
-    assert_eq!(branch.id, "br-new");
-    assert!(ops.is_empty());
+    let made = outcome.into_inner();
+    assert_eq!(made.branch.id, "br-new");
+    assert!(made.operations.is_empty() && made.databases.is_empty() && made.endpoints.is_empty());
     assert_eq!(server.count("POST", "/api/v2/projects/p1/branches"), 1);
     assert!(*created.lock().unwrap());
 }
@@ -607,7 +609,9 @@ async fn an_ambiguous_create_with_nothing_found_posts_again() {
         .create_branch("p1", "br-main", "tenant-a-run7", &BTreeMap::new())
         .await
         .unwrap();
-    assert!(matches!(&outcome, Created::New((b, ops)) if b.id == "br-new" && ops.len() == 1));
+    assert!(
+        matches!(&outcome, Created::New(made) if made.branch.id == "br-new" && made.operations.len() == 1)
+    );
     assert_eq!(server.count("POST", "/api/v2/projects/p1/branches"), 2);
 }
 
@@ -649,7 +653,7 @@ async fn a_409_on_branch_create_adopts_the_existing_branch_with_the_same_parent(
         .create_branch("p1", "br-main", "n", &BTreeMap::new())
         .await
         .unwrap();
-    assert!(matches!(&outcome, Created::Adopted((b, _)) if b.id == "br-old-try"));
+    assert!(matches!(&outcome, Created::Adopted(made) if made.branch.id == "br-old-try"));
 }
 
 #[tokio::test]
@@ -925,7 +929,7 @@ async fn fly_create_adopts_a_machine_already_tagged_without_posting() {
     })
     .await;
     let outcome = fly(&server)
-        .create_machine("app", &spec("run7-org1"))
+        .create_machine("app", &spec("run7-org1"), true)
         .await
         .unwrap();
     assert!(matches!(&outcome, Created::Adopted(m) if m.id == "m-old-try"));
@@ -961,7 +965,7 @@ async fn fly_create_after_a_timeout_finds_the_machine_by_its_tag() {
     };
     let client = FlyClient::new(&server.base, Secret::new("t"), options).unwrap();
     let outcome = client
-        .create_machine("app", &spec("run7-org1"))
+        .create_machine("app", &spec("run7-org1"), true)
         .await
         .unwrap();
     assert!(matches!(&outcome, Created::Adopted(m) if m.id == "m-new"));
@@ -993,7 +997,7 @@ async fn fly_create_refused_with_any_status_is_settled_by_the_tag_lookup_not_the
     })
     .await;
     let outcome = fly(&server)
-        .create_machine("app", &spec("run7-org1"))
+        .create_machine("app", &spec("run7-org1"), true)
         .await
         .unwrap();
     assert!(
@@ -1011,7 +1015,7 @@ async fn fly_create_refused_with_nothing_tagged_is_the_refusal() {
     })
     .await;
     let err = fly(&server)
-        .create_machine("app", &spec("run7-org1"))
+        .create_machine("app", &spec("run7-org1"), true)
         .await
         .unwrap_err();
     assert_eq!(err.status(), Some(409), "{err}");
@@ -1037,7 +1041,7 @@ async fn fly_create_refuses_when_two_live_machines_carry_the_tag() {
     )
     .await;
     let err = fly(&server)
-        .create_machine("app", &spec("t"))
+        .create_machine("app", &spec("t"), true)
         .await
         .unwrap_err();
     assert!(matches!(err, CloudError::Conflict { .. }), "{err}");
@@ -1410,7 +1414,7 @@ async fn fake_with_a_checked_machine(config: FakeConfig) -> (FakeCloud, FlyClien
     let client = fly_at_fake(&fake);
     client.create_app("tenant-1", "personal").await.unwrap();
     let machine = client
-        .create_machine("tenant-1", &spec_with_checks("r1-org1"))
+        .create_machine("tenant-1", &spec_with_checks("r1-org1"), true)
         .await
         .unwrap()
         .into_inner();

@@ -44,6 +44,50 @@ async fn a_fleet_whose_old_key_is_lost_is_fully_reprovisioned(pool: PgPool) {
     assert_exit(&out, 0, "verify");
 }
 
+/// A tenant re-provisioned in one go asks the clouds nothing they already
+/// answered: the create-branch response names the tenant's database, its
+/// owner and the new compute's host, and the roles copied from the old
+/// branch; the reset's response carries the new password, so the URI is
+/// built, not fetched; and a machine this attempt is the first to create
+/// is not looked for first. Counted per route by the fake.
+#[sqlx::test(migrations = false)]
+async fn a_tenant_done_in_one_attempt_spends_no_call_on_what_neon_already_answered(pool: PgPool) {
+    let (keys, cloud, tenants, url) = cloud_fleet(&pool, quick_config(), FLEET).await;
+    let out = run_cloud(&url, &cloud, &[], &new_key_only(&keys));
+    assert_exit(&out, 0, "run without the old key");
+    // Counted before the checks below, which ask the fake for URIs.
+    let view = cloud.view();
+    assert_fleet_reprovisioned(&pool, &cloud, &tenants, &keys.new).await;
+
+    let neon = view.routes("neon");
+    let n = tenants.len() as u64;
+    for asked in [
+        "GET projects/*/connection_uri",
+        "GET projects/*/branches/*/databases",
+        "GET projects/*/branches/*/roles",
+    ] {
+        assert_eq!(view.route_calls("neon", asked), 0, "{asked}: {neon:?}");
+    }
+    assert_eq!(
+        view.route_calls("neon", "POST projects/*/branches"),
+        n,
+        "{neon:?}"
+    );
+    // One reset on the new branch, one of the old branch's role.
+    assert_eq!(
+        view.route_calls("neon", "POST projects/*/branches/*/roles/*/reset_password"),
+        2 * n,
+        "{neon:?}"
+    );
+    let fly = view.routes("fly");
+    assert_eq!(view.route_calls("fly", "GET apps/*/machines"), 0, "{fly:?}");
+    assert_eq!(
+        view.route_calls("fly", "POST apps/*/machines"),
+        n,
+        "{fly:?}"
+    );
+}
+
 /// Two tenants to a Neon project under injected 5xx, applied-then-503 and
 /// 429s: one branch and machine each however the dice fall. (The process
 /// takes turns per project, so 423s come only from operations it did not
@@ -60,7 +104,7 @@ async fn injected_faults_and_rate_limits_still_end_with_one_branch_and_machine_e
         c.error_rate = 0.2;
         c.error_after_commit_rate = 0.1;
         // Below what the client allows itself: some calls are refused.
-        c.rate_limit = Some((60, 10));
+        c.rate_limit = Some((30, 4));
         c.retry_after = true;
         c.seed = 7;
     });

@@ -520,9 +520,10 @@ impl FlyClient {
             .collect())
     }
 
-    /// Creates a machine, or adopts the one an earlier attempt made: the
-    /// machines tagged with the config's [`ITEM_TAG`] value are listed
-    /// before posting, and again after any failed post. What
+    /// Creates a machine, or adopts the one an earlier attempt made: when
+    /// `may_exist` (an earlier attempt may have posted it), the machines
+    /// tagged with the config's [`ITEM_TAG`] value are listed before
+    /// posting; after any failed post, always. What
     /// `Machines_create` answers for a taken name is not documented, so no
     /// status is read as "it exists": only the listing by tag decides. A
     /// refusal with nothing tagged is returned as it came; an ambiguous
@@ -533,6 +534,7 @@ impl FlyClient {
         &self,
         app: &str,
         spec: &CreateMachine,
+        may_exist: bool,
     ) -> Result<Created<Machine>, CloudError> {
         let Some(tag) = spec.config.metadata(ITEM_TAG) else {
             return Err(CloudError::Config {
@@ -540,8 +542,10 @@ impl FlyClient {
                 message: format!("a machine to create must carry config.metadata.{ITEM_TAG}"),
             });
         };
-        if let Some(existing) = self.find_tagged(app, tag).await? {
-            return Ok(Created::Adopted(existing));
+        if may_exist {
+            if let Some(existing) = self.find_tagged(app, tag).await? {
+                return Ok(Created::Adopted(existing));
+            }
         }
         let mut body = json!({
             "config": spec.config.expose(),

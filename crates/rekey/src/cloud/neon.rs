@@ -7,10 +7,11 @@
 //! retrying it" and only `error`/`cancelled` as the end. Creating a branch
 //! is made idempotent by its deterministic name: a 409 or an ambiguous
 //! failure is answered by looking the branch up, never by a blind second
-//! POST. Passwords returned by a reset are never decoded; the connection
-//! URI comes back as a [`Secret`]. The Fly side lives in `fly.rs`.
+//! POST. A password returned by a reset is decoded straight into a
+//! [`Secret`], and so is every connection URI, fetched or built. The Fly side lives in `fly.rs`.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use reqwest::Method;
@@ -194,6 +195,28 @@ pub struct CreatedProject {
     pub operations: Vec<Operation>,
 }
 
+/// A branch [`NeonClient::create_branch`] made or adopted. A branch this
+/// call created comes with what the 201 response (`CreatedBranch`) holds
+/// beside it: its endpoints, and its roles and databases (copied from the
+/// parent). An adopted one has none of them (nor operations): the caller
+/// lists what it needs.
+#[derive(Debug, Clone)]
+pub struct NewBranch {
+    pub branch: Branch,
+    pub operations: Vec<Operation>,
+    pub endpoints: Vec<Endpoint>,
+    pub roles: Vec<Role>,
+    pub databases: Vec<Database>,
+}
+
+/// What a password reset returns: the operations to wait for, and the new
+/// password (when the response carried one), valid once they finish.
+#[derive(Debug)]
+pub struct PasswordReset {
+    pub operations: Vec<Operation>,
+    pub password: Option<Secret>,
+}
+
 #[derive(Deserialize)]
 struct BranchBody {
     branch: Branch,
@@ -222,6 +245,28 @@ struct CreatedBranchBody {
     branch: Branch,
     #[serde(default)]
     operations: Vec<Operation>,
+    #[serde(default)]
+    endpoints: Vec<Endpoint>,
+    #[serde(default)]
+    roles: Vec<Role>,
+    #[serde(default)]
+    databases: Vec<Database>,
+}
+
+/// What a password reset returns (`RoleOperations`): the role with its new
+/// password, and the operations after which that password works.
+#[derive(Deserialize)]
+struct ResetBody {
+    #[serde(default)]
+    role: Option<ResetRole>,
+    #[serde(default)]
+    operations: Vec<Operation>,
+}
+
+#[derive(Deserialize)]
+struct ResetRole {
+    #[serde(default)]
+    password: Option<Secret>,
 }
 
 #[derive(Deserialize)]
@@ -276,6 +321,52 @@ struct CreatedProjectBody {
 pub struct NeonClient {
     http: ApiClient,
     poll_interval: Duration,
+    /// When to send the first poll of a wait, learned from earlier waits.
+    first_poll: FirstPoll,
+}
+
+/// How long after a mutation its operations are first polled, learned
+/// from the waits so far: a poll sent before the operations can have
+/// finished only spends rate-limit budget (one call in every two, for
+/// operations that take 1 s polled every 0.75 s). It starts at the poll
+/// interval. A wait that needed more than one poll moves it up to the time
+/// the operations were seen finished; a wait that needed only one moves it
+/// down by 5%, so that it follows the operations' duration down again.
+/// Between `poll_interval / 4` and 30 s.
+#[derive(Debug)]
+struct FirstPoll {
+    micros: AtomicU64,
+    floor: Duration,
+}
+
+impl FirstPoll {
+    const CEILING: Duration = Duration::from_secs(30);
+
+    fn new(poll_interval: Duration) -> FirstPoll {
+        FirstPoll {
+            micros: AtomicU64::new(poll_interval.as_micros().try_into().unwrap_or(u64::MAX)),
+            floor: poll_interval / 4,
+        }
+    }
+
+    fn get(&self) -> Duration {
+        Duration::from_micros(self.micros.load(Ordering::Relaxed))
+    }
+
+    /// Learns from a wait whose operations were seen finished `took` after
+    /// it began, at its `polls`-th poll.
+    fn learn(&self, took: Duration, polls: u32) {
+        let next = if polls <= 1 {
+            self.get().mul_f64(0.95)
+        } else {
+            took
+        };
+        let next = next.clamp(self.floor, Self::CEILING);
+        self.micros.store(
+            next.as_micros().try_into().unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
 }
 
 impl NeonClient {
@@ -289,6 +380,7 @@ impl NeonClient {
         Ok(NeonClient {
             http: ApiClient::new(Api::Neon, base_url, &api_key, options.http)?,
             poll_interval: options.poll_interval,
+            first_poll: FirstPoll::new(options.poll_interval),
         })
     }
 
@@ -397,7 +489,7 @@ impl NeonClient {
         parent_id: &str,
         name: &str,
         annotations: &BTreeMap<String, String>,
-    ) -> Result<Created<(Branch, Vec<Operation>)>, CloudError> {
+    ) -> Result<Created<NewBranch>, CloudError> {
         let body = json!({
             "branch": { "parent_id": parent_id, "name": name },
             "endpoints": [ { "type": "read_write" } ],
@@ -408,7 +500,13 @@ impl NeonClient {
             let created: CreatedBranchBody = self.http.send(request).await?.json()?;
             let mut branch = created.branch;
             branch.annotations = annotations.clone();
-            Ok((branch, created.operations))
+            Ok(NewBranch {
+                branch,
+                operations: created.operations,
+                endpoints: created.endpoints,
+                roles: created.roles,
+                databases: created.databases,
+            })
         };
         let lookup = || async {
             let Some(branch) = self.find_branch_by_name(project, name).await? else {
@@ -424,7 +522,13 @@ impl NeonClient {
                     ),
                 });
             }
-            Ok(Some((branch, Vec::new())))
+            Ok(Some(NewBranch {
+                branch,
+                operations: Vec::new(),
+                endpoints: Vec::new(),
+                roles: Vec::new(),
+                databases: Vec::new(),
+            }))
         };
         let conflict = |e: &CloudError| e.status() == Some(409);
         self.http
@@ -448,16 +552,16 @@ impl NeonClient {
         Ok(body.databases)
     }
 
-    /// Gives `role` a new password on this branch only. The new password is
-    /// in the response but is never decoded: it becomes valid when the
-    /// returned operations finish, and [`NeonClient::connection_uri`] reads
-    /// it then. A repeated reset is harmless, so it is retried like a GET.
+    /// Gives `role` a new password on this branch only. The new password
+    /// comes back in the response, decoded straight into a [`Secret`]; it
+    /// becomes valid when the returned operations finish. A repeated reset
+    /// is harmless, so it is retried like a GET.
     pub async fn reset_password(
         &self,
         project: &str,
         branch: &str,
         role: &str,
-    ) -> Result<Vec<Operation>, CloudError> {
+    ) -> Result<PasswordReset, CloudError> {
         let request = ApiRequest::post(&[
             "projects",
             project,
@@ -468,8 +572,11 @@ impl NeonClient {
             "reset_password",
         ])
         .repeatable();
-        let body: OperationsBody = self.http.send(request).await?.json()?;
-        Ok(body.operations)
+        let body: ResetBody = self.http.send(request).await?.json()?;
+        Ok(PasswordReset {
+            operations: body.operations,
+            password: body.role.and_then(|r| r.password).filter(|p| !p.is_empty()),
+        })
     }
 
     /// The `postgresql://` URI for `role` on `database` of `branch`, with the
@@ -540,7 +647,8 @@ impl NeonClient {
     /// Polls `operations` until every one is `finished` or `skipped`.
     /// `failed` is waited on (Neon retries it); `error` or `cancelled` ends
     /// the wait with [`CloudError::OperationFailed`]; passing `deadline`
-    /// ends it with [`CloudError::DeadlinePassed`].
+    /// ends it with [`CloudError::DeadlinePassed`]. The first poll goes out
+    /// after the learned [`FirstPoll`] delay, later ones every poll interval.
     pub async fn wait_operations(
         &self,
         project: &str,
@@ -552,11 +660,16 @@ impl NeonClient {
             .filter(|op| !op.status.is_success())
             .cloned()
             .collect();
+        let began = Instant::now();
+        let mut polls = 0u32;
         loop {
             if let Some(op) = pending.iter().find(|op| op.status.is_fatal()) {
                 return Err(operation_failed(project, op));
             }
             if pending.is_empty() {
+                if polls > 0 {
+                    self.first_poll.learn(began.elapsed(), polls);
+                }
                 return Ok(());
             }
             let now = Instant::now();
@@ -565,7 +678,13 @@ impl NeonClient {
                     what: describe_pending(project, &pending),
                 });
             }
-            tokio::time::sleep(self.poll_interval.min(deadline - now)).await;
+            let pause = if polls == 0 {
+                self.first_poll.get()
+            } else {
+                self.poll_interval
+            };
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            polls += 1;
             let mut still = Vec::with_capacity(pending.len());
             for op in pending {
                 let fresh = self.get_operation(project, &op.id).await?;
@@ -609,6 +728,25 @@ fn annotation_values(annotation: Option<&Value>) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// The connection URI Neon documents for a role on a branch's compute,
+/// `postgresql://role:password@host/database?sslmode=require` (the shape
+/// `getConnectionURI` returns), built from parts rekey already holds so
+/// that no call is spent on it. User name and password are percent-encoded.
+pub fn build_connection_uri(role: &str, password: &Secret, host: &str, database: &str) -> Secret {
+    if let Ok(mut uri) = url::Url::parse(&format!("postgresql://{host}/")) {
+        if uri.set_username(role).is_ok() && uri.set_password(Some(password.expose())).is_ok() {
+            uri.set_path(database);
+            uri.set_query(Some("sslmode=require"));
+            return Secret::new(String::from(uri));
+        }
+    }
+    // Only for a host that is not one (never a Neon endpoint's).
+    Secret::new(format!(
+        "postgresql://{role}:{}@{host}/{database}?sslmode=require",
+        password.expose()
+    ))
+}
+
 fn operation_failed(project: &str, op: &Operation) -> CloudError {
     CloudError::OperationFailed {
         project: project.to_string(),
@@ -649,6 +787,47 @@ mod tests {
         assert!(OperationStatus::Error.is_fatal());
         assert!(OperationStatus::Cancelled.is_fatal());
         assert!(OperationStatus::Skipped.is_success());
+    }
+
+    #[test]
+    fn the_first_poll_follows_how_long_operations_take() {
+        let first = FirstPoll::new(Duration::from_millis(750));
+        assert_eq!(first.get(), Duration::from_millis(750));
+        // Operations of 1 s polled at 0.75 s: finished at the second poll.
+        first.learn(Duration::from_millis(1500), 2);
+        assert_eq!(first.get(), Duration::from_millis(1500));
+        // Each wait done at its first poll pulls it 5% closer.
+        first.learn(Duration::from_millis(1500), 1);
+        assert_eq!(first.get(), Duration::from_millis(1425));
+        for _ in 0..200 {
+            first.learn(Duration::ZERO, 1);
+        }
+        assert_eq!(
+            first.get(),
+            Duration::from_micros(187_500),
+            "floor: a quarter interval"
+        );
+        first.learn(Duration::from_secs(600), 3);
+        assert_eq!(first.get(), FirstPoll::CEILING);
+    }
+
+    #[test]
+    fn a_built_connection_uri_has_the_documented_shape_and_escapes_credentials() {
+        let uri = build_connection_uri(
+            "neondb_owner",
+            &Secret::new("npg_abc"),
+            "ep-x-1.aws.neon.tech",
+            "neondb",
+        );
+        assert_eq!(
+            uri.expose(),
+            "postgresql://neondb_owner:npg_abc@ep-x-1.aws.neon.tech/neondb?sslmode=require"
+        );
+        let uri = build_connection_uri("a@b", &Secret::new("p/w:d"), "h.example", "db");
+        assert_eq!(
+            uri.expose(),
+            "postgresql://a%40b:p%2Fw%3Ad@h.example/db?sslmode=require"
+        );
     }
 
     #[test]

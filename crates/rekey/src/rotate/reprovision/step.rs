@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::lease::MachineLease;
 use super::{NeonStrategy, Reprovisioner};
 use crate::cloud::fly::{CreateMachine, Lease, StopOptions, WaitState};
+use crate::cloud::neon::{build_connection_uri, Database, NewBranch, Role};
 use crate::cloud::{CloudError, Secret};
 use crate::db::journal::{self, ItemFields, ItemKey, Records};
 use crate::db::org_instances::{self, ProvisionSwap};
@@ -219,6 +220,66 @@ impl Item {
     }
 }
 
+/// What one attempt learned from the clouds' answers, so that no call is
+/// spent asking again. Held in memory only (the URI carries the new
+/// password): an attempt taken up after a crash starts empty and asks.
+#[derive(Default)]
+struct Learned {
+    /// The new `DATABASE_URL`, once the password it carries is set.
+    uri: Option<Secret>,
+    /// From the create-branch response: where the tenant's database is.
+    target: Option<Target>,
+    /// The roles the new branch was created with: the old branch's, as
+    /// Neon copies them, so the clean-up need not list them again.
+    old_roles: Option<Vec<Role>>,
+    /// This attempt moved the tenant to `machine` itself: no earlier
+    /// attempt can have created its new machine, so none is looked for.
+    fresh_machine: bool,
+}
+
+/// The tenant's database on the branch it ends up on: the database, its
+/// owner role, and the host of the branch's read-write compute if known.
+struct Target {
+    database: String,
+    role: String,
+    host: Option<String>,
+}
+
+impl Target {
+    /// From a create-branch response, when it names one owned database.
+    fn of(made: &NewBranch) -> Option<Target> {
+        let (database, role) = owned_database(&made.branch.id, &made.databases).ok()?;
+        let host = made
+            .endpoints
+            .iter()
+            .find(|e| {
+                e.endpoint_type == "read_write"
+                    && (e.branch_id.is_empty() || e.branch_id == made.branch.id)
+            })
+            .map(|e| e.host.clone())
+            .filter(|h| !h.is_empty());
+        Some(Target {
+            database,
+            role,
+            host,
+        })
+    }
+}
+
+/// The one database of `branch` that has an owner, with that owner.
+fn owned_database(branch: &str, databases: &[Database]) -> Result<(String, String), StepError> {
+    let mut owned = databases.iter().filter(|d| !d.owner_name.is_empty());
+    match (owned.next(), owned.next()) {
+        (Some(db), None) => Ok((db.name.clone(), db.owner_name.clone())),
+        (None, _) => Err(StepError::Permanent(format!(
+            "branch {branch} has no database"
+        ))),
+        (Some(_), Some(_)) => Err(StepError::Permanent(format!(
+            "branch {branch} has several databases; rekey cannot tell which one is the tenant's"
+        ))),
+    }
+}
+
 /// Why a tenant's attempt stopped.
 #[derive(Debug)]
 pub(super) enum StepError {
@@ -358,8 +419,8 @@ impl Reprovisioner {
     }
 
     async fn steps(&self, item: &mut Item, machine_lease: &MachineLease) -> Result<(), StepError> {
-        // Fetched once per attempt; after a resume, again from Neon.
-        let mut uri: Option<Secret> = None;
+        // After a resume, what this holds is asked of the clouds again.
+        let mut learned = Learned::default();
         loop {
             let step = item
                 .step
@@ -383,27 +444,33 @@ impl Reprovisioner {
             };
             match step {
                 Step::Queued => self.step_queued(item).await?,
-                Step::Branch => self.step_branch(item).await?,
-                Step::Password => uri = Some(self.step_password(item, strategy).await?),
+                Step::Branch => self.step_branch(item, &mut learned).await?,
+                Step::Password => {
+                    let target = learned.target.take();
+                    learned.uri = Some(self.step_password(item, strategy, target).await?);
+                    learned.fresh_machine = true;
+                }
                 Step::Machine => {
-                    let u = self.ensure_uri(item, &mut uri).await?;
+                    let fresh = learned.fresh_machine;
+                    let u = self.ensure_uri(item, &mut learned.uri).await?;
                     match strategy {
-                        NeonStrategy::NewBranch => self.step_machine(item, u).await?,
+                        NeonStrategy::NewBranch => self.step_machine(item, u, fresh).await?,
                         NeonStrategy::ResetInPlace => {
                             self.step_update_machine(item, u, lease.as_ref()).await?;
                         }
                     }
                 }
                 Step::Started => {
-                    let u = self.ensure_uri(item, &mut uri).await?;
+                    let u = self.ensure_uri(item, &mut learned.uri).await?;
                     self.step_started(item, u).await?;
                 }
                 Step::Row => {
-                    let u = self.ensure_uri(item, &mut uri).await?;
+                    let u = self.ensure_uri(item, &mut learned.uri).await?;
                     self.step_row(item, u).await?;
                 }
                 Step::Cleanup => {
-                    self.step_cleanup(item, lease.as_ref(), machine_lease)
+                    let roles = learned.old_roles.take();
+                    self.step_cleanup(item, lease.as_ref(), machine_lease, roles)
                         .await?;
                 }
                 Step::Done => return Ok(()),
@@ -449,7 +516,11 @@ impl Reprovisioner {
         name
     }
 
-    async fn step_branch(&self, item: &mut Item) -> Result<(), StepError> {
+    /// Creates the new branch (or adopts the one an earlier attempt made)
+    /// and waits for it. A branch this call created comes with its
+    /// database, role and compute host, and with the roles copied from the
+    /// old branch: `learned` keeps them for the steps after.
+    async fn step_branch(&self, item: &mut Item, learned: &mut Learned) -> Result<(), StepError> {
         let deadline = Instant::now() + self.settings.step_deadline;
         let mut notes = BTreeMap::new();
         notes.insert("rekey_run".to_string(), item.run_id.to_string());
@@ -464,11 +535,16 @@ impl Reprovisioner {
                 &notes,
             )
             .await?;
-        let (branch, ops) = created.into_inner();
+        let adopted = created.was_adopted();
+        let made = created.into_inner();
         self.neon
-            .wait_operations(&item.project, &ops, deadline)
+            .wait_operations(&item.project, &made.operations, deadline)
             .await?;
-        item.new_branch = Some(branch.id);
+        if !adopted {
+            learned.target = Target::of(&made);
+            learned.old_roles = Some(made.roles.clone()).filter(|r| !r.is_empty());
+        }
+        item.new_branch = Some(made.branch.id);
         self.persist(item, Step::Password, Records::NewBranch).await
     }
 
@@ -479,26 +555,36 @@ impl Reprovisioner {
         branch: &str,
     ) -> Result<(String, String), StepError> {
         let databases = self.neon.list_databases(&item.project, branch).await?;
-        let mut owned = databases.iter().filter(|d| !d.owner_name.is_empty());
-        match (owned.next(), owned.next()) {
-            (Some(db), None) => Ok((db.name.clone(), db.owner_name.clone())),
-            (None, _) => Err(StepError::Permanent(format!(
-                "branch {branch} has no database"
-            ))),
-            (Some(_), Some(_)) => Err(StepError::Permanent(format!(
-                "branch {branch} has several databases; rekey cannot tell which one is the tenant's"
-            ))),
-        }
+        owned_database(branch, &databases)
     }
 
+    /// Resets the tenant's role on the branch it ends up on and returns the
+    /// new URI: built from the reset's password and `target` (what the
+    /// create-branch response said) when both are there, else asked of
+    /// Neon (`connection_uri`, after listing the branch's databases).
     async fn step_password(
         &self,
         item: &mut Item,
         strategy: NeonStrategy,
+        target: Option<Target>,
     ) -> Result<Secret, StepError> {
         let deadline = Instant::now() + self.settings.step_deadline;
         let branch = item.target_branch().to_string();
-        let (database, role) = self.database_and_role(item, &branch).await?;
+        let Target {
+            database,
+            role,
+            host,
+        } = match target {
+            Some(target) => target,
+            None => {
+                let (database, role) = self.database_and_role(item, &branch).await?;
+                Target {
+                    database,
+                    role,
+                    host: None,
+                }
+            }
+        };
         if strategy == NeonStrategy::ResetInPlace && !item.forward_only {
             // Journaled before the reset is sent: a crash between the two
             // leaves a tenant that rolls forward, never one given up with
@@ -507,18 +593,24 @@ impl Reprovisioner {
             item.forward_only = true;
         }
         let turn = self.turns.take(&item.project).await;
-        let ops = self
+        let reset = self
             .neon
             .reset_password(&item.project, &branch, &role)
             .await?;
         self.neon
-            .wait_operations(&item.project, &ops, deadline)
+            .wait_operations(&item.project, &reset.operations, deadline)
             .await?;
         drop(turn);
-        let uri = self
-            .neon
-            .connection_uri(&item.project, &branch, &database, &role, false)
-            .await?;
+        let uri = match (reset.password, host) {
+            (Some(password), Some(host)) => {
+                build_connection_uri(&role, &password, &host, &database)
+            }
+            _ => {
+                self.neon
+                    .connection_uri(&item.project, &branch, &database, &role, false)
+                    .await?
+            }
+        };
         self.persist(item, Step::Machine, Records::StepOnly).await?;
         Ok(uri)
     }
@@ -553,7 +645,15 @@ impl Reprovisioner {
         format!("r{}-{}", item.run_id, item.org_id)
     }
 
-    async fn step_machine(&self, item: &mut Item, uri: &Secret) -> Result<(), StepError> {
+    /// Creates the new machine from the old one's config with the new URLs.
+    /// `fresh`: no earlier attempt can have created it, so Fly is not asked
+    /// first whether it exists.
+    async fn step_machine(
+        &self,
+        item: &mut Item,
+        uri: &Secret,
+        fresh: bool,
+    ) -> Result<(), StepError> {
         let old = self
             .fly
             .get_machine(&item.app, &item.old_machine)
@@ -584,7 +684,7 @@ impl Reprovisioner {
         };
         let machine = self
             .fly
-            .create_machine(&item.app, &spec)
+            .create_machine(&item.app, &spec, !fresh)
             .await?
             .into_inner();
         item.new_machine = Some(machine.id);
@@ -747,6 +847,7 @@ impl Reprovisioner {
         item: &mut Item,
         lease: Option<&Lease>,
         machine_lease: &MachineLease,
+        old_roles: Option<Vec<Role>>,
     ) -> Result<(), StepError> {
         if item.new_machine.as_deref() != Some(item.old_machine.as_str()) {
             // Stopped with its signal and grace period, then destroyed
@@ -771,7 +872,7 @@ impl Reprovisioner {
             .as_deref()
             .is_some_and(|b| b != item.old_branch)
         {
-            self.retire_old_branch(item).await?;
+            self.retire_old_branch(item, old_roles).await?;
         }
         owned(journal::mark_done(&self.pool, &item.key(&self.owner)).await?)?;
         item.step = Ok(Step::Done);
@@ -780,34 +881,53 @@ impl Reprovisioner {
 
     /// Resets every unprotected role's password on the old branch (its
     /// leaked credentials) and removes its computes. The branch itself
-    /// stays: it is the new branch's parent, and Neon keeps parents. A
-    /// branch that is gone (404 on its roles) has nothing left to retire;
-    /// no separate look at the branch is spent on that.
-    async fn retire_old_branch(&self, item: &Item) -> Result<(), StepError> {
+    /// stays: it is the new branch's parent, and Neon keeps parents. The
+    /// roles are `old_roles` when this attempt created the new branch (Neon
+    /// copied them from the old one), else listed. A branch that is gone
+    /// (404) has nothing left to retire, nor has a role that is gone; no
+    /// separate look at the branch is spent on that.
+    async fn retire_old_branch(
+        &self,
+        item: &Item,
+        old_roles: Option<Vec<Role>>,
+    ) -> Result<(), StepError> {
         let deadline = Instant::now() + self.settings.step_deadline;
-        let roles = match self.neon.list_roles(&item.project, &item.old_branch).await {
-            Ok(roles) => roles,
-            Err(e) if e.is_not_found() => return Ok(()),
-            Err(e) => return Err(e.into()),
+        let roles = match old_roles {
+            Some(roles) => roles,
+            None => match self.neon.list_roles(&item.project, &item.old_branch).await {
+                Ok(roles) => roles,
+                Err(e) if e.is_not_found() => return Ok(()),
+                Err(e) => return Err(e.into()),
+            },
         };
         for role in roles {
             if role.protected {
                 continue;
             }
             let _turn = self.turns.take(&item.project).await;
-            let ops = self
+            let reset = match self
                 .neon
                 .reset_password(&item.project, &item.old_branch, &role.name)
-                .await?;
+                .await
+            {
+                Ok(reset) => reset,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e.into()),
+            };
             self.neon
-                .wait_operations(&item.project, &ops, deadline)
+                .wait_operations(&item.project, &reset.operations, deadline)
                 .await?;
         }
-        for ep in self
+        let endpoints = match self
             .neon
             .list_branch_endpoints(&item.project, &item.old_branch)
-            .await?
+            .await
         {
+            Ok(endpoints) => endpoints,
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        for ep in endpoints {
             let _turn = self.turns.take(&item.project).await;
             let ops = self.neon.delete_endpoint(&item.project, &ep.id).await?;
             self.neon
