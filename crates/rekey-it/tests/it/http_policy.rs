@@ -746,6 +746,51 @@ async fn wait_operations_keeps_waiting_through_failed_until_finished() {
     );
 }
 
+/// Several pending operations are read with one listing of the project's
+/// operations per round, not one GET each; one the listing leaves out is
+/// read on its own; a single pending operation is read with a GET.
+#[tokio::test]
+async fn several_pending_operations_are_polled_with_one_listing() {
+    let server = serve("/api/v2", |seen, n| {
+        if seen.path.ends_with("/operations") {
+            let (a, b) = if n == 0 { ("running", "running") } else { ("finished", "running") };
+            return Reply::json(
+                200,
+                json!({"operations": [op_json("op-2", "start_compute", b), op_json("op-1", "create_branch", a)],
+                       "pagination": {"cursor": "op-1"}}),
+            );
+        }
+        let id = seen.path.rsplit('/').next().unwrap_or("");
+        Reply::json(200, json!({"operation": op_json(id, "x", "finished")}))
+    })
+    .await;
+    let ops: Vec<Operation> = vec![
+        serde_json::from_value(op_json("op-1", "create_branch", "running")).unwrap(),
+        serde_json::from_value(op_json("op-2", "start_compute", "running")).unwrap(),
+        serde_json::from_value(op_json("op-9", "apply_config", "running")).unwrap(),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    neon(&server)
+        .wait_operations("p1", &ops, deadline)
+        .await
+        .unwrap();
+    // Round 1 lists (op-9 is not shown: read on its own, finished); round
+    // 2 lists again (op-2 still running); round 3 has op-2 alone: a GET.
+    assert_eq!(server.count("GET", "/api/v2/projects/p1/operations"), 2);
+    assert_eq!(
+        server.count("GET", "/api/v2/projects/p1/operations/op-9"),
+        1
+    );
+    assert_eq!(
+        server.count("GET", "/api/v2/projects/p1/operations/op-1"),
+        0
+    );
+    assert_eq!(
+        server.count("GET", "/api/v2/projects/p1/operations/op-2"),
+        1
+    );
+}
+
 #[tokio::test]
 async fn wait_operations_stops_on_error_or_cancelled() {
     let server = serve_always(

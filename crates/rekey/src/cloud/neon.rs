@@ -27,6 +27,11 @@ use super::secret::Secret;
 /// The page size asked for when listing branches.
 const BRANCH_PAGE: &str = "100";
 
+/// The page size asked for when listing a project's operations to poll
+/// several at once: a process has one mutation in flight per project, so
+/// its operations are among the most recent.
+const OPERATION_PAGE: &str = "20";
+
 /// Options of a [`NeonClient`]: the HTTP policy plus operation polling.
 #[derive(Debug, Clone)]
 pub struct NeonOptions {
@@ -685,15 +690,42 @@ impl NeonClient {
             };
             tokio::time::sleep(pause.min(deadline - now)).await;
             polls += 1;
-            let mut still = Vec::with_capacity(pending.len());
-            for op in pending {
-                let fresh = self.get_operation(project, &op.id).await?;
-                if !fresh.status.is_success() {
-                    still.push(fresh);
-                }
-            }
-            pending = still;
+            pending = self.poll(project, pending).await?;
         }
+    }
+
+    /// The operations of `pending` that are not done yet, as they stand
+    /// now. Several are read with one listing of the project's recent
+    /// operations (`listProjectOperations`) rather than one GET each; any
+    /// the listing does not show (its order is not documented) is read on
+    /// its own.
+    async fn poll(
+        &self,
+        project: &str,
+        pending: Vec<Operation>,
+    ) -> Result<Vec<Operation>, CloudError> {
+        let mut listed: BTreeMap<String, Operation> = BTreeMap::new();
+        if pending.len() > 1 {
+            let request = ApiRequest::get(&["projects", project, "operations"])
+                .query("limit", OPERATION_PAGE);
+            let body: OperationsBody = self.http.send(request).await?.json()?;
+            listed = body
+                .operations
+                .into_iter()
+                .map(|op| (op.id.clone(), op))
+                .collect();
+        }
+        let mut still = Vec::with_capacity(pending.len());
+        for op in pending {
+            let fresh = match listed.remove(&op.id) {
+                Some(fresh) => fresh,
+                None => self.get_operation(project, &op.id).await?,
+            };
+            if !fresh.status.is_success() {
+                still.push(fresh);
+            }
+        }
+        Ok(still)
     }
 
     /// Creates a project (seeding and rehearsals only). Not idempotent:
