@@ -393,8 +393,8 @@ async fn plan_warns_when_tenants_need_reprovisioning_and_cloud_variables_are_mis
 }
 
 /// `plan --neon-strategy reset-in-place` estimates re-provisioning from that
-/// path's own calls per tenant (5 Neon, 7 Fly, not the default's 15 and
-/// 10), and the command it suggests next keeps the strategy.
+/// path's own calls per tenant (4 Neon, 7 Fly, not the default's 10 and
+/// 9), and the command it suggests next keeps the strategy.
 #[sqlx::test(migrations = false)]
 async fn plan_estimates_reset_in_place_from_its_own_calls_and_keeps_it_in_the_next_command(
     pool: PgPool,
@@ -412,9 +412,9 @@ async fn plan_estimates_reset_in_place_from_its_own_calls_and_keeps_it_in_the_ne
     let default = plan_with(&[]);
     let in_place = plan_with(&["--neon-strategy", "reset-in-place"]);
     let secs = |p: &serde_json::Value| p["estimate"]["reprovision_secs"].as_f64().expect("secs");
-    // 10 tenants at 10 Neon req/s: 15 s at 15 calls, 5 s at 5.
-    assert!((secs(&default) - 15.0).abs() < 1e-6, "{default}");
-    assert!((secs(&in_place) - 5.0).abs() < 1e-6, "{in_place}");
+    // 10 tenants at 10 Neon req/s: 10 s at 10 calls, 4 s at 4.
+    assert!((secs(&default) - 10.0).abs() < 1e-6, "{default}");
+    assert!((secs(&in_place) - 4.0).abs() < 1e-6, "{in_place}");
     let next = in_place["next_command"].as_str().expect("next command");
     assert!(next.contains("--neon-strategy reset-in-place"), "{next}");
     let next = default["next_command"].as_str().expect("next command");
