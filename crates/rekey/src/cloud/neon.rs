@@ -8,7 +8,8 @@
 //! is made idempotent by its deterministic name: a 409 or an ambiguous
 //! failure is answered by looking the branch up, never by a blind second
 //! POST. A password returned by a reset is decoded straight into a
-//! [`Secret`], and so is every connection URI, fetched or built. The Fly side lives in `fly.rs`.
+//! [`Secret`], and so is every connection URI, fetched or built. The Fly
+//! side lives in `fly.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -542,7 +542,7 @@ impl Reprovisioner {
             .await?;
         if !adopted {
             learned.target = Target::of(&made);
-            learned.old_roles = Some(made.roles.clone()).filter(|r| !r.is_empty());
+            learned.old_roles = Some(made.roles).filter(|r| !r.is_empty());
         }
         item.new_branch = Some(made.branch.id);
         self.persist(item, Step::Password, Records::NewBranch).await
